@@ -1,0 +1,1 @@
+"""OpMob host tools: the ``opmob`` command for technicians and CI."""

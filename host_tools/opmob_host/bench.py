@@ -1,0 +1,89 @@
+"""``opmob bench``: one run, both runtimes, a table and ``out/bench.json``.
+
+Rows are ``{"name", "value", "unit", "goal", "runtime", "note"}``; ratio rows compare the two
+runtimes measured in this same run, so a noisy machine moves both sides together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from opmob_host import bench_core
+
+ROOT = Path(__file__).resolve().parents[2]
+
+Row = dict[str, Any]
+
+
+def cpython_rows(quick: bool) -> list[Row]:
+    return [
+        {"name": n, "value": v, "unit": u, "goal": g, "runtime": "cpython", "note": note}
+        for n, v, u, g, note in bench_core.run(quick)
+    ]
+
+
+def micropython_rows(quick: bool) -> list[Row]:
+    exe = ROOT / ".venv" / "bin" / "micropython"
+    env = dict(os.environ, MICROPYPATH=f"{ROOT / 'firmware'}:.frozen")
+    cmd = [str(exe), "-X", "heapsize=16M", str(Path(bench_core.__file__))]
+    if quick:
+        cmd.append("quick")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"MicroPython benchmark failed:\n{proc.stdout}{proc.stderr}")
+    rows = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            row = json.loads(line)
+            row["runtime"] = "micropython"
+            rows.append(row)
+    return rows
+
+
+def ratio_rows(rows: list[Row]) -> list[Row]:
+    by = {(r["name"], r["runtime"]): r["value"] for r in rows}
+    out = []
+    for (name, runtime), value in sorted(by.items()):
+        if runtime == "micropython" and (name, "cpython") in by and by[(name, "cpython")]:
+            out.append(
+                {
+                    "name": f"ratio.micropython_over_cpython.{name}",
+                    "value": value / by[(name, "cpython")],
+                    "unit": "x",
+                    "goal": None,
+                    "runtime": "both",
+                    "note": "same work, same run",
+                }
+            )
+    return out
+
+
+def format_table(rows: list[Row]) -> str:
+    head = f"{'name':<58} {'runtime':<12} {'value':>12} {'unit':<6} {'goal':>8}  note"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        goal = "" if r["goal"] is None else f"{r['goal']:g}"
+        lines.append(
+            f"{r['name']:<58} {r['runtime']:<12} {r['value']:>12.3f} {r['unit']:<6} {goal:>8}  {r['note']}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(ROOT / "firmware"))
+    rows = cpython_rows(args.quick)
+    if not args.no_micropython:
+        rows += micropython_rows(args.quick)
+        rows += ratio_rows(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    print(format_table(rows))
+    print(f"\nwrote {len(rows)} rows to {out}")
+    return 0

@@ -1,0 +1,46 @@
+"""``opmob``: one command for technicians and CI.
+
+Subcommands arrive with their issues; each is a small module with a ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="opmob", description="OpMob field kit: demo, benchmarks, tools")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("demo", help="run the end-to-end demo on this machine")
+    d.add_argument("--out", default="out/demo", help="directory for the demo's audio and captures")
+    d.add_argument("--speech", default="/usr/share/codec2/raw/hts1a.raw", help="raw 8 kHz s16le speech")
+
+    b = sub.add_parser("bench", help="measure the hot paths under CPython and MicroPython")
+    b.add_argument("--out", default="out/bench.json", help="where to write the JSON rows")
+    b.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    b.add_argument("--no-micropython", action="store_true", help="CPython rows only")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from opmob_host import demo
+
+            return demo.run(args)
+        if args.command == "bench":
+            from opmob_host import bench
+
+            return bench.run(args)
+    except KeyboardInterrupt:
+        print("opmob: interrupted", file=sys.stderr)
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
