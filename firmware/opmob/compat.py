@@ -213,3 +213,157 @@ else:
             for p in parts:
                 h.update(p)
             return h.digest()
+
+
+# --- Drivers: clock, UDP addresses, waiting for a socket -------------------------------------------
+# Used by the asyncio drivers (relay_uasyncio.py and the accessory), never by the sans-I/O cores.
+#
+# - ``monotonic()``: float seconds from an arbitrary start, never going back. MicroPython has no
+#   ``time.monotonic``; its ``ticks_ms`` wraps, so the wrap-safe differences are accumulated (the
+#   driver calls this far more often than once per half wrap period, 6 days on the unix port).
+#   Counting from the first call keeps the numbers small: on ports with single-precision floats
+#   (ESP32) a float near 10^5 s still resolves about 8 ms.
+# - ``addr_from_recv(a)``: the peer of ``recvfrom`` as CPython gives it, ``(host, port)`` (IPv6:
+#   ``(host, port, flowinfo, scope_id)``). The unix port returns a raw sockaddr instead; bare-metal
+#   ports already return a tuple. Cores therefore see the same address values on every runtime.
+# - ``addr_for_send(addr)``: what ``sendto`` takes for such a tuple (the unix port wants the raw
+#   sockaddr again). Numeric hosts only: a relay answers the addresses it received from.
+# - ``wait_readable(sock)``: awaitable that completes when ``sock`` has data, without busy polling:
+#   on MicroPython it parks the task in asyncio's own ``select.poll`` (the mechanism asyncio's
+#   streams use), so a datagram wakes the task at once and an idle relay costs no CPU.
+# - ``sleep_ms(ms)``: asyncio sleep of whole milliseconds.
+
+if IS_MICROPYTHON:
+    import time as _time
+
+    _mono = [_time.ticks_ms(), 0]
+
+    def monotonic():
+        t = _time.ticks_ms()
+        _mono[1] += _time.ticks_diff(t, _mono[0])
+        _mono[0] = t
+        return _mono[1] / 1000
+
+    _SENDTO_CACHE_MAX = const(64)
+    _sendto_cache = {}
+
+    def addr_from_recv(a):
+        if isinstance(a, tuple):
+            return a
+        import socket
+
+        parts = socket.sockaddr(a)
+        host = socket.inet_ntop(parts[0], parts[1])
+        if len(parts) > 3:
+            return (host, parts[2], parts[3], parts[4])
+        return (host, parts[2])
+
+    def addr_for_send(addr):
+        raw = _sendto_cache.get(addr)
+        if raw is None:
+            import socket
+
+            raw = socket.getaddrinfo(addr[0], addr[1], 0, socket.SOCK_DGRAM)[0][-1]
+            # Bounded: peers come from the network, so the cache must not grow with them.
+            if len(_sendto_cache) >= _SENDTO_CACHE_MAX:
+                _sendto_cache.clear()
+            _sendto_cache[addr] = raw
+        return raw
+
+    def wait_readable(sock):
+        import asyncio
+
+        yield asyncio.core._io_queue.queue_read(sock)
+
+    def sleep_ms(ms):
+        import asyncio
+
+        return asyncio.sleep_ms(ms)
+
+else:
+    import time as _time
+
+    monotonic = _time.monotonic
+
+    def addr_from_recv(a):
+        return a
+
+    def addr_for_send(addr):
+        return addr
+
+    def _set_ready(fut):
+        if not fut.done():
+            fut.set_result(None)
+
+    async def wait_readable(sock):
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        fd = sock.fileno()
+        loop.add_reader(fd, _set_ready, fut)
+        try:
+            await fut
+        finally:
+            loop.remove_reader(fd)
+
+    async def sleep_ms(ms):
+        import asyncio
+
+        await asyncio.sleep(ms / 1000)
+
+
+# --- Files: private, durable writes ----------------------------------------------------------------
+# Used by opmob.store's FileStore, never by the sans-I/O cores.
+#
+# - ``open_private(path)``: a new or truncated file for writing bytes, readable by its owner only
+#   (0600), since stores hold device secrets. MicroPython's ``open`` cannot set a mode: on the unix
+#   port run the relay under umask 077 (systemd: UMask=0077); an ESP32's littlefs has no
+#   permissions to set.
+# - ``fsync_file(f)``: push ``f``'s data to stable storage before a rename publishes it. MicroPython
+#   has no fsync: littlefs commits on close; on the unix port the data reaches the kernel, so it
+#   survives a killed process but not a power cut.
+# - ``fsync_dir(path)``: make a rename inside ``path`` durable (POSIX); nothing to do on MicroPython.
+# - ``mkdir_private(path)``: a directory only its owner can enter, where modes exist.
+
+if IS_MICROPYTHON:
+    import os as _os
+
+    def open_private(path):
+        return open(path, "wb")
+
+    def fsync_file(f):
+        f.flush()
+
+    def fsync_dir(path):
+        pass
+
+    def mkdir_private(path):
+        _os.mkdir(path)
+
+else:
+    import os as _os
+
+    def open_private(path):
+        fd = _os.open(path, _os.O_WRONLY | _os.O_CREAT | _os.O_TRUNC, 0o600)
+        try:
+            # O_CREAT's mode applies only to a new file; an old one keeps its mode unless told.
+            _os.fchmod(fd, 0o600)
+            return _os.fdopen(fd, "wb")
+        except BaseException:
+            _os.close(fd)
+            raise
+
+    def fsync_file(f):
+        f.flush()
+        _os.fsync(f.fileno())
+
+    def fsync_dir(path):
+        fd = _os.open(path, _os.O_RDONLY)
+        try:
+            _os.fsync(fd)
+        finally:
+            _os.close(fd)
+
+    def mkdir_private(path):
+        _os.mkdir(path, 0o700)

@@ -65,12 +65,12 @@ def ratio_rows(rows: list[Row]) -> list[Row]:
 
 
 def format_table(rows: list[Row]) -> str:
-    head = f"{'name':<58} {'runtime':<12} {'value':>12} {'unit':<6} {'goal':>8}  note"
+    head = f"{'name':<62} {'runtime':<12} {'value':>12} {'unit':<6} {'goal':>8}  note"
     lines = [head, "-" * len(head)]
     for r in rows:
         goal = "" if r["goal"] is None else f"{r['goal']:g}"
         lines.append(
-            f"{r['name']:<58} {r['runtime']:<12} {r['value']:>12.3f} {r['unit']:<6} {goal:>8}  {r['note']}"
+            f"{r['name']:<62} {r['runtime']:<12} {r['value']:>12.3f} {r['unit']:<6} {goal:>8}  {r['note']}"
         )
     return "\n".join(lines)
 

@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="out/bench.json", help="where to write the JSON rows")
     b.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     b.add_argument("--no-micropython", action="store_true", help="CPython rows only")
+
+    from opmob_host import relay_cmd
+
+    relay_cmd.add_parser(sub)
     return p
 
 
@@ -36,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opmob_host import bench
 
             return bench.run(args)
+        if args.command == "relay":
+            from opmob_host import relay_cmd
+
+            return relay_cmd.run(args)
     except KeyboardInterrupt:
         print("opmob: interrupted", file=sys.stderr)
         return 130

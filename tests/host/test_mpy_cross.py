@@ -47,7 +47,8 @@ def test_compiled_core_imports_on_unix_port(tmp_path: Path) -> None:
         )
         if src.stem != "__init__":
             modules.append(src.stem)
-    script = f"import sys\nsys.path[:] = ['{tmp_path}']\n"
+    # '.frozen' keeps the port's frozen modules (asyncio) importable, as on a device.
+    script = f"import sys\nsys.path[:] = ['{tmp_path}', '.frozen']\n"
     script += "".join(f"import opmob.{m}\n" for m in modules)
     script += "import opmob\nprint('imported', opmob.__file__)\n"
     proc = subprocess.run([str(MICROPYTHON), "-c", script], capture_output=True, text=True, timeout=60)

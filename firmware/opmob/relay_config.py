@@ -1,0 +1,312 @@
+"""Relay configuration, checked completely before a relay starts.
+
+CPython reads ``relay.toml`` (tomllib), MicroPython the same keys as JSON; both hand the nested
+dict to ``RelayConfig.from_dict``. Every key is checked; a problem is reported with the key's
+dotted path ("floor.t2") and what is expected, all problems at once (ConfigError.problems), and
+an unknown key is an error, so a typo never silently leaves a default in force. Sample:
+boards/rpi-relay/relay.toml.
+"""
+
+from opmob.floor_server import MAX_QUEUE, FloorConfig
+from opmob.sig import system_of, valid_identity
+
+_REQUIRED = object()
+MAX_U32 = 0xFFFFFFFF
+MAX_TIMER = 3600.0  # s; catches a timer written in milliseconds
+
+
+class ConfigError(ValueError):
+    """``problems``: [(dotted key, what is wrong)]; ``key``: the first bad key."""
+
+    def __init__(self, problems):
+        if len(problems) == 1:
+            msg = "%s: %s" % problems[0]
+        else:
+            msg = "%d problems in the relay configuration:\n%s" % (
+                len(problems),
+                "\n".join("  %s: %s" % p for p in problems),
+            )
+        super().__init__(msg)
+        self.problems = problems
+        self.key = problems[0][0]
+
+
+class _Bad(Exception):
+    pass
+
+
+def _show(v):
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return _is_int(v) or isinstance(v, float)
+
+
+# --- value checkers: return the value to keep or raise _Bad(what is expected) ------------------
+
+
+def _identity(v):
+    if not valid_identity(v):
+        raise _Bad(
+            'expected the relay\'s identity name@system in lower-case a-z 0-9 . _ - (e.g. "relay-1@no")'
+        )
+    return v
+
+
+def _system(v):
+    if not isinstance(v, str) or not valid_identity("x@" + v):
+        raise _Bad('expected a system code in lower-case a-z 0-9 - (e.g. "no")')
+    return v
+
+
+_HOST_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:_%"
+
+
+def _host(v):
+    if not isinstance(v, str) or not 0 < len(v) <= 253 or any(c not in _HOST_CHARS for c in v):
+        raise _Bad('expected an IP address or host name (e.g. "0.0.0.0", "::", "relay.local")')
+    return v
+
+
+def _port(what_zero):
+    def check(v):
+        if not _is_int(v) or not 0 <= v <= 65535:
+            raise _Bad("expected a port number 0..65535 (0 %s)" % what_zero)
+        return v
+
+    return check
+
+
+def _path(v):
+    if not isinstance(v, str) or not v or "\x00" in v:
+        raise _Bad("expected a file or directory path as a string")
+    return v
+
+
+def _int_in(lo, hi, unit=""):
+    def check(v):
+        if not _is_int(v) or not lo <= v <= hi:
+            raise _Bad("expected an integer %d..%d%s" % (lo, hi, unit))
+        return v
+
+    return check
+
+
+def _seconds(hi):
+    def check(v):
+        if not _is_number(v) or not 0 < v <= hi:
+            raise _Bad("expected a number of seconds > 0 and <= %g (seconds, not milliseconds)" % hi)
+        return v
+
+    return check
+
+
+def _grace(v):
+    if not _is_number(v) or not 0 <= v <= 60:
+        raise _Bad("expected a number of seconds 0..60")
+    return v
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise _Bad("expected true or false")
+    return v
+
+
+_FLOOR_DEFAULTS = FloorConfig()
+
+# section -> ((key, checker, default, attribute or None), ...); attribute None: the value goes to
+# FloorConfig under the key's own name.
+_SCHEMA = (
+    (
+        "relay",
+        (
+            ("identity", _identity, _REQUIRED, "identity"),
+            ("system", _system, None, "system"),
+        ),
+    ),
+    (
+        "listen",
+        (
+            ("host", _host, "0.0.0.0", "listen_host"),
+            ("port", _port("picks any free port"), 7700, "listen_port"),
+        ),
+    ),
+    (
+        "status",
+        (
+            ("host", _host, "127.0.0.1", "status_host"),
+            ("port", _port("turns the status endpoint off"), 7780, "status_port"),
+        ),
+    ),
+    (
+        "registry",
+        (
+            ("path", _path, _REQUIRED, "registry_path"),
+            ("import", _path, None, "registry_import"),
+        ),
+    ),
+    (
+        "limits",
+        (
+            ("max_affiliations", _int_in(1, 255, " groups per device"), 8, "max_affiliations"),
+            ("max_devices", _int_in(1, 1000000, " registered devices"), 1000, "max_devices"),
+        ),
+    ),
+    (
+        "timers",
+        (
+            ("keepalive", _int_in(1, 65535, " s"), 15, "keepalive"),
+            ("expiry", _int_in(1, MAX_U32, " s"), 3600, "expiry"),
+        ),
+    ),
+    (
+        "floor",
+        (
+            ("t1", _seconds(MAX_TIMER), _FLOOR_DEFAULTS.t1, None),
+            ("t2", _seconds(65535), _FLOOR_DEFAULTS.t2, None),  # sent in a 16-bit Duration field
+            ("t3", _seconds(MAX_TIMER), _FLOOR_DEFAULTS.t3, None),
+            ("t7", _seconds(MAX_TIMER), _FLOOR_DEFAULTS.t7, None),
+            ("c7", _int_in(1, 100, " transmissions"), _FLOOR_DEFAULTS.c7, None),
+            ("t8", _seconds(MAX_TIMER), _FLOOR_DEFAULTS.t8, None),
+            ("t20", _seconds(MAX_TIMER), _FLOOR_DEFAULTS.t20, None),
+            ("c20", _int_in(1, 100, " transmissions"), _FLOOR_DEFAULTS.c20, None),
+            ("queueing", _bool, _FLOOR_DEFAULTS.queueing, None),
+            ("queue_max", _int_in(1, MAX_QUEUE), _FLOOR_DEFAULTS.queue_max, None),
+            ("default_priority", _int_in(0, 255), _FLOOR_DEFAULTS.default_priority, None),
+            ("emergency_priority", _int_in(0, 255), _FLOOR_DEFAULTS.emergency_priority, None),
+            ("imminent_peril_priority", _int_in(0, 255), _FLOOR_DEFAULTS.imminent_peril_priority, None),
+            ("deny_only_one", _bool, _FLOOR_DEFAULTS.deny_only_one, None),
+            ("tail_grace", _grace, _FLOOR_DEFAULTS.tail_grace, None),
+        ),
+    ),
+)
+
+
+def _near(word, choices):
+    """The choice a typo most likely meant (edit distance at most 2), or None."""
+    best, best_d = None, 3
+    for c in choices:
+        prev = list(range(len(c) + 1))
+        for i in range(1, len(word) + 1):
+            cur = [i] + [0] * len(c)
+            for j in range(1, len(c) + 1):
+                cost = 0 if word[i - 1] == c[j - 1] else 1
+                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            prev = cur
+        if prev[-1] < best_d:
+            best, best_d = c, prev[-1]
+    return best
+
+
+def _unknown(key, choices):
+    guess = _near(key.rsplit(".", 1)[-1], choices)
+    hint = " (did you mean '%s'?)" % guess if guess else ""
+    return "unknown key%s; expected one of: %s" % (hint, ", ".join(choices))
+
+
+class RelayConfig:
+    """Checked relay settings. Attributes: identity, system, listen_host, listen_port,
+    status_host, status_port (0: off), registry_path, registry_import (None: nothing to load),
+    max_affiliations, max_devices, keepalive, expiry (s), floor (a FloorConfig)."""
+
+    @classmethod
+    def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise ConfigError([("(top)", "expected a table of sections ([relay], [listen], ...)")])
+        problems = []
+        sections = [s for s, _ in _SCHEMA]
+        for name in d:
+            if name not in sections:
+                problems.append((str(name), _unknown(str(name), sections)))
+        cfg = cls()
+        floor = {}
+        given = {}
+        for section, keys in _SCHEMA:
+            table = d.get(section, {})
+            if not isinstance(table, dict):
+                problems.append((section, "expected a table (a [%s] section)" % section))
+                table = {}
+            names = [k for k, _, _, _ in keys]
+            for k in table:
+                if k not in names:
+                    problems.append(("%s.%s" % (section, k), _unknown(str(k), names)))
+            for key, check, default, attr in keys:
+                dotted = "%s.%s" % (section, key)
+                if key in table:
+                    try:
+                        value = check(table[key])
+                        given[dotted] = True
+                    except _Bad as e:
+                        problems.append((dotted, "%s, got %s" % (e.args[0], _show(table[key]))))
+                        value = None if default is _REQUIRED else default
+                elif default is _REQUIRED:
+                    problems.append((dotted, "missing; this key is required"))
+                    value = None
+                else:
+                    value = default
+                if attr is None:
+                    floor[key] = value
+                else:
+                    setattr(cfg, attr, value)
+        if cfg.identity is not None:
+            if cfg.system is None:
+                cfg.system = system_of(cfg.identity)
+            elif "relay.system" in given and cfg.system != system_of(cfg.identity):
+                problems.append(
+                    (
+                        "relay.system",
+                        "'%s' differs from the system of relay.identity '%s'" % (cfg.system, cfg.identity),
+                    )
+                )
+        if _is_int(cfg.keepalive) and _is_int(cfg.expiry) and cfg.expiry <= cfg.keepalive:
+            problems.append(
+                (
+                    "timers.expiry",
+                    "must be longer than timers.keepalive (%d s), got %d" % (cfg.keepalive, cfg.expiry),
+                )
+            )
+        if not problems:
+            try:
+                cfg.floor = FloorConfig(**floor)
+            except ValueError as e:
+                problems.append(("floor", str(e)))
+        if problems:
+            raise ConfigError(problems)
+        return cfg
+
+    def __init__(self):
+        self.identity = None
+        self.system = None
+        self.listen_host = None
+        self.listen_port = None
+        self.status_host = None
+        self.status_port = None
+        self.registry_path = None
+        self.registry_import = None
+        self.max_affiliations = None
+        self.max_devices = None
+        self.keepalive = None
+        self.expiry = None
+        self.floor = None
+
+    def to_dict(self):
+        """The settings in force, defaults included, in from_dict's shape (for a status page)."""
+        out = {}
+        for section, keys in _SCHEMA:
+            table = {}
+            for key, _, _, attr in keys:
+                value = getattr(self.floor, key) if attr is None else getattr(self, attr)
+                if value is not None:
+                    table[key] = value
+            out[section] = table
+        return out
+
+    def __repr__(self):
+        return "RelayConfig(%r)" % self.to_dict()

@@ -1,0 +1,512 @@
+"""The relay's signalling plane (a mixin of ``Relay``): docs/protocol.md §7 (transactions) and
+§8 (flows) for a device at its home relay.
+
+Each request is checked and executed once: a retransmission (same peer, same txid) gets the bytes
+answered the first time from the response cache, and a protected request whose txid the session's
+replay window has seen is dropped. ``peer`` is the session id for protected traffic and the source
+address for open traffic.
+"""
+
+import struct
+
+from opmob import authvec, sig, txn
+from opmob.errors import WireError
+from opmob.relay_session import CHALLENGED, CLOSED, REGISTERED, STUNNED, Drop, Session
+from opmob.store import StoreError
+
+CHALLENGE_TTL = 30.0  # a challenge outlives the device's whole retransmission span (19.5 s)
+MIN_CHALLENGES = 16  # half-open registrations allowed at once: this, or max_devices if larger
+CHALLENGES_PER_IDENTITY = 2
+CHALLENGE_GAP = 5.0  # a third challenge for one identity within this replaces none: refused
+RETRY_BUSY = 30  # seconds a device refused for lack of room waits before trying again
+
+_KEEP_STUNNED = (sig.KEEPALIVE, sig.DEREGISTER)  # all a stunned device may still do
+
+
+class SigPlane:
+    def _on_sig(self, now, addr, data):
+        try:
+            h = sig.peek(data)
+        except WireError as e:
+            raise Drop("sig_" + e.counter)
+        if h.down:
+            # D=1: a session the peer owns, i.e. an interconnect link (a later issue).
+            raise Drop("sig_wrong_direction")
+        s = self._sessions.get(h.session) if h.session else None
+        key = None
+        if h.protected:
+            key = s.rx if s is not None else None
+            if key is None:
+                out = None
+                if not h.is_response:
+                    out = [(addr, self._open_error(h.txid, h.session, sig.CAUSE_UNKNOWN_SESSION))]
+                raise Drop("sig_unknown_session", out)
+        try:
+            msg = sig.decode(data, key)
+        except WireError as e:
+            raise Drop("sig_" + e.counter)
+        if msg.is_response:
+            return self._on_sig_response(now, addr, s if h.protected else None, msg)
+        if not h.protected:
+            s = None  # an open message proves nothing about a session
+        peer = h.session if h.protected else addr
+        cached = self._cache.lookup(now, peer, msg.txid)
+        if cached is txn.PENDING:
+            raise Drop("sig_in_progress")
+        if cached is not None:
+            self.counters["sig_retransmits"] += 1
+            return [(addr, cached)]
+        if s is not None:
+            if not s.window.fresh(msg.txid):
+                raise Drop("sig_replayed")
+            s.window.accept(msg.txid)
+            self._seen(s, now, addr)
+        self._cache.begin(now, peer, msg.txid)
+        try:
+            resp, extra = self._request(now, addr, s, msg)
+        except Drop:
+            self._cache.forget(peer, msg.txid)
+            raise
+        self._cache.store(now, peer, msg.txid, resp)
+        out = [(addr, resp)]
+        out.extend(extra)
+        return out
+
+    def _request(self, now, addr, s, msg):
+        """``(response bytes, other datagrams)`` for a new request."""
+        t = msg.type
+        if t == sig.REGISTER:
+            return self._on_register(now, addr, msg)
+        if t == sig.AUTH_FAILURE:
+            return self._on_auth_failure(now, msg)
+        if s is None:
+            # Open, and not a registration: LINK_HELLO (interconnect comes with a later issue).
+            return self._open_error(msg.txid, msg.session, sig.CAUSE_UNSUPPORTED), []
+        if s.state == CHALLENGED:
+            if t == sig.AUTH_RESPONSE:
+                return self._on_auth_response(now, s, msg)
+            raise Drop("sig_not_registered")
+        if s.state == CLOSED:
+            raise Drop("sig_session_closed")
+        if s.state == STUNNED and t not in _KEEP_STUNNED:
+            return self._error(s, msg, sig.CAUSE_STUNNED), []
+        if t == sig.KEEPALIVE:
+            return self._on_keepalive(now, s, msg)
+        if t == sig.DEREGISTER:
+            self.counters["deregistrations"] += 1
+            resp = sig.encode(msg.reply(sig.DEREGISTER_ACK), s.tx)
+            return resp, self._end(now, s, True)
+        if t == sig.AFFILIATE:
+            results, out = self._affiliate(now, s, msg.affiliations, True)
+            return sig.encode(msg.reply(sig.AFFILIATE_ACK, results=results), s.tx), out
+        if t == sig.DEAFFILIATE:
+            return self._on_deaffiliate(now, s, msg)
+        if t == sig.AFFILIATION_QUERY:
+            if msg.identity is not None and msg.identity != s.identity:
+                # Who is affiliated where is the operator's view (status), not another device's.
+                return self._error(s, msg, sig.CAUSE_NOT_AUTHORIZED), []
+            affs = [(a[0], a[1], a[2]) for a in s.affs]
+            rep = msg.reply(sig.AFFILIATION_REPORT, identity=s.identity, affiliations=affs)
+            return sig.encode(rep, s.tx), []
+        if t == sig.EMERGENCY_ALERT:
+            return self._on_emergency_alert(now, s, msg)
+        if t == sig.EMERGENCY_CANCEL:
+            return self._on_emergency_cancel(now, s, msg)
+        # CALL_SETUP and the rest: group calls run on floor control alone here (docs/relay.md).
+        return self._error(s, msg, sig.CAUSE_UNSUPPORTED), []
+
+    # --- answers ----------------------------------------------------------------------------------
+
+    def _open_error(self, txid, session, cause):
+        return sig.encode(sig.SigMsg(sig.ERROR, txid=txid, session=session, down=True, cause=cause))
+
+    def _error(self, s, msg, cause):
+        return sig.encode(msg.reply(sig.ERROR, cause=cause), s.tx)
+
+    def _reject(self, msg, cause, key=None, retry_after=None):
+        self.counters["register_rejects"] += 1
+        return sig.encode(msg.reply(sig.REGISTER_REJECT, cause=cause, retry_after=retry_after), key)
+
+    # --- registration -----------------------------------------------------------------------------
+
+    def _on_register(self, now, addr, msg):
+        ident = msg.identity
+        dev = self.registry.device(ident)
+        if dev is None:
+            home = sig.system_of(ident) == self.cfg.system
+            # Another system's device needs its home's vectors over an interconnect link.
+            return self._reject(
+                msg, sig.CAUSE_UNKNOWN_IDENTITY if home else sig.CAUSE_ROAMING_NOT_ALLOWED
+            ), []
+        if dev.status == "killed":
+            return self._reject(msg, sig.CAUSE_KILLED), []
+        if dev.secret is None:
+            # Known from a partner's view: its vectors come from its home over an interconnect.
+            return self._reject(msg, sig.CAUSE_HOME_UNREACHABLE, retry_after=RETRY_BUSY), []
+        if ident not in self._by_identity and len(self._by_identity) >= self.cfg.max_devices:
+            return self._reject(msg, sig.CAUSE_NO_RESOURCES, retry_after=RETRY_BUSY), []
+        if not self._room_for_challenge(ident, now):
+            return self._reject(msg, sig.CAUSE_NO_RESOURCES, retry_after=int(CHALLENGE_GAP)), []
+        try:
+            vec = self._vector(now, ident)
+        except (ValueError, StoreError):
+            # The registry cannot issue one (its store fails, the device's ids are used up).
+            self.counters["vector_failures"] += 1
+            return self._reject(msg, sig.CAUSE_INTERNAL_ERROR, retry_after=RETRY_BUSY), []
+        s = Session(ident, self._new_sid(), addr, now)
+        s.vector = vec
+        s.nonce = msg.nonce
+        s.caps = msg.caps or 0
+        s.req_affs = msg.affiliations
+        s.set_challenge_keys(authvec.derive(vec[3], vec[1], msg.nonce))
+        self._sessions[s.sid] = s
+        self._challenges += 1
+        self._arm(now + CHALLENGE_TTL)
+        self.counters["challenges"] += 1
+        ch = sig.SigMsg(
+            sig.CHALLENGE, txid=msg.txid, session=s.sid, down=True, rand=vec[1], autn=vec[4], vid=vec[0]
+        )
+        return sig.encode(ch), []
+
+    def _vector(self, now, identity):
+        """A fresh, single-use authentication vector for ``identity``.
+
+        The one place vectors come from: at the device's home relay the registry makes it; a
+        visited relay will ask the home over its interconnect link here (a later issue)."""
+        return self.registry.next_vector(identity, self.rand(authvec.RAND_LEN))
+
+    def _room_for_challenge(self, ident, now):
+        # Half-open registrations are bounded overall and per identity. A new REGISTER for an
+        # identity that has its share replaces the oldest (a device that restarted mid-way), but
+        # not faster than one per CHALLENGE_GAP: each challenge uses up a stored vector id, and a
+        # flood of REGISTERs must not turn into a flood of registry writes.
+        if self._challenges >= max(MIN_CHALLENGES, self.cfg.max_devices):
+            self.counters["challenges_refused"] += 1
+            return False
+        mine = [s for s in self._sessions.values() if s.state == CHALLENGED and s.identity == ident]
+        if len(mine) < CHALLENGES_PER_IDENTITY:
+            return True
+        oldest = mine[0]
+        newest = mine[0]
+        for c in mine:
+            if c.created < oldest.created:
+                oldest = c
+            if c.created > newest.created:
+                newest = c
+        if now - newest.created < CHALLENGE_GAP:
+            self.counters["challenges_refused"] += 1
+            return False
+        self._forget_challenge(oldest)
+        return True
+
+    def _forget_challenge(self, s):
+        if self._sessions.get(s.sid) is s and s.state == CHALLENGED:
+            del self._sessions[s.sid]
+            self._challenges -= 1
+        s.drop_keys()
+
+    def _close_challenge(self, now, s):
+        """The challenge is answered (rejected): keep its keys while its answer may be asked again."""
+        if s.state == CHALLENGED:
+            self._challenges -= 1
+        s.state = CLOSED
+        s.keys = s.vector = None
+        s.expires_at = now + txn.CACHE_TTL
+        self._arm(s.expires_at)
+
+    def _on_auth_failure(self, now, msg):
+        s = self._sessions.get(msg.session)
+        if s is None or s.state != CHALLENGED:
+            return self._open_error(msg.txid, msg.session, sig.CAUSE_UNKNOWN_SESSION), []
+        if msg.cause == sig.CAUSE_SYNC_FAILURE:
+            # The device has seen vector ids above the registry's counter (a registry restored
+            # from a backup): once AUTS proves it, the counter moves up and a fresh vector follows.
+            self.counters["auth_sync_failures"] += 1
+            try:
+                self.registry.resync(s.identity, s.vector[1], msg.vid, msg.auts)
+            except (WireError, ValueError, StoreError):
+                self._close_challenge(now, s)
+                return self._reject(msg, sig.CAUSE_AUTH_FAILED), []
+            try:
+                vec = self._vector(now, s.identity)
+            except (ValueError, StoreError):
+                self.counters["vector_failures"] += 1
+                self._close_challenge(now, s)
+                return self._reject(msg, sig.CAUSE_INTERNAL_ERROR, retry_after=RETRY_BUSY), []
+            s.vector = vec
+            s.created = now
+            s.set_challenge_keys(authvec.derive(vec[3], vec[1], s.nonce))
+            ch = sig.SigMsg(
+                sig.CHALLENGE, txid=msg.txid, session=s.sid, down=True, rand=vec[1], autn=vec[4], vid=vec[0]
+            )
+            return sig.encode(ch), []
+        # AUTN_INVALID: the device does not believe this challenge came from its home.
+        self.counters["auth_autn_refused"] += 1
+        self._close_challenge(now, s)
+        return self._reject(msg, sig.CAUSE_AUTH_FAILED), []
+
+    def _on_auth_response(self, now, s, msg):
+        ident = s.identity
+        if not authvec.ct_equal(msg.res, s.vector[2]):
+            self.counters["auth_rejected"] += 1
+            resp = self._reject(msg, sig.CAUSE_AUTH_FAILED, s.tx)
+            self._close_challenge(now, s)
+            return resp, []
+        dev = self.registry.device(ident)
+        old = self._by_identity.get(ident)
+        cause = None
+        if dev is None:
+            cause = sig.CAUSE_UNKNOWN_IDENTITY
+        elif dev.status == "killed":
+            cause = sig.CAUSE_KILLED
+        elif old is None and len(self._by_identity) >= self.cfg.max_devices:
+            cause = sig.CAUSE_NO_RESOURCES
+        if cause is not None:
+            resp = self._reject(msg, cause, s.tx, RETRY_BUSY if cause == sig.CAUSE_NO_RESOURCES else None)
+            self._close_challenge(now, s)
+            return resp, []
+        self._challenges -= 1
+        s.key_srtp()
+        s.state = STUNNED if dev.status == "stunned" else REGISTERED
+        s.ssrc = self._new_ssrc()
+        s.key_id = ((old.key_id if old is not None else 0) + 1) & 0xFFFF
+        s.txns = txn.Transactions(self._rand_u32(), answers=sig.answers)
+        s.expires_at = now + self.cfg.expiry
+        out = []
+        inherited = old.affs if old is not None else []
+        if old is not None:
+            out.extend(self._retire(now, old, s.state))
+        req = s.req_affs
+        s.req_affs = None
+        results = []
+        if req and s.state == STUNNED:
+            results = [(a[0], sig.AFF_NOT_AUTHORIZED) for a in req]
+            s.affs = inherited
+        elif req:
+            # REGISTER listed what the device wants: that replaces what it had.
+            results, _ = self._affiliate(now, s, req, False)
+            for a in inherited:
+                if s.aff(a[0]) is None:
+                    out.extend(self._leave(now, ident, a[0]))
+        else:
+            s.affs = inherited
+        self._index(s)
+        if s.state == REGISTERED:
+            for a in s.affs:
+                out.extend(self._join(now, s, a[0]))
+        self._save(s)
+        self.counters["registrations"] += 1
+        ack = sig.SigMsg(
+            sig.REGISTER_ACK,
+            txid=msg.txid,
+            session=s.sid,
+            down=True,
+            relay=self.cfg.identity,
+            keepalive=self._keepalive_s(),
+            expiry=int(self.cfg.expiry),
+            ssrc=s.ssrc,
+            key_id=s.key_id,
+            results=results,
+        )
+        resp = sig.encode(ack, s.tx)
+        if s.state == STUNNED:
+            out.extend(self._control(now, s, sig.CTRL_STUN))
+        elif self._revive_pending(ident):
+            s.revive_pending = True
+            out.extend(self._control(now, s, sig.CTRL_REVIVE))
+        self._arm(min(s.expires_at, now + self._silent_after()))
+        return resp, out
+
+    def _keepalive_s(self):
+        return max(1, min(0xFFFF, int(self.cfg.keepalive)))
+
+    def _on_keepalive(self, now, s, msg):
+        self.counters["keepalives"] += 1
+        left = s.expires_at - now
+        if s.state == STUNNED:
+            status = sig.KA_STUNNED
+        elif left < self.cfg.keepalive:
+            # It missed its re-registration (due at 80 % of the expiry): ask for it now.
+            status = sig.KA_REREGISTER
+        else:
+            status = sig.KA_OK
+        resp = sig.encode(msg.reply(sig.KEEPALIVE_ACK, status=status, expiry=max(0, int(left))), s.tx)
+        out = []
+        if s.revive_pending and (s.ctrl_txid is None or s.ctrl_txid not in s.txns):
+            out.extend(self._control(now, s, sig.CTRL_REVIVE))
+        return resp, out
+
+    # --- affiliation ------------------------------------------------------------------------------
+
+    def _affiliate(self, now, s, entries, join):
+        """Apply ``[(group, priority, flags)]`` to ``s``: ``(results, datagrams)``."""
+        results = []
+        out = []
+        changed = False
+        dev = self.registry.device(s.identity)
+        for g, prio, flags in entries:
+            code = self._may_join(dev, g)
+            a = s.aff(g) if code == sig.AFF_OK else None
+            new = False
+            if code == sig.AFF_OK and a is None:
+                if len(s.affs) >= self.cfg.max_affiliations:
+                    code = sig.AFF_LIMIT_REACHED
+                else:
+                    a = [g, prio, flags]
+                    s.affs.append(a)
+                    new = changed = True
+            if a is not None:
+                if a[1] != prio or a[2] != flags:
+                    a[1] = prio
+                    a[2] = flags
+                    changed = True
+                if flags & sig.AFF_SELECTED:
+                    for b in s.affs:
+                        if b is not a and b[2] & sig.AFF_SELECTED:
+                            b[2] &= ~sig.AFF_SELECTED
+                            changed = True
+                if sig.system_of(g) != self.cfg.system:
+                    # Homed elsewhere and no interconnect yet: this relay arbitrates locally.
+                    code = sig.AFF_LOCAL_ONLY
+                if new and join and s.state == REGISTERED:
+                    out.extend(self._join(now, s, g))
+            results.append((g, code))
+        if changed and join:
+            self._save(s)
+        self.counters["affiliations"] += len(entries)
+        return results, out
+
+    def _may_join(self, dev, g):
+        if dev is None or not self.registry.may_affiliate(dev.identity, g):
+            # The registry knows no such group here, or the device may not join it.
+            if self.registry.group(g) is None and sig.system_of(g) == self.cfg.system:
+                return sig.AFF_UNKNOWN_GROUP
+            return sig.AFF_NOT_AUTHORIZED
+        if self._floor(g) is None:
+            return sig.AFF_UNKNOWN_GROUP
+        return sig.AFF_OK
+
+    def _on_deaffiliate(self, now, s, msg):
+        results = []
+        out = []
+        changed = False
+        for g in msg.groups:
+            a = s.aff(g)
+            if a is None:
+                results.append((g, sig.AFF_NOT_AFFILIATED))
+                continue
+            s.affs.remove(a)
+            changed = True
+            if s.floor_group == g:
+                s.floor_group = None
+            out.extend(self._leave(now, s.identity, g))
+            results.append((g, sig.AFF_OK))
+        if changed:
+            self._save(s)
+        return sig.encode(msg.reply(sig.DEAFFILIATE_ACK, results=results), s.tx), out
+
+    # --- emergency --------------------------------------------------------------------------------
+
+    def _on_emergency_alert(self, now, s, msg):
+        g = msg.group if msg.group is not None else s.talk_group()
+        if g is None or s.aff(g) is None:
+            return self._error(s, msg, sig.CAUSE_NOT_AUTHORIZED), []
+        alerts = self._alerts.get(g)
+        if alerts is None:
+            alerts = self._alerts[g] = []
+        if s.identity not in alerts:
+            alerts.append(s.identity)
+        self.counters["emergency_alerts"] += 1
+        out = self._tell_members(
+            now, g, s.identity, sig.EMERGENCY_ALERT, identity=s.identity, location=msg.location
+        )
+        return sig.encode(msg.reply(sig.EMERGENCY_ACK), s.tx), out
+
+    def _on_emergency_cancel(self, now, s, msg):
+        me = s.identity
+        if msg.identity is not None and msg.identity != me:
+            # Only a dispatcher may cancel someone else's emergency (Relay.cancel_emergency).
+            return self._error(s, msg, sig.CAUSE_NOT_AUTHORIZED), []
+        if msg.group is not None:
+            if s.aff(msg.group) is None:
+                return self._error(s, msg, sig.CAUSE_NOT_AUTHORIZED), []
+            groups = [msg.group]
+        else:
+            groups = [g for g in self._alerts if me in self._alerts[g]]
+            for a in s.affs:
+                srv = self._floors.get(a[0])
+                if srv is not None and (srv.emergency or srv.imminent_peril) and a[0] not in groups:
+                    groups.append(a[0])
+        out = []
+        for g in groups:
+            alerts = self._alerts.get(g)
+            had = alerts is not None and me in alerts
+            if had:
+                alerts.remove(me)
+                if not alerts:
+                    del self._alerts[g]
+            srv = self._floors.get(g)
+            if srv is not None:
+                # The floor server lifts a state only for the member that raised it. There is no
+                # message of its own for imminent peril: the emergency cancel ends both.
+                out.extend(self._floor_out(srv.cancel_emergency(now, me)))
+                out.extend(self._floor_out(srv.cancel_imminent_peril(now, me)))
+            if had:
+                out.extend(self._tell_members(now, g, me, sig.EMERGENCY_CANCEL, identity=me))
+        self.counters["emergency_cancels"] += 1
+        return sig.encode(msg.reply(sig.EMERGENCY_ACK), s.tx), out
+
+    def _tell_members(self, now, g, skip, mtype, **fields):
+        srv = self._floors.get(g)
+        if srv is None:
+            return []
+        out = []
+        for pid in srv.members:
+            m = self._by_identity.get(pid)
+            if pid != skip and m is not None and m.state == REGISTERED:
+                out.append(self._send_request(now, m, mtype, group=g, **fields))
+        return out
+
+    # --- requests to a device ---------------------------------------------------------------------
+
+    def _send_request(self, now, s, mtype, **fields):
+        m = sig.SigMsg(mtype, txid=s.txns.new_txid(), session=s.sid, down=True, **fields)
+        data = sig.encode(m, s.tx)
+        t = s.txns.start(now, data)
+        self._busy[s.sid] = s
+        if self._txn_at is None or t.deadline < self._txn_at:
+            self._txn_at = t.deadline
+        return (s.addr, data)
+
+    def _control(self, now, s, action):
+        """DEVICE_CONTROL to the device (a list of at most one datagram). Revive and kill carry
+        the home registry's sequence number and proof (protocol.md §6.6): only the holder of the
+        device's secret may order them."""
+        fields = {"action": action}
+        if action != sig.CTRL_STUN:
+            try:
+                fields["seq"], fields["proof"] = self.registry.next_control(s.identity, action)
+            except (ValueError, StoreError):
+                self.counters["control_failures"] += 1
+                return []
+        self.counters["device_controls_sent"] += 1
+        d = self._send_request(now, s, sig.DEVICE_CONTROL, **fields)
+        s.ctrl_txid = struct.unpack_from(">I", d[1], 8)[0]
+        return [d]
+
+    def _on_sig_response(self, now, addr, s, msg):
+        if s is None or s.txns is None:
+            raise Drop("sig_unsolicited_response")
+        t = s.txns.on_response(msg.txid, msg.type)
+        if t is None:
+            raise Drop("sig_unsolicited_response")
+        if s.live:
+            self._seen(s, now, addr)
+        if msg.type == sig.DEVICE_CONTROL_ACK:
+            self.counters["device_control_acks"] += 1
+            if msg.action == sig.CTRL_REVIVE:
+                s.revive_pending = False
+                self._set_revive_pending(s.identity, False)
+        elif msg.type == sig.ERROR:
+            self.counters["device_errors"] += 1
+        return []

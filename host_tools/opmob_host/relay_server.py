@@ -1,0 +1,685 @@
+"""CPython asyncio driver for OpMob's sans-I/O cores: the relay on a Raspberry Pi, and test clients.
+
+A core is any object with ``on_datagram(now, addr, data)`` and ``poll(now)`` (each returning a list
+of ``(addr, bytes)`` to send) and ``next_deadline()`` (float seconds on the ``time.monotonic`` clock,
+or None). ``UdpDriver`` feeds one core from one UDP socket; ``RelayServer`` adds the read-only
+HTTP/JSON status endpoint, signal handling and the systemd notifications; ``Endpoint`` is a driver on
+an ephemeral loopback port for tests and the demo (a device session with its own socket and timer).
+
+Rules the driver keeps whatever the core does:
+- an exception from the core drops that one input, is counted (``driver_errors``) and logged with
+  its type and code location only (exception messages may quote packet bytes or keys), at most
+  ``ERR_LOG_MAX`` lines a minute so a hostile sender cannot flood the journal;
+- the core's output is checked before it reaches the socket: asyncio closes a datagram transport
+  for good on a malformed address, and a host name would block the loop on DNS;
+- at most ``max_send_buffer`` bytes wait in user space when the kernel's buffer is full (asyncio's
+  own queue has no limit); beyond that datagrams are dropped and counted (``send_dropped``);
+- the timer is re-armed after every event, and never spins: a core that keeps returning a deadline
+  in the past is polled at most once a millisecond.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, cast
+
+log = logging.getLogger("opmob.relay")
+
+Addr = tuple[Any, ...]
+Outgoing = Iterable[tuple[Addr, bytes]] | None
+
+DRIVER_COUNTERS = (
+    "datagrams_in",
+    "bytes_in",
+    "datagrams_out",
+    "bytes_out",
+    "driver_errors",
+    "send_errors",
+    "send_dropped",
+    "socket_errors",
+    "timer_polls",
+)
+STATUS_COUNTERS = ("status_requests", "status_refused")
+
+ERR_LOG_WINDOW_S = 60.0
+ERR_LOG_MAX = 10
+MAX_SEND_BUFFER = 1 << 20
+SPIN_GUARD_S = 0.001
+# /healthz turns 503 when a timer is this far overdue: the event loop is stuck or the timer lost.
+TIMER_OVERDUE_S = 5.0
+
+
+class SansIO(Protocol):
+    def on_datagram(self, now: float, addr: Addr, data: bytes) -> Outgoing: ...
+
+    def poll(self, now: float) -> Outgoing: ...
+
+    def next_deadline(self) -> float | None: ...
+
+
+class CoreErrorLog:
+    """Logs exceptions raised by a core without their messages, rate-limited per window."""
+
+    def __init__(
+        self,
+        logger: logging.Logger = log,
+        *,
+        window_s: float = ERR_LOG_WINDOW_S,
+        max_lines: int = ERR_LOG_MAX,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.window_s = window_s
+        self.max_lines = max_lines
+        self.clock = clock
+        self._window_start: float | None = None
+        self._logged = 0
+        self._suppressed = 0
+
+    def report(self, what: str, exc: BaseException, addr: Addr | None) -> None:
+        now = self.clock()
+        if self._window_start is None or now - self._window_start >= self.window_s:
+            if self._suppressed:
+                self.logger.error(
+                    "%d more core errors in the last %.0f s were counted but not logged",
+                    self._suppressed,
+                    self.window_s,
+                )
+            self._window_start = now
+            self._logged = 0
+            self._suppressed = 0
+        if self._logged >= self.max_lines:
+            self._suppressed += 1
+            return
+        self._logged += 1
+        frames = traceback.extract_tb(exc.__traceback__)[-3:]
+        where = " <- ".join(
+            f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}" for f in reversed(frames)
+        )
+        peer = f" (datagram from {format_addr(addr)})" if addr is not None else ""
+        self.logger.error(
+            "core raised %s in %s%s at %s; input dropped, relay carries on (a bug: please report it)",
+            type(exc).__name__,
+            what,
+            peer,
+            where or "?",
+        )
+
+
+def format_addr(addr: Addr | None) -> str:
+    if not addr:
+        return "?"
+    host = str(addr[0])
+    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+
+
+def _valid_peer(addr: Any) -> bool:
+    """A numeric (host, port) as a UDP socket gives them; anything else would break or block sendto."""
+    if not isinstance(addr, tuple) or len(addr) not in (2, 4):
+        return False
+    host, port = addr[0], addr[1]
+    if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
+        return False
+    try:
+        if len(addr) == 2:
+            socket.inet_pton(socket.AF_INET, host)
+        else:
+            socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+    except OSError:
+        return False
+    return True
+
+
+def _buffered(tr: asyncio.DatagramTransport) -> int:
+    # The selector transport has it; typeshed's DatagramTransport does not declare it.
+    size: int = getattr(tr, "get_write_buffer_size", lambda: 0)()
+    return size
+
+
+class UdpDriver(asyncio.DatagramProtocol):
+    """Feeds one sans-I/O core from one UDP socket and keeps its timer."""
+
+    def __init__(
+        self,
+        core: SansIO,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger = log,
+        max_send_buffer: int = MAX_SEND_BUFFER,
+    ) -> None:
+        self.core = core
+        self.clock = clock
+        self.logger = logger
+        self.max_send_buffer = max_send_buffer
+        self.counters: dict[str, int] = dict.fromkeys(DRIVER_COUNTERS, 0)
+        self.errors = CoreErrorLog(logger, clock=clock)
+        self.started = clock()
+        self.lost: asyncio.Future[Exception | None] | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed: float | None = None
+        self._closing = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    # --- lifetime ---------------------------------------------------------------------------------
+    async def open(self, host: str, port: int) -> Addr:
+        """Bind ``host:port`` (port 0: any free port) and start; returns the bound address."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.lost = loop.create_future()
+        await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        self._rearm()
+        return self.local_address
+
+    @property
+    def local_address(self) -> Addr:
+        if self._transport is None:
+            raise RuntimeError("driver is not open")
+        addr: Addr = self._transport.get_extra_info("sockname")
+        return addr
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def close(self) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # 3.11's selector transport does not subclass DatagramTransport, though it is one.
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._closing:
+            self.logger.error(
+                "the UDP socket closed unexpectedly (%s)", type(exc).__name__ if exc else "no error"
+            )
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None if self._closing else exc or ConnectionError("UDP socket closed"))
+        self._notify()
+
+    # --- events -----------------------------------------------------------------------------------
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        c = self.counters
+        c["datagrams_in"] += 1
+        c["bytes_in"] += len(data)
+        try:
+            out = self.core.on_datagram(self.clock(), addr, data)
+        except Exception as e:
+            c["driver_errors"] += 1
+            self.errors.report("on_datagram", e, addr)
+        else:
+            self.send(out)
+        self._rearm()
+        self._notify()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors and failed sends: UDP promises nothing, the protocol retransmits what matters.
+        self.counters["socket_errors"] += 1
+
+    def act(self, fn: Callable[[float], Outgoing], what: str = "act") -> bool:
+        """Run ``fn(now)`` (any core entry point), send what it returns, re-arm the timer.
+
+        Returns False when the core raised (counted and logged like a datagram's error).
+        """
+        ok = True
+        try:
+            out = fn(self.clock())
+        except Exception as e:
+            self.counters["driver_errors"] += 1
+            self.errors.report(what, e, None)
+            ok = False
+        else:
+            self.send(out)
+        self._rearm()
+        self._notify()
+        return ok
+
+    def send(self, out: Outgoing) -> None:
+        if not out:
+            return
+        c = self.counters
+        tr = self._transport
+        try:
+            items = list(out)
+        except Exception as e:
+            c["driver_errors"] += 1
+            self.errors.report("output", e, None)
+            return
+        for item in items:
+            if not (
+                isinstance(item, tuple | list)
+                and len(item) == 2
+                and isinstance(item[1], bytes | bytearray | memoryview)
+                and _valid_peer(item[0])
+            ):
+                c["driver_errors"] += 1
+                self.errors.report("output", TypeError("malformed (addr, bytes) item"), None)
+                continue
+            addr, data = item
+            if tr is None or tr.is_closing():
+                c["send_dropped"] += 1
+                continue
+            if _buffered(tr) > self.max_send_buffer:
+                c["send_dropped"] += 1
+                continue
+            try:
+                tr.sendto(data, addr)
+            except (OSError, ValueError, TypeError):
+                c["send_errors"] += 1
+                continue
+            c["datagrams_out"] += 1
+            c["bytes_out"] += len(data)
+
+    # --- timer ------------------------------------------------------------------------------------
+    def _next_deadline(self) -> float | None:
+        try:
+            d = self.core.next_deadline()
+        except Exception as e:
+            self.counters["driver_errors"] += 1
+            self.errors.report("next_deadline", e, None)
+            return None
+        if d is None:
+            return None
+        try:
+            d = float(d)
+            if math.isnan(d):
+                raise ValueError("deadline is NaN")
+        except (TypeError, ValueError) as e:
+            self.counters["driver_errors"] += 1
+            self.errors.report("next_deadline", e, None)
+            return None
+        return d
+
+    def _rearm(self) -> None:
+        if self._loop is None or self._closing:
+            return
+        d = self._next_deadline()
+        if self._timer is not None:
+            if d == self._armed:
+                return
+            self._timer.cancel()
+            self._timer = None
+        self._armed = d
+        if d is not None:
+            self._timer = self._loop.call_later(max(0.0, d - self.clock()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self.clock()
+        self.counters["timer_polls"] += 1
+        try:
+            out = self.core.poll(now)
+        except Exception as e:
+            self.counters["driver_errors"] += 1
+            self.errors.report("poll", e, None)
+        else:
+            self.send(out)
+        d = self._next_deadline()
+        if d is not None and d <= now and self._loop is not None and not self._closing:
+            self._armed = d
+            self._timer = self._loop.call_later(SPIN_GUARD_S, self._fire)
+        else:
+            self._rearm()
+        self._notify()
+
+    @property
+    def armed_deadline(self) -> float | None:
+        """The deadline the timer is set for (None: no timer)."""
+        return self._armed if self._timer is not None else None
+
+    def healthy(self) -> bool:
+        if not self.is_open:
+            return False
+        armed = self.armed_deadline
+        return armed is None or self.clock() - armed < TIMER_OVERDUE_S
+
+    # --- waiting (tests, the demo) ------------------------------------------------------------------
+    def _notify(self) -> None:
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for f in waiters:
+                if not f.done():
+                    f.set_result(None)
+
+    async def wait_until(self, pred: Callable[[], bool], timeout: float, what: str = "condition") -> None:
+        """Wait until ``pred()`` holds, checked after every event this driver handles."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not pred():
+            left = end - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"{what} not reached within {timeout} s")
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(fut)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, left)
+
+    def driver_status(self) -> dict[str, Any]:
+        st: dict[str, Any] = dict(self.counters)
+        st["uptime_s"] = round(self.clock() - self.started, 3)
+        if self._transport is not None:
+            st["listen"] = format_addr(self.local_address)
+        return st
+
+
+class Endpoint(UdpDriver):
+    """A sans-I/O client (e.g. a DeviceSession) on its own loopback UDP socket, with its own timer.
+
+    ``async with Endpoint(session) as ep:`` binds an ephemeral port; ``ep.act(session.start)`` or
+    ``ep.act(lambda now: session.send_floor(now, msg))`` drives it; ``await ep.wait_until(...)``
+    waits for what it should have received.
+    """
+
+    def __init__(self, core: SansIO, *, host: str = "127.0.0.1", port: int = 0, **kw: Any) -> None:
+        super().__init__(core, **kw)
+        self._bind = (host, port)
+
+    async def __aenter__(self) -> Endpoint:
+        await self.open(*self._bind)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- the status endpoint ------------------------------------------------------------------------------
+MAX_REQUEST_HEAD = 8192
+REQUEST_TIMEOUT_S = 5.0
+MAX_STATUS_CLIENTS = 16
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def http_response(code: int, body: dict[str, Any], extra_headers: str = "") -> bytes:
+    payload = (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+    head = (
+        f"HTTP/1.1 {code} {_REASONS[code]}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n"
+        "Cache-Control: no-store\r\n"
+        "Connection: close\r\n"
+        f"{extra_headers}\r\n"
+    )
+    return head.encode() + payload
+
+
+class StatusServer:
+    """Read-only HTTP/1.1 on asyncio streams: ``GET /status`` and ``GET /healthz``, nothing else.
+
+    One request per connection; the request head is bounded (``max_head`` bytes, else 431) and must
+    arrive within ``timeout_s`` (else 408); at most ``max_clients`` connections are served at once
+    (more are closed at once and counted), so a stuck or hostile client cannot hold the relay.
+    """
+
+    def __init__(
+        self,
+        render_status: Callable[[], dict[str, Any]],
+        healthy: Callable[[], bool],
+        *,
+        max_head: int = MAX_REQUEST_HEAD,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+        max_clients: int = MAX_STATUS_CLIENTS,
+        logger: logging.Logger = log,
+    ) -> None:
+        self.render_status = render_status
+        self.healthy = healthy
+        self.max_head = max_head
+        self.timeout_s = timeout_s
+        self.max_clients = max_clients
+        self.logger = logger
+        self.counters: dict[str, int] = dict.fromkeys(STATUS_COUNTERS, 0)
+        self._server: asyncio.Server | None = None
+        self._active = 0
+
+    async def open(self, host: str, port: int) -> Addr:
+        self._server = await asyncio.start_server(self._handle, host, port, limit=self.max_head)
+        addr: Addr = self._server.sockets[0].getsockname()
+        return addr
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), self.timeout_s)
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._active >= self.max_clients:
+            self.counters["status_refused"] += 1
+            writer.close()
+            return
+        self._active += 1
+        try:
+            resp = await self._respond(reader)
+            if resp is not None:
+                writer.write(resp)
+                await asyncio.wait_for(writer.drain(), self.timeout_s)
+        except (ConnectionError, TimeoutError):
+            self.counters["status_refused"] += 1
+        finally:
+            self._active -= 1
+            writer.close()
+
+    async def _respond(self, reader: asyncio.StreamReader) -> bytes | None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout_s)
+        except asyncio.LimitOverrunError:
+            self.counters["status_refused"] += 1
+            return http_response(431, {"error": f"request head larger than {self.max_head} bytes"})
+        except TimeoutError:
+            self.counters["status_refused"] += 1
+            return http_response(408, {"error": f"request not complete within {self.timeout_s} s"})
+        except asyncio.IncompleteReadError:
+            self.counters["status_refused"] += 1
+            return None
+        try:
+            method, target, version = head.split(b"\r\n", 1)[0].decode("ascii").split(" ")
+        except (UnicodeDecodeError, ValueError):
+            self.counters["status_refused"] += 1
+            return http_response(400, {"error": "malformed request line"})
+        if not version.startswith("HTTP/1."):
+            self.counters["status_refused"] += 1
+            return http_response(400, {"error": "HTTP/1.x only"})
+        if method != "GET":
+            self.counters["status_refused"] += 1
+            return http_response(405, {"error": "read-only endpoint: GET only"}, "Allow: GET\r\n")
+        path = target.split("?", 1)[0]
+        self.counters["status_requests"] += 1
+        if path == "/status":
+            try:
+                body = self.render_status()
+                return http_response(200, body)
+            except Exception as e:
+                # A status that cannot be rendered is a bug; say so without its content.
+                self.logger.error("status could not be rendered (%s)", type(e).__name__)
+                return http_response(500, {"error": f"status unavailable ({type(e).__name__})"})
+        if path == "/healthz":
+            ok = self.healthy()
+            return http_response(200 if ok else 503, {"ok": ok})
+        return http_response(404, {"error": "not found; try /status or /healthz"})
+
+
+# --- systemd ---------------------------------------------------------------------------------------------
+class SdNotify:
+    """sd_notify(3) without libsystemd: READY/STOPPING/STATUS and the watchdog keep-alive."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ) if env is None else env
+        path = env.get("NOTIFY_SOCKET", "")
+        self._addr: str | None = None
+        if path.startswith("@"):
+            self._addr = "\0" + path[1:]
+        elif path.startswith("/"):
+            self._addr = path
+        self.watchdog_s: float | None = None
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            self.watchdog_s = int(usec) / 1e6
+
+    @property
+    def enabled(self) -> bool:
+        return self._addr is not None
+
+    def send(self, msg: str) -> bool:
+        if self._addr is None:
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.setblocking(False)
+                s.sendto(msg.encode(), self._addr)
+        except OSError:
+            return False
+        return True
+
+
+# --- the relay process ---------------------------------------------------------------------------------
+class StatusCore(SansIO, Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+
+class RelayServer:
+    """A relay core on its UDP port, with the status endpoint and systemd notifications."""
+
+    def __init__(
+        self,
+        core: StatusCore,
+        *,
+        listen: tuple[str, int],
+        status: tuple[str, int] | None,
+        logger: logging.Logger = log,
+        notify: SdNotify | None = None,
+    ) -> None:
+        self.core = core
+        self.listen = listen
+        self.status_bind = status
+        self.logger = logger
+        self.driver = UdpDriver(core, logger=logger)
+        self.http: StatusServer | None = None
+        self.notify = notify if notify is not None else SdNotify()
+        self.listen_address: Addr | None = None
+        self.status_address: Addr | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def status(self) -> dict[str, Any]:
+        st = dict(self.core.status())
+        drv = self.driver.driver_status()
+        if self.http is not None:
+            drv.update(self.http.counters)
+        st["driver"] = drv
+        return st
+
+    async def start(self) -> None:
+        """Bind both sockets; an OSError here names the address that could not be bound."""
+        try:
+            self.listen_address = await self.driver.open(*self.listen)
+        except OSError as e:
+            raise BindError("udp", self.listen, e) from e
+        if self.status_bind is not None:
+            self.http = StatusServer(self.status, self.driver.healthy, logger=self.logger)
+            try:
+                self.status_address = await self.http.open(*self.status_bind)
+            except OSError as e:
+                self.driver.close()
+                raise BindError("status http", self.status_bind, e) from e
+        if self.notify.watchdog_s:
+            self._watchdog = asyncio.create_task(self._watchdog_loop(self.notify.watchdog_s))
+        self.notify.send(f"READY=1\nSTATUS=serving udp {format_addr(self.listen_address)}")
+
+    async def _watchdog_loop(self, period_s: float) -> None:
+        # Runs on the same loop as the core: a core stuck in a loop stops these pings and systemd
+        # restarts the relay. A deaf socket stops them too.
+        while True:
+            if self.driver.healthy():
+                self.notify.send("WATCHDOG=1")
+            await asyncio.sleep(period_s / 2)
+
+    async def serve(self, stop: asyncio.Event) -> int:
+        """Serve until ``stop`` is set (0) or the UDP socket dies (1)."""
+        assert self.driver.lost is not None
+        stopper = asyncio.create_task(stop.wait())
+        waitables: set[asyncio.Future[Any]] = {stopper, self.driver.lost}
+        try:
+            await asyncio.wait(waitables, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        lost = self.driver.lost.done() and self.driver.lost.result() is not None
+        return 1 if lost else 0
+
+    async def close(self) -> None:
+        self.notify.send("STOPPING=1")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self.driver.close()
+        if self.http is not None:
+            await self.http.close()
+
+
+class BindError(OSError):
+    def __init__(self, what: str, addr: tuple[str, int], err: OSError) -> None:
+        self.what = what
+        self.addr = addr
+        self.err = err
+        super().__init__(f"cannot listen on {what} {format_addr(addr)}: {err.strerror or err}")
+
+
+def run_relay(
+    core: StatusCore,
+    *,
+    listen: tuple[str, int],
+    status: tuple[str, int] | None,
+    on_started: Callable[[RelayServer], None] | None = None,
+    logger: logging.Logger = log,
+) -> int:
+    """Run the relay until SIGTERM or SIGINT (returns 0) or until its socket dies (returns 1).
+
+    Raises BindError when a port cannot be bound. The caller closes the store afterwards, so it is
+    closed whichever way this returns.
+    """
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = RelayServer(core, listen=listen, status=status, logger=logger)
+        await server.start()
+        try:
+            if on_started is not None:
+                on_started(server)
+            rc = await server.serve(stop)
+        finally:
+            await server.close()
+        logger.info("relay stopped")
+        return rc
+
+    return asyncio.run(main())
