@@ -1,0 +1,268 @@
+"""ESP32 and ESP32-S3 peripherals through MicroPython's ``machine`` and ``network`` modules.
+
+Imported only on a device (``hw.make_hardware`` picks it for the esp32 and esp32s3 boards); it must
+still compile with ``mpy-cross -march=xtensawin``, which the tests check.
+
+- Buttons: GPIO inputs with the board's pull; an edge interrupt sets a ``ThreadSafeFlag`` so the
+  button task sleeps until something happens (debounce and long press are ``hw.Button``'s).
+- LEDs: GPIO outputs driven from ``hw.LedPlayer``.
+- Microphone: ``machine.I2S`` receive (an INMP441 sends 24-bit samples in 32-bit slots: they are
+  narrowed to 16 bits here, with the board's ``gain_shift``), read through asyncio's stream so
+  the DMA's own clock paces capture.
+- Speaker: ``machine.I2S`` transmit to a MAX98357A, 16-bit mono, written through asyncio's
+  stream (``drain`` waits for DMA room: the I2S clock paces playback); the amplifier's enable pin
+  is switched off when idle.
+- Battery: ``machine.ADC`` on an ADC1 pin (ADC2 is unusable while WiFi runs), averaged.
+- WiFi: ``network.WLAN`` station with scan.
+- Watchdog: ``machine.WDT``: once started it cannot be stopped, as intended.
+"""
+
+import asyncio
+
+import machine
+import network
+
+from opmob.accessory import hw
+from opmob.compat import micropython, ptr8
+
+FRAME_SAMPLES = 160
+FRAME_BYTES = 320
+
+
+@micropython.viper
+def _narrow32(src, dst, n: int, shift: int):
+    # 32-bit little-endian I2S slots (the sample's top bits first) -> 16-bit PCM, saturating.
+    s = ptr8(src)
+    d = ptr8(dst)
+    i = 0
+    while i < n:
+        o = i * 4
+        v = (s[o + 3] << 24) | (s[o + 2] << 16) | (s[o + 1] << 8) | s[o]
+        v = v >> (16 - shift)
+        if v > 32767:
+            v = 32767
+        elif v < -32768:
+            v = -32768
+        d[2 * i] = v & 0xFF
+        d[2 * i + 1] = (v >> 8) & 0xFF
+        i += 1
+
+
+class Esp32Pin:
+    def __init__(self, spec, flag):
+        pull = {"up": machine.Pin.PULL_UP, "down": machine.Pin.PULL_DOWN}.get(spec["pull"])
+        self.pin = machine.Pin(spec["pin"], machine.Pin.IN, pull)
+        self.active_low = spec["active_low"]
+        self.pin.irq(trigger=machine.Pin.IRQ_FALLING | machine.Pin.IRQ_RISING, handler=lambda p: flag.set())
+
+    def pressed(self):
+        return self.pin.value() == (0 if self.active_low else 1)
+
+
+class Esp32Leds(hw.Leds):
+    def __init__(self, specs):
+        hw.Leds.__init__(self)
+        self.pins = {}
+        self.active_low = {}
+        for name in specs:
+            spec = specs[name]
+            self.active_low[name] = spec["active_low"]
+            self.pins[name] = machine.Pin(spec["pin"], machine.Pin.OUT, value=1 if spec["active_low"] else 0)
+
+    def _drive(self, led, level):
+        p = self.pins.get(led)
+        if p is not None:
+            p.value((1 - level) if self.active_low[led] else level)
+
+
+class Esp32Mic:
+    def __init__(self, spec):
+        self.spec = spec
+        self.i2s = None
+        self._sr = None
+        self._slot = spec["slot_bits"]
+        self._raw = bytearray(FRAME_SAMPLES * self._slot // 8)
+        self._shift = spec["gain_shift"]
+
+    def start(self):
+        if self.i2s is not None:
+            return
+        s = self.spec
+        self.i2s = machine.I2S(
+            s["id"],
+            sck=machine.Pin(s["sck"]),
+            ws=machine.Pin(s["ws"]),
+            sd=machine.Pin(s["sd"]),
+            mode=machine.I2S.RX,
+            bits=self._slot,
+            format=machine.I2S.MONO,
+            rate=s["rate"],
+            ibuf=len(self._raw) * 4,
+        )
+        self._sr = asyncio.StreamReader(self.i2s)
+
+    def stop(self):
+        if self.i2s is not None:
+            self.i2s.deinit()
+            self.i2s = None
+            self._sr = None
+
+    async def readinto(self, buf):
+        if self._sr is None:
+            self.start()
+        raw = self._raw if self._slot == 32 else buf
+        mv = memoryview(raw)
+        got = 0
+        want = len(raw)
+        while got < want:
+            n = await self._sr.readinto(mv[got:])
+            got += n or 0
+        if self._slot == 32:
+            _narrow32(raw, buf, FRAME_SAMPLES, self._shift)
+        return FRAME_BYTES
+
+
+class Esp32Speaker:
+    def __init__(self, spec):
+        self.spec = spec
+        self.i2s = None
+        self._sw = None
+        self.enable = None
+        if spec.get("enable") is not None:
+            self.enable = machine.Pin(spec["enable"], machine.Pin.OUT, value=0)
+
+    def start(self):
+        if self.i2s is not None:
+            return
+        s = self.spec
+        self.i2s = machine.I2S(
+            s["id"],
+            sck=machine.Pin(s["sck"]),
+            ws=machine.Pin(s["ws"]),
+            sd=machine.Pin(s["sd"]),
+            mode=machine.I2S.TX,
+            bits=16,
+            format=machine.I2S.MONO,
+            rate=s["rate"],
+            ibuf=FRAME_BYTES * 4,
+        )
+        self._sw = asyncio.StreamWriter(self.i2s)
+        if self.enable is not None:
+            self.enable.value(1)
+
+    def stop(self):
+        if self.enable is not None:
+            self.enable.value(0)
+        if self.i2s is not None:
+            self.i2s.deinit()
+            self.i2s = None
+            self._sw = None
+
+    async def write(self, buf):
+        if self._sw is None:
+            self.start()
+        self._sw.write(buf)
+        await self._sw.drain()
+
+
+class Esp32Battery:
+    def __init__(self, spec):
+        self.adc = machine.ADC(machine.Pin(spec["adc"]), atten=machine.ADC.ATTN_11DB)
+        self.divider = spec["divider"]
+
+    def read_mv(self):
+        total = 0
+        for _ in range(8):
+            total += self.adc.read_uv()
+        return int(total / 8 / 1000 * self.divider)
+
+
+class Esp32Wifi:
+    def __init__(self):
+        self.wlan = network.WLAN(network.STA_IF)
+
+    def active(self, on):
+        self.wlan.active(on)
+
+    def scan(self):
+        out = []
+        for ap in self.wlan.scan():
+            try:
+                ssid = ap[0].decode()
+            except Exception:
+                continue
+            out.append((ssid, ap[3]))
+        out.sort(key=lambda x: -x[1])
+        return out
+
+    def connect(self, ssid, psk):
+        try:
+            self.wlan.connect(ssid, psk or "")
+        except OSError:
+            return False
+        return True
+
+    def isconnected(self):
+        return self.wlan.isconnected()
+
+    def disconnect(self):
+        try:
+            self.wlan.disconnect()
+        except OSError:
+            pass
+
+    def rssi(self):
+        try:
+            return self.wlan.status("rssi")
+        except Exception:
+            return None
+
+
+class Esp32Watchdog:
+    def __init__(self):
+        self.wdt = None
+
+    def start(self, timeout_ms):
+        if self.wdt is None:
+            self.wdt = machine.WDT(timeout=timeout_ms)
+
+    def feed(self):
+        if self.wdt is not None:
+            self.wdt.feed()
+
+
+class Esp32Hardware(hw.Hardware):
+    def __init__(self, board):
+        hw.Hardware.__init__(self)
+        self.board = board
+        self._edge = asyncio.ThreadSafeFlag()
+        for name in board.buttons:
+            self.buttons[name] = Esp32Pin(board.buttons[name], self._edge)
+        if board.has("leds"):
+            self.leds = Esp32Leds(board.leds)
+        if board.has("mic"):
+            self.mic = Esp32Mic(board.i2s_in)
+        if board.has("speaker"):
+            self.speaker = Esp32Speaker(board.i2s_out)
+        if board.has("battery"):
+            self.battery = Esp32Battery(board.battery)
+        if board.has("wifi"):
+            self.wifi = Esp32Wifi()
+        if board.has("watchdog"):
+            self.watchdog = Esp32Watchdog()
+
+    async def wait_button_edge(self, timeout_s):
+        try:
+            await asyncio.wait_for(self._edge.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass
+
+    def close(self):
+        if self.mic is not None:
+            self.mic.stop()
+        if self.speaker is not None:
+            self.speaker.stop()
+
+
+def make(board):
+    return Esp32Hardware(board)

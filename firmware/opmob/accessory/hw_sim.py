@@ -1,0 +1,646 @@
+"""The unix-sim board: the accessory's peripherals as things a test drives.
+
+- **Control channel**: a TCP server on ``sim.control_host:control_port`` speaking lines. Commands
+  press buttons, change the radio and audio, and ask for status; the device reports its LED
+  pattern, tones, state and console lines back to every connected client. Protocol:
+  docs/accessory.md ("The unix-sim board").
+- **Buttons**: levels set by ``press``/``release``/``click``/``long`` (the firmware's own debounce
+  and long-press logic reads them, as it reads GPIOs on a board).
+- **LEDs**: each pattern change is reported as ``led <pattern>``.
+- **Microphone**: 16-bit 8 kHz mono from a raw (s16le) or WAV file, advancing only while the
+  firmware captures (while it has the floor); frames are paced by a 20 ms clock.
+- **Speaker**: every frame the firmware plays (silence included) goes to a WAV file at a 20 ms
+  pace, so a sample's place in the file is the time it was played; ``speaker start <wall time>``
+  tells when sample 0 was.
+- **WiFi**: access points from a scenario file (or one per configured relay), changed by
+  ``ap``/``wifi`` commands.
+- **Watchdog**: a thread that kills the process (SIGKILL, as a hardware watchdog resets a chip)
+  when the event loop has not fed it in time.
+
+Runs on the MicroPython unix port (CI) and on CPython (unit tests).
+"""
+
+import asyncio
+import json
+import os
+import struct
+import sys
+import time
+
+from opmob import compat
+from opmob.accessory import hw
+
+FRAME_SAMPLES = 160  # 20 ms at 8 kHz
+FRAME_BYTES = 320
+FRAME_S = 0.020
+RATE = 8000
+CLIENT_BACKLOG = 4000  # report lines held for a slow client before it is dropped
+MAX_LINE = 512
+
+
+def wall_time():
+    """Seconds since the epoch (shared between processes on one host: for delay measurements)."""
+    return time.time()
+
+
+# --- WAV ----------------------------------------------------------------------------------------------
+
+
+def wav_header(nbytes):
+    """A RIFF/WAVE header for ``nbytes`` of 16-bit mono PCM at 8 kHz."""
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + nbytes)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, RATE, RATE * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", nbytes)
+    )
+
+
+def wav_data_offset(f):
+    """Where the samples of an open WAV file start; ValueError unless it is 8 kHz 16-bit mono PCM."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise ValueError("not a RIFF/WAVE file")
+    pos = 12
+    fmt_ok = False
+    while True:
+        ch = f.read(8)
+        if len(ch) < 8:
+            raise ValueError("WAV file without a data chunk")
+        cid = ch[:4]
+        size = struct.unpack("<I", ch[4:])[0]
+        pos += 8
+        if cid == b"fmt ":
+            body = f.read(size)
+            tag, chans, rate, _br, _ba, bits = struct.unpack("<HHIIHH", body[:16])
+            if tag != 1 or chans != 1 or rate != RATE or bits != 16:
+                raise ValueError("WAV must be 8 kHz 16-bit mono PCM")
+            fmt_ok = True
+        elif cid == b"data":
+            if not fmt_ok:
+                raise ValueError("WAV data before its format")
+            return pos
+        else:
+            f.seek(pos + size)
+        pos += size + (size & 1)
+        f.seek(pos)
+
+
+class FrameClock:
+    """A 20 ms cadence that does not drift: frame n is due at start + n * 20 ms."""
+
+    def __init__(self, clock=compat.monotonic):
+        self.clock = clock
+        self.start = None
+        self.n = 0
+
+    def reset(self):
+        self.start = self.clock()
+        self.n = 0
+
+    async def tick(self):
+        if self.start is None:
+            self.reset()
+        self.n += 1
+        due = self.start + self.n * FRAME_S
+        now = self.clock()
+        if due - now > 0.0005:
+            await compat.sleep_ms(int((due - now) * 1000 + 0.5))
+        elif now - due > 0.5:
+            # Far behind (the process was stopped): start a fresh cadence, do not burst.
+            self.start = now
+            self.n = 0
+        return due
+
+
+# --- peripherals --------------------------------------------------------------------------------------
+
+
+class SimPin:
+    __slots__ = ("level",)
+
+    def __init__(self):
+        self.level = False
+
+    def pressed(self):
+        return self.level
+
+
+class SimLeds(hw.Leds):
+    def __init__(self, control):
+        hw.Leds.__init__(self)
+        self.control = control
+        self.trace = False
+
+    def _on_pattern(self, name):
+        self.control.report("led %s" % name)
+
+    def _drive(self, led, level):
+        if self.trace:
+            self.control.report("ledpin %s %d" % (led, level))
+
+
+class SimMic:
+    """Frames from a file, paced at 20 ms; silence when there is no file or it has run out."""
+
+    def __init__(self, control, path=""):
+        self.control = control
+        self.clock = FrameClock()
+        self.path = ""
+        self._f = None
+        self._data_at = 0
+        self._pos = 0  # samples of the file consumed
+        self._eof_told = False
+        self.running = False
+        if path:
+            self.set_source(path)
+
+    def set_source(self, path, offset=0):
+        """Play ``path`` (raw s16le or WAV) from sample ``offset``; "" for silence."""
+        self._close()
+        self.path = path
+        self._pos = offset
+        self._eof_told = False
+        if not path:
+            return
+        f = open(path, "rb")
+        try:
+            self._data_at = wav_data_offset(f) if path.endswith(".wav") else 0
+        except Exception:
+            f.close()
+            raise
+        self._f = f
+        f.seek(self._data_at + 2 * offset)
+
+    def _close(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def start(self):
+        self.running = True
+        self.clock.reset()
+        self.control.report("mic start %d %.6f" % (self._pos, wall_time()))
+
+    def stop(self):
+        if self.running:
+            self.running = False
+            self.control.report("mic stop %d" % self._pos)
+
+    async def readinto(self, buf):
+        """Wait for the end of the next 20 ms frame and fill ``buf`` (320 bytes) with it."""
+        await self.clock.tick()
+        n = 0
+        if self._f is not None:
+            n = self._f.readinto(buf) or 0
+            if n < FRAME_BYTES and not self._eof_told:
+                self._eof_told = True
+                self.control.report("mic end %d" % (self._pos + n // 2))
+        for i in range(n, FRAME_BYTES):
+            buf[i] = 0
+        self._pos += FRAME_SAMPLES
+        return FRAME_BYTES
+
+
+class SimSpeaker:
+    """Every frame played goes to a WAV file at the 20 ms pace of a real I2S amplifier."""
+
+    def __init__(self, control, path):
+        self.control = control
+        self.path = path
+        self.clock = FrameClock()
+        self._f = None
+        self._bytes = 0
+        self._frames = 0
+        self.started_at = None
+
+    def start(self):
+        if self._f is not None or not self.path:
+            return
+        self._f = open(self.path, "wb")
+        self._f.write(wav_header(0))
+        self._bytes = 0
+        self.clock.reset()
+        # Frame n is written when the clock's tick n + 1 falls due: sample 0 plays 20 ms from now.
+        self.started_at = wall_time() + FRAME_S
+        self.control.report("speaker start %.6f %s" % (self.started_at, self.path))
+
+    def stop(self):
+        if self._f is not None:
+            self.flush()
+            self._f.close()
+            self._f = None
+
+    async def write(self, buf):
+        await self.clock.tick()
+        if self._f is None:
+            return
+        self._f.write(buf)
+        self._bytes += len(buf)
+        self._frames += 1
+        if self._frames % 50 == 0:
+            self.flush()
+
+    def flush(self):
+        """Bring the WAV header up to date, so the file reads as a whole WAV now."""
+        f = self._f
+        if f is None:
+            return
+        f.seek(0)
+        f.write(wav_header(self._bytes))
+        f.seek(44 + self._bytes)
+        if hasattr(f, "flush"):
+            f.flush()
+
+
+class SimBattery:
+    poll_s = 1.0  # a test changes the voltage and wants to see it soon
+
+    def __init__(self, mv):
+        self.mv = mv
+
+    def read_mv(self):
+        return self.mv
+
+
+class SimWifi:
+    """Access points from a scenario: ``{"networks": [{"ssid", "rssi", "psk"?}], "events": [{"at": s,
+    "ssid", "rssi" (null: gone)}]}``; ``at`` counts from boot. Commands change it at run time."""
+
+    def __init__(self, control, scenario=None, clock=compat.monotonic):
+        self.control = control
+        self.clock = clock
+        self.t0 = clock()
+        self.networks = {}  # ssid -> [rssi, psk or None]
+        self.events = []
+        self.radio_ok = True
+        self.on = False
+        self.connected = None
+        self.scripted = scenario is not None
+        if scenario:
+            for n in scenario.get("networks", ()):
+                self.networks[n["ssid"]] = [n.get("rssi", -60), n.get("psk")]
+            self.events = sorted(scenario.get("events", ()), key=lambda e: e["at"])
+
+    def _advance(self):
+        now = self.clock() - self.t0
+        while self.events and self.events[0]["at"] <= now:
+            e = self.events.pop(0)
+            self.set_ap(e["ssid"], e.get("rssi"), e.get("psk"))
+
+    def set_ap(self, ssid, rssi, psk=None):
+        if rssi is None:
+            self.networks.pop(ssid, None)
+            if self.connected == ssid:
+                self.connected = None
+        else:
+            old = self.networks.get(ssid)
+            self.networks[ssid] = [rssi, psk if psk is not None else (old[1] if old else None)]
+
+    def default_networks(self, ssids):
+        """Without a scenario: every configured access point is in reach."""
+        if self.scripted:
+            return
+        for s in ssids:
+            if s not in self.networks:
+                self.networks[s] = [-50, None]
+
+    def active(self, on):
+        self.on = on
+        if not on:
+            self.connected = None
+
+    def scan(self):
+        self._advance()
+        if not (self.on and self.radio_ok):
+            return []
+        return sorted(((s, self.networks[s][0]) for s in self.networks), key=lambda x: -x[1])
+
+    def connect(self, ssid, psk):
+        self._advance()
+        if not (self.on and self.radio_ok):
+            return False
+        n = self.networks.get(ssid)
+        if n is None or (n[1] is not None and n[1] != psk):
+            return False
+        self.connected = ssid
+        return True
+
+    def isconnected(self):
+        self._advance()
+        return self.on and self.radio_ok and self.connected is not None and self.connected in self.networks
+
+    def disconnect(self):
+        self.connected = None
+
+    def rssi(self):
+        n = self.networks.get(self.connected)
+        return None if n is None else n[0]
+
+
+class SimWatchdog:
+    """A hardware watchdog's behaviour: once started it cannot be stopped, and if ``feed`` is not
+    called within the timeout the process is killed (SIGKILL, like a reset: no clean-up runs)."""
+
+    def __init__(self, log=None):
+        self.timeout_ms = None
+        self._last = None
+        self.log = log
+
+    def start(self, timeout_ms):
+        if self.timeout_ms is not None:
+            return
+        self.timeout_ms = timeout_ms
+        self._last = time.ticks_ms() if compat.IS_MICROPYTHON else int(time.monotonic() * 1000)
+        import _thread
+
+        _thread.start_new_thread(self._watch, ())
+
+    def feed(self):
+        self._last = time.ticks_ms() if compat.IS_MICROPYTHON else int(time.monotonic() * 1000)
+
+    def overdue_ms(self):
+        now = time.ticks_ms() if compat.IS_MICROPYTHON else int(time.monotonic() * 1000)
+        if compat.IS_MICROPYTHON:
+            return time.ticks_diff(now, self._last)
+        return now - self._last
+
+    def _watch(self):
+        while True:
+            time.sleep(0.1)
+            late = self.overdue_ms()
+            if late > self.timeout_ms:
+                sys.stderr.write("opmob watchdog: not fed for %d ms: reset\n" % late)
+                # The shell's parent is this process: the one portable way to SIGKILL ourselves on the
+                # unix port, which has neither os.kill nor os.getpid.
+                os.system("kill -KILL $PPID")
+                return
+
+
+class Faults:
+    """Fault injection for tests (sim only): ``crash <task>`` raises in that task's next round."""
+
+    def __init__(self):
+        self.pending = set()
+
+    def check(self, task):
+        if task in self.pending:
+            self.pending.discard(task)
+            raise RuntimeError("fault injected into task %s" % task)
+
+
+# --- the control channel ------------------------------------------------------------------------------
+
+
+class _Client:
+    def __init__(self, reader, writer):
+        self.reader = reader
+        self.writer = writer
+        self.queue = []
+        self.wake = asyncio.Event()
+        self.closed = False
+
+
+class Control:
+    """Line protocol on TCP: commands in, reports out (to every client)."""
+
+    def __init__(self, host, port, sim):
+        self.host = host
+        self.port = port
+        self.sim = sim
+        self.clients = []
+        self.on_command = None  # app hook: fn(words) -> list of reply lines, or None if unknown
+        self.hello = None  # app hook: fn() -> lines a new client gets first
+        self.dropped_clients = 0
+
+    def report(self, line):
+        for c in self.clients:
+            if c.closed:
+                continue
+            if len(c.queue) >= CLIENT_BACKLOG:
+                c.closed = True  # a client that does not read must not eat the device's memory
+                self.dropped_clients += 1
+                c.wake.set()
+                continue
+            c.queue.append(line)
+            c.wake.set()
+
+    async def serve(self):
+        srv = await asyncio.start_server(self._client, self.host, self.port)
+        try:
+            while True:
+                await asyncio.sleep(3600)
+        finally:
+            srv.close()
+
+    async def _client(self, reader, writer):
+        c = _Client(reader, writer)
+        self.clients.append(c)
+        for line in self.hello() if self.hello else ():
+            c.queue.append(line)
+        c.wake.set()
+        out = asyncio.create_task(self._writer(c))
+        try:
+            while not c.closed:
+                line = await reader.readline()
+                if not line:
+                    break
+                try:
+                    text = line.decode().strip()
+                except Exception:
+                    text = ""
+                if text:
+                    asyncio.create_task(self._run(c, text[:MAX_LINE]))
+        except Exception:
+            pass
+        finally:
+            c.closed = True
+            c.wake.set()
+            if c in self.clients:
+                self.clients.remove(c)
+            try:
+                await out
+            except Exception:
+                pass
+            try:
+                writer.close()
+                await writer.wait_closed()
+            except Exception:
+                pass
+
+    async def _writer(self, c):
+        w = c.writer
+        while True:
+            await c.wake.wait()
+            c.wake.clear()
+            if c.queue:
+                q = c.queue
+                c.queue = []
+                w.write(("\n".join(q) + "\n").encode())
+                await w.drain()
+            if c.closed:
+                return
+
+    async def _run(self, c, text):
+        words = text.split()
+        try:
+            lines = await self.sim.command(words)
+            if lines is None and self.on_command is not None:
+                lines = self.on_command(words)
+            if lines is None:
+                lines = ["error unknown command %r" % words[0]]
+        except Exception as e:
+            lines = ["error %s: %s" % (words[0], type(e).__name__)]
+        if not c.closed:
+            c.queue.extend(lines)
+            c.wake.set()
+
+
+class SimHardware(hw.Hardware):
+    def __init__(
+        self,
+        board,
+        control_port=None,
+        mic=None,
+        speaker=None,
+        wifi_scenario=None,
+        battery_mv=None,
+        watchdog_ms=None,
+    ):
+        hw.Hardware.__init__(self)
+        s = board.sim
+        self.board = board
+        self.control = Control(
+            s["control_host"], control_port if control_port is not None else s["control_port"], self
+        )
+        if board.has("ptt") or board.has("emergency") or board.has("group_select"):
+            for name in board.buttons:
+                self.buttons[name] = SimPin()
+        self.button_edge = asyncio.Event()
+        if board.has("leds"):
+            self.leds = SimLeds(self.control)
+        if board.has("mic"):
+            self.mic = SimMic(self.control, mic if mic is not None else s["mic"])
+        if board.has("speaker"):
+            self.speaker = SimSpeaker(self.control, speaker if speaker is not None else s["speaker"])
+        if board.has("battery"):
+            self.battery = SimBattery(battery_mv if battery_mv is not None else s["battery_mv"])
+        if board.has("wifi"):
+            path = wifi_scenario if wifi_scenario is not None else s["wifi_scenario"]
+            scenario = None
+            if path:
+                with open(path) as f:
+                    scenario = json.load(f)
+            self.wifi = SimWifi(self.control, scenario)
+        if board.has("watchdog"):
+            self.watchdog = SimWatchdog()
+            if watchdog_ms is not None:
+                board.watchdog_ms = watchdog_ms
+        self.faults = Faults()
+
+    def report(self, line):
+        self.control.report(line)
+
+    def serve(self):
+        return self.control.serve()
+
+    def close(self):
+        if self.speaker is not None:
+            self.speaker.stop()
+
+    async def wait_button_edge(self, timeout_s):
+        try:
+            await asyncio.wait_for(self.button_edge.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        self.button_edge.clear()
+
+    def _set_button(self, name, level):
+        self.buttons[name].level = level
+        self.button_edge.set()
+
+    async def command(self, words):
+        """Hardware commands; None for a command the app handles."""
+        cmd = words[0]
+        args = words[1:]
+        b = self.board
+        if cmd in ("press", "release", "click", "long"):
+            if len(args) != 1 or args[0] not in self.buttons:
+                return ["error %s needs a button: %s" % (cmd, " ".join(sorted(self.buttons)))]
+            name = args[0]
+            if cmd in ("press", "release"):
+                self._set_button(name, cmd == "press")
+                # Answer once the firmware has debounced it, so that a script's next command is
+                # a new event and not contact bounce.
+                await compat.sleep_ms(3 * b.debounce_ms)
+            else:
+                hold = b.long_press_ms + 3 * b.debounce_ms if cmd == "long" else 4 * b.debounce_ms
+                self._set_button(name, True)
+                await compat.sleep_ms(hold)
+                self._set_button(name, False)
+                await compat.sleep_ms(3 * b.debounce_ms)  # the release is debounced too
+            return ["ok %s %s" % (cmd, name)]
+        if cmd == "bounce":
+            # Contact chatter shorter than the debounce time: the firmware must see nothing.
+            if len(args) != 1 or args[0] not in self.buttons:
+                return ["error bounce needs a button"]
+            for _ in range(5):
+                self._set_button(args[0], True)
+                await compat.sleep_ms(max(1, b.debounce_ms // 5))
+                self._set_button(args[0], False)
+                await compat.sleep_ms(max(1, b.debounce_ms // 5))
+            await compat.sleep_ms(3 * b.debounce_ms)
+            return ["ok bounce %s" % args[0]]
+        if cmd == "mic" and self.mic is not None:
+            if args == ["rewind"]:
+                self.mic.set_source(self.mic.path)
+            elif args == ["silence"]:
+                self.mic.set_source("")
+            elif len(args) in (1, 2):
+                self.mic.set_source(args[0], int(args[1]) if len(args) == 2 else 0)
+            else:
+                return ["error mic FILE [OFFSET] | rewind | silence"]
+            return ["ok mic"]
+        if cmd == "speaker" and self.speaker is not None:
+            if args != ["flush"]:
+                return ["error speaker flush"]
+            self.speaker.flush()
+            return ["ok speaker %d %.6f" % (self.speaker._bytes // 2, self.speaker.started_at or 0.0)]
+        if cmd == "wifi" and self.wifi is not None:
+            if args not in (["on"], ["off"]):
+                return ["error wifi on|off"]
+            self.wifi.radio_ok = args[0] == "on"
+            if not self.wifi.radio_ok:
+                self.wifi.connected = None
+            return ["ok wifi %s" % args[0]]
+        if cmd == "ap" and self.wifi is not None:
+            if len(args) != 2:
+                return ["error ap SSID RSSI|off"]
+            self.wifi.set_ap(args[0], None if args[1] == "off" else int(args[1]))
+            return ["ok ap %s %s" % (args[0], args[1])]
+        if cmd == "battery" and self.battery is not None:
+            if len(args) != 1:
+                return ["error battery MV"]
+            self.battery.mv = int(args[0])
+            return ["ok battery %d" % self.battery.mv]
+        if cmd == "leds" and self.leds is not None:
+            if args not in (["trace", "on"], ["trace", "off"]):
+                return ["error leds trace on|off"]
+            self.leds.trace = args[1] == "on"
+            return ["ok leds trace %s" % args[1]]
+        if cmd == "crash":
+            if len(args) != 1:
+                return ["error crash TASK"]
+            self.faults.pending.add(args[0])
+            return ["ok crash %s" % args[0]]
+        if cmd == "hang":
+            # A truly hung device: the event loop never runs again; only the watchdog ends this.
+            while True:
+                pass
+        return None
+
+
+def make(board, **options):
+    return SimHardware(board, **options)

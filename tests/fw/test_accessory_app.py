@@ -1,0 +1,211 @@
+# The accessory app's logic in-process (accessory/app.py): boot modes, persistence before sending,
+# buttons to floor messages, the LED pattern's precedence, which call plays, error logging. The
+# tasks and the whole firmware against a relay are tests/host/test_accessory_*.py. Both runtimes.
+import json
+
+from fwtest import ROOT
+from fwtmp import TempDir, write_bytes
+from opmob import mcpt
+from opmob.accessory import app as appmod
+from opmob.accessory import board as bd
+from opmob.accessory import hw, hw_sim
+
+SECRET = "202d01ac91fce0b3eef4a93dcc9999d1"
+
+
+def _config(**kw):
+    doc = {
+        "format": "opmob-accessory",
+        "version": 1,
+        "identity": "ola.nordmann@no",
+        "secret": SECRET,
+        "relays": [{"identity": "relay-1@no", "host": "127.0.0.1", "port": 7700, "ssid": "opmob-no-1"}],
+        "groups": ["fire-1@no", "fire-2@no"],
+        "scan": [{"identity": "ems@no", "priority": 10}, {"identity": "police@no", "priority": 50}],
+    }
+    doc.update(kw)
+    return doc
+
+
+def _app(d, doc):
+    board = bd.load(ROOT + "/boards/unix-sim.json")
+    h = hw_sim.SimHardware(board, control_port=1, speaker="")
+    reports = []
+    h.report = reports.append
+    if doc is not None:
+        write_bytes(d + "/config.json", json.dumps(doc).encode())
+    logs = []
+    a = appmod.App(board, h, d + "/config.json", d + "/state", log=logs.append)
+    a.boot()
+    return a, reports, logs
+
+
+def test_boot_modes():
+    with TempDir() as d:
+        a, _r, logs = _app(d, None)
+        assert a.mode == appmod.UNPROVISIONED and "file not found" in a.reason
+        assert a.pattern(0) == "unprovisioned"
+        assert "NOT PROVISIONED" in logs[0]
+    with TempDir() as d:
+        doc = _config(status="killed")
+        del doc["secret"]
+        a, _r, logs = _app(d, doc)
+        assert a.mode == appmod.KILLED and a.pattern(0) == "disabled"
+    with TempDir() as d:
+        a, _r, logs = _app(d, _config(secret=SECRET[:-2]))
+        assert a.mode == appmod.UNPROVISIONED and "secret" in a.reason and SECRET[:8] not in logs[0]
+    with TempDir() as d:
+        a, _r, logs = _app(d, _config())
+        assert a.mode == appmod.RUNNING and a.groups.selected == "fire-1@no"
+        assert a.groups.listening() == ["fire-1@no", "police@no", "ems@no"]
+        assert a.pattern(0) == "lost_link"  # no WiFi yet
+
+
+class FakeDev:
+    """The DeviceSession's shape, recording what the app asks of it."""
+
+    def __init__(self):
+        self.events = []
+        self.sent = []
+        self.state = "registered"
+        self.registered = True
+        self.affiliated = []
+
+    def on_datagram(self, now, addr, data):
+        self.events.append(("persist", (9, 3), (None, 0)))
+        return [(addr, b"answer")]
+
+    def send_floor(self, now, msg, group=None):
+        self.sent.append((msg.kind, group))
+        return [(("127.0.0.1", 7700), b"floor")]
+
+    def affiliate(self, now, groups):
+        self.sent.append(("affiliate", list(groups)))
+        return []
+
+    def deaffiliate(self, now, groups):
+        self.sent.append(("deaffiliate", list(groups)))
+        return []
+
+    def poll(self, now):
+        return []
+
+    def next_deadline(self):
+        return None
+
+
+def test_persist_is_written_before_the_datagrams_go():
+    with TempDir() as d:
+        a, _r, _l = _app(d, _config())
+        a.dev = FakeDev()
+        core = appmod._Core(a)
+        assert a.state.windows() == (None, None)
+        out = core.on_datagram(1.0, ("127.0.0.1", 7700), b"x")
+        # When the driver gets the datagrams to send, the windows are already in the store.
+        assert out == [(("127.0.0.1", 7700), b"answer")]
+        assert a.state.windows() == ((9, 3), None)
+        assert a.dev.events == []
+
+
+def test_buttons_drive_the_talk_groups_ptt_client():
+    with TempDir() as d:
+        a, reports, _l = _app(d, _config())
+        a.dev = FakeDev()
+        a._joined = ["fire-1@no", "police@no", "ems@no"]
+        c = a._client("fire-1@no")
+        c.start(0.0)
+        a._buttons["ptt"] = hw.Button("ptt", 20, None)
+        a._buttons["ptt"].sample(0.98, True)
+        a._on_button(1.0, "ptt", hw.PRESS)
+        assert a.dev.sent == [(mcpt.FLOOR_REQUEST, "fire-1@no")]
+        assert "ptt U: pending Request" in reports
+        a._on_button(1.5, "ptt", hw.SHORT)
+        assert a.dev.sent[-1] == (mcpt.FLOOR_RELEASE, "fire-1@no")
+        # A group change while the floor is being released is refused with the deny tone.
+        a._on_button(1.6, "group_up", hw.SHORT)
+        assert a.groups.selected == "fire-1@no" and "tone deny" in reports
+        # Scan toggle, group change when idle.
+        c.on_floor(1.7, mcpt.FloorMsg(mcpt.FLOOR_IDLE, indicator=mcpt.IND_NORMAL))
+        a._on_button(1.8, "group_down", hw.LONG)
+        assert not a.groups.scan_on and "group fire-1@no scan off" in reports
+        # The scan groups are left (whether or not the relay had accepted them), SELECTED kept.
+        assert a.dev.sent[-2:] == [
+            ("deaffiliate", ["police@no", "ems@no"]),
+            ("affiliate", [("fire-1@no", 0, 2)]),
+        ]
+        a._on_button(1.9, "group_up", hw.SHORT)
+        assert a.groups.selected == "fire-2@no" and "group fire-2@no scan off" in reports
+        assert a.dev.sent[-2:] == [("deaffiliate", ["fire-1@no"]), ("affiliate", [("fire-2@no", 0, 2)])]
+        assert "fire-1@no" not in a.clients  # not listened to any more
+
+
+class FakeClient:
+    def __init__(self, led="registered", talker_ssrc=None, emergency=False, talker=None):
+        self.led = led
+        self.emergency_on = False
+        self.transmit = False
+        self.state = "U: has no permission"
+        self.talker_ssrc = talker_ssrc
+        self.talker = talker
+        self.group_indicator = mcpt.IND_EMERGENCY if emergency else mcpt.IND_NORMAL
+
+
+def test_led_pattern_precedence():
+    with TempDir() as d:
+        a, _r, _l = _app(d, _config())
+        a.dev = FakeDev()
+        a.wifi_ok = True
+        tc = FakeClient()
+        a.clients["fire-1@no"] = tc
+        assert a.pattern(0) == "registered"
+        a.battery_low = True
+        assert a.pattern(0) == "low_battery"
+        a.rx_group = "police@no"
+        assert a.pattern(0) == "receiving"
+        a.lost = True
+        assert a.pattern(0) == "lost_link"
+        a.roaming = True
+        assert a.pattern(0) == "roaming"
+        tc.led = "queued"
+        assert a.pattern(0) == "queued"
+        tc.led = "talking"
+        assert a.pattern(0) == "talking"
+        tc.emergency_on = True
+        assert a.pattern(0) == "emergency"
+        tc.led = "denied"
+        assert a.pattern(0) == "denied"
+        a.dev.state = "stunned"
+        assert a.pattern(0) == "disabled"
+
+
+def test_which_call_plays():
+    with TempDir() as d:
+        a, reports, _l = _app(d, _config())
+        a.clients["ems@no"] = FakeClient(talker_ssrc=5, talker="e@no")
+        a._select_rx()
+        assert a.rx_group == "ems@no" and reports[-1] == "rx ems@no e@no"
+        a.clients["police@no"] = FakeClient(talker_ssrc=6, talker="p@no")  # higher scan priority
+        a._select_rx()
+        assert a.rx_group == "police@no"
+        a.clients["fire-1@no"] = FakeClient(talker_ssrc=7, talker="f@no")  # the talk group
+        a._select_rx()
+        assert a.rx_group == "fire-1@no"
+        a.clients["ems@no"].group_indicator = mcpt.IND_EMERGENCY  # an emergency anywhere wins
+        a._select_rx()
+        assert a.rx_group == "ems@no" and reports[-1] == "rx ems@no e@no"
+        for g in a.clients:
+            a.clients[g].talker_ssrc = None
+        a._select_rx()
+        assert a.rx_group is None and reports[-1] == "rx none"
+
+
+def test_task_errors_name_the_place_never_the_message():
+    def inner():
+        raise ValueError("key 202d01ac91fce0b3")
+
+    try:
+        inner()
+    except ValueError as e:
+        w = appmod.where(e)
+    assert w.startswith("File ") and "test_accessory_app" in w and "line" in w and "inner" in w, w
+    assert "202d01ac" not in w

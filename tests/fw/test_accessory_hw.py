@@ -1,0 +1,275 @@
+# The accessory's hardware layer logic (firmware/opmob/accessory/hw.py, hw_sim.py): debounce and
+# long press, the LED pattern table, battery, the sim board's WAV files, WiFi scenario and control
+# channel. Runs under CPython and MicroPython.
+import asyncio
+
+from fwtest import raises
+from fwtmp import TempDir, read_bytes, write_bytes
+from opmob.accessory import hw, hw_sim
+
+
+def _run(btn, script):
+    """script: [(t_ms, level)] held until the next entry; sampled every 5 ms. -> [(t_ms, event)]"""
+    out = []
+    end = script[-1][0]
+    i = 0
+    level = False
+    t = 0
+    while t <= end:
+        while i < len(script) and script[i][0] <= t:
+            level = script[i][1]
+            i += 1
+        ev = btn.sample(t / 1000, level)
+        if ev:
+            out.append((t, ev))
+        t += 5
+    return out
+
+
+def test_button_debounce_press_and_short_release():
+    b = hw.Button("ptt", 20, 1000)
+    ev = _run(b, [(0, False), (100, True), (400, False), (600, False)])
+    assert ev == [(120, hw.PRESS), (420, hw.SHORT)], ev
+
+
+def test_button_ignores_bounces_shorter_than_debounce():
+    b = hw.Button("ptt", 20, 1000)
+    script = [(0, False)]
+    t = 100
+    for _ in range(6):  # 10 ms chatter
+        script += [(t, True), (t + 10, False)]
+        t += 20
+    script.append((t + 200, False))
+    assert _run(b, script) == []
+    # Chatter at the edges of a real press still gives one press and one release.
+    b = hw.Button("ptt", 20, 1000)
+    ev = _run(
+        b,
+        [
+            (0, False),
+            (100, True),
+            (105, False),
+            (110, True),
+            (300, False),
+            (305, True),
+            (310, False),
+            (500, False),
+        ],
+    )
+    assert [e for _, e in ev] == [hw.PRESS, hw.SHORT], ev
+
+
+def test_button_long_press_fires_once_while_held():
+    b = hw.Button("emergency", 20, 1000)
+    ev = _run(b, [(0, False), (100, True), (2500, False), (2700, False)])
+    assert ev == [(120, hw.PRESS), (1120, hw.LONG), (2520, hw.RELEASE)], ev
+    # A second long press fires again (emergency on, then cancel).
+    ev = _run(b, [(3000, True), (4200, False), (4400, False)])
+    assert [e for _, e in ev] == [hw.PRESS, hw.LONG, hw.RELEASE]
+
+
+def test_led_pattern_table_covers_every_state():
+    for name in (
+        "idle",
+        "registered",
+        "talking",
+        "receiving",
+        "denied",
+        "queued",
+        "emergency",
+        "roaming",
+        "lost_link",
+        "unprovisioned",
+        "low_battery",
+    ):
+        assert name in hw.PATTERNS, name
+    # Distinct patterns look distinct: no two share their LED timings.
+    seen = {}
+    for name in hw.PATTERNS:
+        key = repr(hw.PATTERNS[name])
+        assert key not in seen, (name, seen.get(key))
+        seen[key] = name
+
+
+def test_led_player_levels_and_next_change():
+    p = hw.LedPlayer()
+    assert p.set("emergency", 10.0) and not p.set("emergency", 10.1)
+    assert p.levels(10.0) == [("green", 0), ("red", 1), ("amber", 0)]
+    assert p.levels(10.3) == [("green", 0), ("red", 0), ("amber", 1)]
+    assert p.levels(10.5) == [("green", 0), ("red", 1), ("amber", 0)]
+    assert abs(p.next_change(10.1) - 10.25) < 1e-6
+    p.set("talking", 20.0)
+    assert p.levels(25.0) == [("green", 0), ("red", 1), ("amber", 0)]
+    assert p.next_change(25.0) is None  # steady
+    p.set("registered", 30.0)
+    assert p.levels(30.05)[0] == ("green", 1) and p.levels(30.2)[0] == ("green", 0)
+    assert abs(p.next_change(30.2) - 33.0) < 1e-6
+    raises(ValueError, p.set, "disco", 0)
+
+
+def test_leds_drive_only_changes():
+    class Rec(hw.Leds):
+        def __init__(self):
+            hw.Leds.__init__(self)
+            self.log = []
+
+        def _on_pattern(self, name):
+            self.log.append(name)
+
+        def _drive(self, led, level):
+            self.log.append((led, level))
+
+    r = Rec()
+    r.set_pattern("queued", 0.0)
+    nxt = r.update(0.0)
+    assert r.log == ["queued", ("green", 0), ("red", 0), ("amber", 1)] and abs(nxt - 0.5) < 1e-6
+    r.log = []
+    r.update(0.2)
+    assert r.log == []
+    r.update(0.6)
+    assert r.log == [("amber", 0)]
+
+
+def test_battery_percent():
+    assert hw.battery_percent(3000, 3300, 4150) == 0
+    assert hw.battery_percent(4200, 3300, 4150) == 100
+    assert hw.battery_percent(3725, 3300, 4150) == 50
+
+
+def test_wav_header_and_reader_agree():
+    with TempDir() as d:
+        pcm = bytes(range(200)) * 4
+        write_bytes(d + "/a.wav", hw_sim.wav_header(len(pcm)) + pcm)
+        with open(d + "/a.wav", "rb") as f:
+            assert hw_sim.wav_data_offset(f) == 44
+        head = read_bytes(d + "/a.wav")[:44]
+        assert head[:4] == b"RIFF" and head[8:16] == b"WAVEfmt " and head[36:40] == b"data"
+        write_bytes(
+            d + "/b.wav",
+            b"RIFF\x00\x00\x00\x00WAVEfmt " + b"\x10\x00\x00\x00" + b"\x01\x00\x02\x00" + bytes(12),
+        )
+        with open(d + "/b.wav", "rb") as f:
+            raises(ValueError, hw_sim.wav_data_offset, f)
+
+
+class _NullControl:
+    def __init__(self):
+        self.lines = []
+
+    def report(self, line):
+        self.lines.append(line)
+
+
+def test_sim_wifi_scenario_and_commands():
+    t = [0.0]
+    w = hw_sim.SimWifi(
+        _NullControl(),
+        {
+            "networks": [
+                {"ssid": "opmob-no-1", "rssi": -60},
+                {"ssid": "opmob-se-1", "rssi": -70, "psk": "secret-psk"},
+            ],
+            "events": [{"at": 5, "ssid": "opmob-no-1", "rssi": None}],
+        },
+        clock=lambda: t[0],
+    )
+    assert w.scan() == []  # radio off
+    w.active(True)
+    assert w.scan() == [("opmob-no-1", -60), ("opmob-se-1", -70)]
+    assert not w.connect("opmob-se-1", "wrong-psk") and w.connect("opmob-se-1", "secret-psk")
+    assert w.connect("opmob-no-1", None) and w.isconnected()
+    t[0] = 5.0
+    assert not w.isconnected()  # the access point went away
+    assert w.scan() == [("opmob-se-1", -70)]
+    w.set_ap("opmob-no-1", -40)
+    assert w.scan()[0] == ("opmob-no-1", -40)
+    w.radio_ok = False
+    assert w.scan() == [] and not w.connect("opmob-no-1", None)
+
+
+def test_sim_mic_reads_a_file_then_silence_and_reports():
+    ctl = _NullControl()
+    with TempDir() as d:
+        pcm = bytes([1, 2]) * 200  # 200 samples
+        write_bytes(d + "/m.raw", pcm)
+        mic = hw_sim.SimMic(ctl, d + "/m.raw")
+        mic.clock = hw_sim.FrameClock(clock=lambda: 0.0)  # never waits
+        mic.clock.start = -100.0
+        buf = bytearray(320)
+
+        async def two():
+            await mic.readinto(buf)
+            a = bytes(buf)
+            await mic.readinto(buf)
+            return a, bytes(buf)
+
+        mic.start()
+        a, b = asyncio.run(two())
+        mic.stop()
+        assert a == pcm[:320]
+        assert b == pcm[320:400] + bytes(240)
+        assert ctl.lines[0].startswith("mic start 0 ")
+        assert ctl.lines[1:] == ["mic end 200", "mic stop 320"], ctl.lines
+
+
+def test_sim_watchdog_overdue_counts_from_the_last_feed():
+    wd = hw_sim.SimWatchdog()
+    wd.feed()
+    assert 0 <= wd.overdue_ms() < 1000
+
+
+def _free_tcp_port():
+    """A port nobody listens on now (the unix port's sockets cannot tell which port 0 chose)."""
+    import os
+    import socket
+
+    for _ in range(50):
+        port = 20000 + (os.urandom(2)[0] << 8 | os.urandom(1)[0]) % 40000
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+            return port
+        except OSError:
+            pass
+        finally:
+            s.close()
+    raise AssertionError("no free TCP port found")
+
+
+def test_control_channel_round_trip():
+    """A TCP client presses a button, gets the reply, and sees reports (both runtimes)."""
+    from opmob.accessory import board as bd
+    from fwtest import ROOT
+
+    b = bd.load(ROOT + "/boards/unix-sim.json")
+    port = _free_tcp_port()
+    hwr = hw_sim.SimHardware(b, control_port=port, speaker="")
+    hwr.control.hello = lambda: ["hello test"]
+    hwr.control.on_command = lambda words: ["pong"] if words == ["ping"] else None
+    got = []
+
+    async def client():
+        await asyncio.sleep(0.05)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        got.append((await r.readline()).decode().strip())
+        w.write(b"ping\nclick ptt\nfly\n")
+        await w.drain()
+        for _ in range(3):
+            got.append((await r.readline()).decode().strip())
+        hwr.report("led talking")
+        got.append((await r.readline()).decode().strip())
+        w.close()
+
+    async def main():
+        srv = asyncio.create_task(hwr.serve())
+        try:
+            await asyncio.wait_for(client(), 10)
+        finally:
+            srv.cancel()
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert got[0] == "hello test"
+    assert sorted(got[1:4]) == sorted(["pong", "ok click ptt", "error unknown command 'fly'"]), got
+    assert got[4] == "led talking"
+    assert hwr.buttons["ptt"].level is False
