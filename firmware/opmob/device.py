@@ -68,6 +68,11 @@ COUNTERS = (
 )
 
 
+def _serial_after(a, b):
+    """32-bit serial-number order (RFC 1982): ``a`` was issued after ``b``."""
+    return a != b and ((a - b) & 0xFFFFFFFF) < 0x80000000
+
+
 class _Skip(Exception):
     pass
 
@@ -115,6 +120,7 @@ class DeviceSession:
 
     def _clear_session(self):
         self.session = 0
+        self._ctrl_last_txid = None  # transaction id of the last control order obeyed, this session
         self._tx = self._rx = None
         self._up = self._down = None
         self._in_window = None
@@ -607,8 +613,13 @@ class DeviceSession:
     def _on_control(self, now, msg):
         a = msg.action
         if a == sig.CTRL_STUN:
-            # Stunning is the safe direction: the session's authentication is enough (§6.6).
-            self._stun()
+            # Stunning is the safe direction: the session's authentication is enough (§6.6). A stun
+            # the relay sent before the last revive we obeyed (a delayed copy) is acknowledged but
+            # not applied: the relay's orders carry increasing transaction ids within a session.
+            last = self._ctrl_last_txid
+            if last is None or _serial_after(msg.txid, last):
+                self._ctrl_last_txid = msg.txid
+                self._stun()
             return self._reply(msg, sig.DEVICE_CONTROL_ACK, action=a), []
         try:
             if msg.seq is None:
@@ -619,6 +630,7 @@ class DeviceSession:
             self.counters["control_refused"] += 1
             return self._reply(msg, sig.ERROR, cause=sig.CAUSE_NOT_AUTHORIZED), []
         self._persist()
+        self._ctrl_last_txid = msg.txid
         ack = self._reply(msg, sig.DEVICE_CONTROL_ACK, action=a)
         if a == sig.CTRL_KILL:
             self.events.append(("killed",))

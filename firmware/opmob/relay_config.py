@@ -186,6 +186,13 @@ _SCHEMA = (
             ("tail_grace", _grace, _FLOOR_DEFAULTS.tail_grace, None),
         ),
     ),
+    (
+        # The operator's channel to a running CPython relay (stun, revive, kill, cancel an
+        # emergency): a Unix socket, mode 0600. None: beside the registry (relay_cmd decides);
+        # the MicroPython driver has no admin channel and ignores the key.
+        "admin",
+        (("socket", _path, None, "admin_socket"),),
+    ),
 )
 
 
@@ -214,7 +221,8 @@ def _unknown(key, choices):
 class RelayConfig:
     """Checked relay settings. Attributes: identity, system, listen_host, listen_port,
     status_host, status_port (0: off), registry_path, registry_import (None: nothing to load),
-    max_affiliations, max_devices, keepalive, expiry (s), floor (a FloorConfig)."""
+    max_affiliations, max_devices, keepalive, expiry (s), floor (a FloorConfig), admin_socket (None:
+    the driver's default, beside the registry)."""
 
     @classmethod
     def from_dict(cls, d):
@@ -295,6 +303,7 @@ class RelayConfig:
         self.keepalive = None
         self.expiry = None
         self.floor = None
+        self.admin_socket = None
 
     def to_dict(self):
         """The settings in force, defaults included, in from_dict's shape (for a status page)."""

@@ -489,6 +489,10 @@ class SigPlane:
             except (ValueError, StoreError):
                 self.counters["control_failures"] += 1
                 return []
+        if s.ctrl_txid is not None and s.txns is not None:
+            # A newer order supersedes one still being retransmitted: a late copy of a stun must
+            # not land after the revive that followed it.
+            s.txns.cancel(s.ctrl_txid)
         self.counters["device_controls_sent"] += 1
         d = self._send_request(now, s, sig.DEVICE_CONTROL, **fields)
         s.ctrl_txid = struct.unpack_from(">I", d[1], 8)[0]

@@ -1,7 +1,8 @@
 """``opmob bench``: one run, both runtimes, a table and ``out/bench.json``.
 
 Rows are ``{"name", "value", "unit", "goal", "runtime", "note"}``; ratio rows compare the two
-runtimes measured in this same run, so a noisy machine moves both sides together.
+runtimes measured in this same run, so a noisy machine moves both sides together. The ``relay.*``
+rows come from a relay process under load on loopback (relay_load.py: 200 devices, 20 groups busy).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from opmob_host import bench_core
+from opmob_host import bench_cext, bench_core
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,6 +26,13 @@ def cpython_rows(quick: bool) -> list[Row]:
     return [
         {"name": n, "value": v, "unit": u, "goal": g, "runtime": "cpython", "note": note}
         for n, v, u, g, note in bench_core.run(quick)
+    ]
+
+
+def cext_rows(quick: bool) -> list[Row]:
+    return [
+        {"name": n, "value": v, "unit": u, "goal": g, "runtime": "cpython", "note": note}
+        for n, v, u, g, note in bench_cext.run(quick)
     ]
 
 
@@ -75,9 +83,18 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def relay_rows(quick: bool) -> list[Row]:
+    """The relay under load on loopback: a relay process and 200 devices (relay_load.py)."""
+    from opmob_host import relay_load
+
+    return relay_load.bench_rows(quick)
+
+
 def run(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(ROOT / "firmware"))
-    rows = cpython_rows(args.quick)
+    rows = cpython_rows(args.quick) + cext_rows(args.quick)
+    if not getattr(args, "no_relay_load", False):
+        rows += relay_rows(args.quick)
     if not args.no_micropython:
         rows += micropython_rows(args.quick)
         rows += ratio_rows(rows)

@@ -56,6 +56,9 @@ def run(quick: bool = False) -> "Iterator[tuple[str, float, str, float | None, s
     from opmob import dvi4, mcpt, rtp, srtp
 
     scale = 1 if quick else 10
+    # First, before the other rows import the rest of the core: the accessory's heap is measured
+    # from a clean start.
+    yield from _accessory_rows(scale)
     key, salt = bytes(range(16)), bytes(range(16, 30))
     tx = srtp.SrtpSession(key, salt)
     rx = srtp.SrtpSession(key, salt)
@@ -172,6 +175,276 @@ def run(quick: bool = False) -> "Iterator[tuple[str, float, str, float | None, s
         None,
         "server side: Request -> Granted + 9 Taken, Release -> 10 Idle (messages built, not encoded)",
     )
+
+
+# --- the accessory: a simulated call -------------------------------------------------------------
+
+
+class _Rand:
+    """Deterministic bytes (xorshift32) for the relay and devices of the simulated call."""
+
+    def __init__(self, seed: int) -> None:
+        self.s = seed or 1
+
+    def __call__(self, n: int) -> bytes:
+        out = bytearray(n)
+        s = self.s
+        for i in range(n):
+            s ^= (s << 13) & 0xFFFFFFFF
+            s ^= s >> 17
+            s ^= (s << 5) & 0xFFFFFFFF
+            out[i] = s & 0xFF
+        self.s = s
+        return bytes(out)
+
+
+class _Call:
+    """One relay and two accessories (DeviceSession + PTT client + audio paths) in memory, as
+    the accessory app wires them; "ann" is the accessory measured, "bob" the other party."""
+
+    RELAY = ("10.0.0.1", 7700)
+    GROUP = "bench@no"
+
+    def __init__(self) -> None:
+        from opmob.device import DeviceSession
+        from opmob.registry import Registry
+        from opmob.relay import Relay
+        from opmob.relay_config import RelayConfig
+        from opmob.store import MemoryStore
+
+        names = ("ann", "bob")
+        doc = {
+            "format": "opmob-registry",
+            "version": 1,
+            "system": "no",
+            "devices": [
+                {
+                    "identity": n + "@no",
+                    "secret": "%032x" % (i + 1),
+                    "groups": [self.GROUP],
+                    "ceiling": 100,
+                    "status": "active",
+                    "vid": 0,
+                    "cseq": 0,
+                }
+                for i, n in enumerate(names)
+            ],
+            "groups": [
+                {"identity": self.GROUP, "policy": "open", "e2e": False, "key_ids": [], "receive_only": []}
+            ],
+        }
+        store = MemoryStore()
+        Registry(store, "no").load_export(doc)
+        cfg = RelayConfig.from_dict({"relay": {"identity": "relay-1@no"}, "registry": {"path": "unused"}})
+        self.now = 0.0
+        self.relay = Relay(cfg, Registry(store, "no"), store, _Rand(7), self.now)
+        self.addr = {}
+        self.devs = {}
+        self.queue: "list[tuple[object, object, bytes]]" = []
+        self.hold: "list[bytes] | None" = None  # when a list: datagrams to ann are kept, not delivered
+        for i, n in enumerate(names):
+            a = ("10.0.1.%d" % (i + 2), 5000)
+            d = DeviceSession(
+                n + "@no", bytes(15) + bytes((i + 1,)), self.RELAY, _Rand(100 + i), groups=[self.GROUP]
+            )
+            self.addr[n] = a
+            self.devs[n] = d
+            self.send(a, d.start(self.now))
+        self.pump()
+        self.step(0.1)
+        for d in self.devs.values():
+            assert d.state == "registered", d.state
+
+    def send(self, src: object, outs: "list[tuple[object, bytes]]") -> None:
+        for dst, data in outs:
+            self.queue.append((src, dst, data))
+
+    def pump(self) -> None:
+        while self.queue:
+            src, dst, data = self.queue.pop(0)
+            if dst == self.RELAY:
+                self.send(self.RELAY, self.relay.on_datagram(self.now, src, data))
+                continue
+            for n, a in self.addr.items():
+                if a == dst:
+                    if n == "ann" and self.hold is not None:
+                        self.hold.append(data)
+                    else:
+                        self.send(a, self.devs[n].on_datagram(self.now, src, data))
+
+    def step(self, dt: float) -> None:
+        self.now += dt
+        self.send(self.RELAY, self.relay.poll(self.now))
+        for n, d in self.devs.items():
+            self.send(self.addr[n], d.poll(self.now))
+        self.pump()
+
+    def floor(self, name: str, msgs: "list[object]") -> None:
+        d = self.devs[name]
+        for m in msgs:
+            self.send(self.addr[name], d.send_floor(self.now, m, self.GROUP))
+        self.pump()
+
+
+def _accessory_rows(scale: int) -> "Iterator[tuple[str, float, str, float | None, str]]":
+    import gc
+
+    gc.collect()
+    before_import = gc.mem_alloc() if IS_MICROPYTHON else 0  # type: ignore[attr-defined]
+    from opmob import device, mcpt, rtp, srtp  # noqa: F401 - what an accessory imports
+    from opmob.accessory import audio, jitter, ptt, tones  # noqa: F401
+
+    gc.collect()
+    code_kb = ((gc.mem_alloc() if IS_MICROPYTHON else 0) - before_import) / 1024  # type: ignore[attr-defined]
+
+    call = _Call()
+    pcm = _speech_frame()
+    ann = call.devs["ann"]
+    bob = call.devs["bob"]
+    out = bytearray(320)
+
+    # ann's accessory: its PTT client and audio paths, wired as the app does
+    ann_ptt = ptt.PttClient(group=call.GROUP, identity="ann@no")
+    ann_ptt.start(call.now)
+    cap = audio.CapturePath(0, 0x1234, 0x56789ABC)
+    pb = audio.PlaybackPath()
+
+    def ann_events(now_ms: int) -> None:
+        ev = ann.events
+        while ev:
+            e = ev.pop(0)
+            if e[0] == "floor":
+                call.floor("ann", ann_ptt.on_floor(call.now, e[2]))
+            elif e[0] == "voice":
+                ann_ptt.on_media(call.now)
+                pb.on_voice(now_ms, e[1])
+        ann_ptt.effects.clear()
+
+    # ann talks for 2 s (capture, SRTP, relay, bob hears), then bob talks for 3 s (ann plays)
+    call.floor("ann", ann_ptt.press(call.now))
+    ann_events(0)
+    assert ann_ptt.transmit
+    t_ms = 0
+    cap.start_burst(t_ms)
+    for _ in range(100):
+        call.send(call.addr["ann"], ann.send_voice(call.now, cap.frame(pcm)))
+        call.pump()
+        pb.next_frame(t_ms, out)
+        bob.events.clear()
+        call.step(0.02)
+        t_ms += 20
+        ann_events(t_ms)
+    call.floor("ann", ann_ptt.release(call.now))
+    ann_events(t_ms)
+    call.step(0.1)
+    t_ms += 100
+    ann_events(t_ms)
+    bob_cap = audio.CapturePath(0, 7, 0)
+    req = mcpt.FloorMsg(mcpt.FLOOR_REQUEST, indicator=mcpt.IND_NORMAL)
+    call.floor("bob", [req])
+    bob.events.clear()
+    bob_cap.start_burst(0)
+    halfway = 0
+    for k in range(150):
+        call.send(call.addr["bob"], bob.send_voice(call.now, bob_cap.frame(pcm)))
+        call.pump()
+        ann_events(t_ms)
+        pb.next_frame(t_ms, out)
+        call.step(0.02)
+        t_ms += 20
+        if k == 74:
+            gc.collect()
+            halfway = gc.mem_alloc() if IS_MICROPYTHON else 0  # type: ignore[attr-defined]
+    assert pb.jitter.counters["played"] > 100, pb.jitter.counters
+    # steady state in the middle of bob's talk: what ann's accessory holds, found by letting it go
+    gc.collect()
+    full = gc.mem_alloc() if IS_MICROPYTHON else 0  # type: ignore[attr-defined]
+    growth = full - halfway
+    del ann_ptt, cap, pb, ann
+    call.devs["ann"] = None
+    gc.collect()
+    data_kb = (full - (gc.mem_alloc() if IS_MICROPYTHON else 0)) / 1024  # type: ignore[attr-defined]
+    if IS_MICROPYTHON:
+        yield (
+            "accessory.heap_kb",
+            data_kb,
+            "KB",
+            64,
+            "gc.mem_alloc() held by one accessory in a call (DeviceSession with SRTP, PTT client, capture and "
+            "playback paths, jitter buffer, tones), found by freeing it; module code counted apart; "
+            "whole heap grew %d bytes from 1.5 s to 3 s of listening" % growth,
+        )
+        yield (
+            "accessory.code_heap_kb",
+            code_kb,
+            "KB",
+            None,
+            "module code an accessory imports (device, srtp, sig, ... accessory.*), on the heap when loaded from "
+            ".py/.mpy; in flash when frozen into the ESP32 image",
+        )
+
+    # --- per-frame timings, on a fresh call: ann captures and sends; ann receives and plays
+    call = _Call()
+    ann = call.devs["ann"]
+    bob = call.devs["bob"]
+    ann_ptt = ptt.PttClient(group=call.GROUP, identity="ann@no")
+    ann_ptt.start(call.now)
+    cap = audio.CapturePath(0, 0, 0)
+    cap.start_burst(0)
+    n = 50 * scale
+    call.floor("ann", ann_ptt.press(call.now))
+    ann_events_now = ann.events
+    while ann_events_now:
+        e = ann_events_now.pop(0)
+        if e[0] == "floor":
+            ann_ptt.on_floor(call.now, e[2])
+    assert ann_ptt.transmit
+
+    def capture() -> None:
+        ann.send_voice(call.now, cap.frame(pcm))
+
+    yield (
+        "accessory.capture_frame_us",
+        per_call_us(capture, n),
+        "us",
+        250,
+        "one 20 ms frame: DVI4 encode + RTP header (CapturePath) + DeviceSession.send_voice (copy, SSRC, SRTP protect)",
+    )
+
+    # bob talks; the relay's SRTP packets for ann are kept to be fed one per call
+    call.floor("ann", [mcpt.FloorMsg(mcpt.FLOOR_RELEASE)])
+    call.floor("bob", [mcpt.FloorMsg(mcpt.FLOOR_REQUEST, indicator=mcpt.IND_NORMAL)])
+    ann.events.clear()
+    call.hold = []
+    bob_cap = audio.CapturePath(0, 0, 0)
+    bob_cap.start_burst(0)
+    for _ in range(5 * n + 10):
+        call.send(call.addr["bob"], bob.send_voice(call.now, bob_cap.frame(pcm)))
+        call.pump()
+    held = call.hold
+    call.hold = None
+    assert len(held) >= 5 * n, len(held)
+    pb = audio.PlaybackPath()
+    relay_addr = call.RELAY
+    state = [0, 0]  # next packet, time in ms
+
+    def playback() -> None:
+        i = state[0]
+        t = state[1]
+        state[0] = i + 1
+        state[1] = t + 20
+        ann.on_datagram(call.now, relay_addr, held[i])
+        pb.on_voice(t, ann.events.pop()[1])
+        pb.next_frame(t, out)
+
+    yield (
+        "accessory.playback_frame_us",
+        per_call_us(playback, n),
+        "us",
+        250,
+        "one 20 ms frame: DeviceSession.on_datagram (SRTP unprotect) + RTP check + jitter buffer + DVI4 decode + tone mix",
+    )
+    assert pb.jitter.counters["played"] >= 5 * n - 10, pb.jitter.counters
 
 
 def main() -> None:

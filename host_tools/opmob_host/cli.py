@@ -22,10 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="out/bench.json", help="where to write the JSON rows")
     b.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     b.add_argument("--no-micropython", action="store_true", help="CPython rows only")
+    b.add_argument(
+        "--no-relay-load", action="store_true", help="skip the relay under load (200 devices on loopback)"
+    )
 
-    from opmob_host import relay_cmd
+    from opmob_host import fuzz_relay, relay_cmd
 
     relay_cmd.add_parser(sub)
+    fuzz_relay.add_parser(sub)
     return p
 
 
@@ -44,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opmob_host import relay_cmd
 
             return relay_cmd.run(args)
+        if args.command == "fuzz":
+            from opmob_host import fuzz_relay
+
+            return fuzz_relay.cmd(args)
     except KeyboardInterrupt:
         print("opmob: interrupted", file=sys.stderr)
         return 130

@@ -3,11 +3,14 @@
     opmob relay run --config relay.toml [--registry-import FILE]
     opmob relay check --config relay.toml
     opmob relay status [--url http://127.0.0.1:7780]
+    opmob relay control --config relay.toml stun|revive|kill IDENTITY
+    opmob relay control --config relay.toml cancel-emergency GROUP
 
-Exit codes: 0 done; 1 the relay could not run (port taken, store unreadable, socket lost); 2 the
-technician must fix an input (configuration, registry export, URL). Every message names the file
-and, where there is one, the key or record at fault. Relative paths inside relay.toml are taken
-from the directory of relay.toml, so a relay behaves the same whatever directory it starts in.
+Exit codes: 0 done; 1 the relay could not run (port taken, store unreadable, socket lost) or, for
+``control``, cannot be reached; 2 the technician must fix an input (configuration, registry export,
+URL, an identity the relay does not know). Every message names the file and, where there is one,
+the key or record at fault. Relative paths inside relay.toml are taken from the directory of
+relay.toml, so a relay behaves the same whatever directory it starts in.
 """
 
 from __future__ import annotations
@@ -66,6 +69,21 @@ def add_parser(sub: Any) -> None:
     )
     st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
 
+    ctl = rs.add_parser(
+        "control",
+        help="stun, revive or kill a device, or cancel a group's emergency, on the running relay",
+        description="Talks to the running relay over its admin socket ([admin] socket in relay.toml). "
+        "stun: the device is refused everything at once and told so (within one keep-alive at most); "
+        "revive: it is served again; kill: it is refused for good and erases its secret (final). "
+        "cancel-emergency: ends a group's emergency and imminent-peril state and its alerts, as a dispatcher.",
+    )
+    ctl.add_argument("--config", required=True, help="the running relay's TOML configuration")
+    ctl.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the relay")
+    ctl.add_argument("action", choices=["stun", "revive", "kill", "cancel-emergency"], help="what to do")
+    ctl.add_argument(
+        "target", metavar="IDENTITY|GROUP", help="the device (name@system), or the group for cancel-emergency"
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     try:
@@ -75,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
             return cmd_check(args.config)
         if args.relay_command == "status":
             return cmd_status(args.url, args.timeout)
+        if args.relay_command == "control":
+            return cmd_control(args.config, args.action, args.target, args.timeout)
     except Failure as f:
         print(f"{PREFIX}: {f}", file=sys.stderr)
         return f.code
@@ -107,7 +127,17 @@ def load_config(path: str) -> RelayConfig:
     cfg.registry_path = str(base / cfg.registry_path)
     if cfg.registry_import:
         cfg.registry_import = str(base / cfg.registry_import)
+    cfg.admin_socket = admin_socket(cfg, base)
     return cfg
+
+
+def admin_socket(cfg: RelayConfig, base: Path) -> str:
+    """The admin socket's path: [admin] socket (relative to relay.toml), else beside the registry."""
+    from opmob_host.relay_admin import default_socket_path
+
+    if cfg.admin_socket:
+        return str(base / cfg.admin_socket)
+    return default_socket_path(cfg.registry_path)
 
 
 def describe(cfg: RelayConfig) -> str:
@@ -128,7 +158,7 @@ def _status_url(cfg: RelayConfig) -> str:
 
 def cmd_check(path: str) -> int:
     cfg = load_config(path)
-    print(f"{PREFIX}: {path}: OK: {describe(cfg)}, registry {cfg.registry_path}")
+    print(f"{PREFIX}: {path}: OK: {describe(cfg)}, registry {cfg.registry_path}, admin {cfg.admin_socket}")
     if cfg.registry_import:
         print(f"{PREFIX}: {path}: imports {cfg.registry_import} at every start")
     return 0
@@ -187,6 +217,7 @@ def cmd_run(config: str, registry_import: str | None) -> int:
     from opmob.relay import Relay
     from opmob.store import StoreError
 
+    from opmob_host.relay_admin import AdminSocketError
     from opmob_host.relay_server import BindError, RelayServer, run_relay
     from opmob_host.sqlite_store import SqliteStore
 
@@ -239,10 +270,13 @@ def cmd_run(config: str, registry_import: str | None) -> int:
                 status=status,
                 on_started=started,
                 logger=logger,
+                admin=cfg.admin_socket,
             )
         except BindError as e:
             hint = "[listen] port" if e.what == "udp" else "[status] port"
             raise Failure(f"{e}; is another relay running? otherwise change {hint} in {config}", 1) from None
+        except AdminSocketError as e:
+            raise Failure(f"admin socket {e} ({config})", 1) from None
         if rc:
             logger.error("the relay's UDP socket failed; exiting so that it can be restarted")
         return rc
@@ -297,4 +331,55 @@ def cmd_status(url: str, timeout: float) -> int:
         # Piped into `head` or a pager that quit: not an error. Point stdout at /dev/null so the
         # interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+# --- control ----------------------------------------------------------------------------------------------
+
+_DONE = {
+    "stun": "stunned: refused everything from now on",
+    "revive": "revived: served again",
+    "kill": "killed: refused for good (final)",
+    "cancel-emergency": "emergency cancelled",
+}
+_NOT_LIVE = {
+    "stun": "it has no registration here now; it is refused service when it registers",
+    "revive": "it has no registration here now; the revive reaches it when it registers",
+    "kill": "it has no registration here now; it can never register again",
+}
+
+
+def cmd_control(config: str, action: str, target: str, timeout: float) -> int:
+    from opmob_host.relay_admin import AdminUnavailable, request, valid_identity
+
+    cfg = load_config(config)
+    what = "group" if action == "cancel-emergency" else "device"
+    if not valid_identity(target):
+        raise Failure(f"{target!r}: not a {what} identity; expected name@system (e.g. ola.nordmann@no)", 2)
+    key = "group" if what == "group" else "identity"
+    path = cfg.admin_socket
+    assert path is not None
+    try:
+        reply = request(path, {"op": action, key: target}, timeout)
+    except AdminUnavailable as e:
+        raise Failure(f"{action} {target}: {e} (relay {cfg.identity}, {config})", 1) from None
+    if not reply["ok"]:
+        code = reply.get("error")
+        msg = str(reply.get("message", ""))
+        if code == "unknown_identity":
+            raise Failure(f"{action} {target}: unknown identity: the relay's registry has no such device", 2)
+        if code == "unknown_group":
+            raise Failure(f"{action} {target}: unknown group: the relay's registry has no such group", 2)
+        if code == "killed":
+            raise Failure(f"{action} {target}: the device is killed, which is final", 2)
+        raise Failure(f"{action} {target}: the relay refused ({code}: {msg})", 1 if code == "internal" else 2)
+    n = reply.get("datagrams", 0)
+    line = f"{PREFIX}: {action} {target}: {_DONE[action]}"
+    if what == "device" and not n:
+        line += f"; {_NOT_LIVE[action]}"
+    elif action == "kill":
+        line += "; the order was sent to the device, which erases its secret"
+    elif what == "device":
+        line += "; the order was sent to the device"
+    print(line, flush=True)
     return 0

@@ -31,7 +31,12 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from opmob_host.latency import LatencyHistogram
+
+if TYPE_CHECKING:
+    from opmob_host.relay_admin import AdminServer
 
 log = logging.getLogger("opmob.relay")
 
@@ -140,6 +145,11 @@ def _valid_peer(addr: Any) -> bool:
     return True
 
 
+def _is_rtp(data: bytes | bytearray | memoryview) -> bool:
+    """RTP (voice), as the relay core demultiplexes: version 2, not an RTCP packet type."""
+    return len(data) > 1 and data[0] >> 6 == 2 and not 192 <= data[1] <= 223
+
+
 def _buffered(tr: asyncio.DatagramTransport) -> int:
     # The selector transport has it; typeshed's DatagramTransport does not declare it.
     size: int = getattr(tr, "get_write_buffer_size", lambda: 0)()
@@ -163,6 +173,8 @@ class UdpDriver(asyncio.DatagramProtocol):
         self.max_send_buffer = max_send_buffer
         self.counters: dict[str, int] = dict.fromkeys(DRIVER_COUNTERS, 0)
         self.errors = CoreErrorLog(logger, clock=clock)
+        # Voice in -> each copy out, at this driver (latency.py); in the status as voice_latency_us.
+        self.voice_latency = LatencyHistogram()
         self.started = clock()
         self.lost: asyncio.Future[Exception | None] | None = None
         self._transport: asyncio.DatagramTransport | None = None
@@ -222,13 +234,14 @@ class UdpDriver(asyncio.DatagramProtocol):
         c = self.counters
         c["datagrams_in"] += 1
         c["bytes_in"] += len(data)
+        t0 = time.perf_counter_ns() if _is_rtp(data) else 0
         try:
             out = self.core.on_datagram(self.clock(), addr, data)
         except Exception as e:
             c["driver_errors"] += 1
             self.errors.report("on_datagram", e, addr)
         else:
-            self.send(out)
+            self.send(out, t0)
         self._rearm()
         self._notify()
 
@@ -254,7 +267,9 @@ class UdpDriver(asyncio.DatagramProtocol):
         self._notify()
         return ok
 
-    def send(self, out: Outgoing) -> None:
+    def send(self, out: Outgoing, voice_in_ns: int = 0) -> None:
+        """Send the core's output. ``voice_in_ns``: when the voice datagram it answers was read
+        (perf_counter_ns), so each voice copy sent records its latency; 0 for anything else."""
         if not out:
             return
         c = self.counters
@@ -289,6 +304,8 @@ class UdpDriver(asyncio.DatagramProtocol):
                 continue
             c["datagrams_out"] += 1
             c["bytes_out"] += len(data)
+            if voice_in_ns and _is_rtp(data):
+                self.voice_latency.add_ns(time.perf_counter_ns() - voice_in_ns)
 
     # --- timer ------------------------------------------------------------------------------------
     def _next_deadline(self) -> float | None:
@@ -377,6 +394,7 @@ class UdpDriver(asyncio.DatagramProtocol):
     def driver_status(self) -> dict[str, Any]:
         st: dict[str, Any] = dict(self.counters)
         st["uptime_s"] = round(self.clock() - self.started, 3)
+        st["voice_latency_us"] = self.voice_latency.summary()
         if self._transport is not None:
             st["listen"] = format_addr(self.local_address)
         return st
@@ -578,13 +596,16 @@ class RelayServer:
         status: tuple[str, int] | None,
         logger: logging.Logger = log,
         notify: SdNotify | None = None,
+        admin: str | None = None,
     ) -> None:
         self.core = core
         self.listen = listen
         self.status_bind = status
+        self.admin_path = admin
         self.logger = logger
         self.driver = UdpDriver(core, logger=logger)
         self.http: StatusServer | None = None
+        self.admin: AdminServer | None = None
         self.notify = notify if notify is not None else SdNotify()
         self.listen_address: Addr | None = None
         self.status_address: Addr | None = None
@@ -595,11 +616,14 @@ class RelayServer:
         drv = self.driver.driver_status()
         if self.http is not None:
             drv.update(self.http.counters)
+        if self.admin is not None:
+            drv.update(self.admin.counters)
         st["driver"] = drv
         return st
 
     async def start(self) -> None:
-        """Bind both sockets; an OSError here names the address that could not be bound."""
+        """Bind the sockets; an OSError here names the address that could not be bound, an
+        AdminSocketError the admin socket's problem."""
         try:
             self.listen_address = await self.driver.open(*self.listen)
         except OSError as e:
@@ -611,6 +635,19 @@ class RelayServer:
             except OSError as e:
                 self.driver.close()
                 raise BindError("status http", self.status_bind, e) from e
+        if self.admin_path is not None:
+            from opmob_host.relay_admin import AdminServer, AdminSocketError
+
+            # The core must offer device_control and cancel_emergency (opmob.relay.Relay does).
+            self.admin = AdminServer(self.driver, cast(Any, self.core), self.admin_path, logger=self.logger)
+            try:
+                await self.admin.open()
+            except AdminSocketError:
+                self.admin = None
+                self.driver.close()
+                if self.http is not None:
+                    await self.http.close()
+                raise
         if self.notify.watchdog_s:
             self._watchdog = asyncio.create_task(self._watchdog_loop(self.notify.watchdog_s))
         self.notify.send(f"READY=1\nSTATUS=serving udp {format_addr(self.listen_address)}")
@@ -639,6 +676,8 @@ class RelayServer:
         self.notify.send("STOPPING=1")
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self.admin is not None:
+            await self.admin.close()  # first: no operator action is taken while stopping
         self.driver.close()
         if self.http is not None:
             await self.http.close()
@@ -659,11 +698,13 @@ def run_relay(
     status: tuple[str, int] | None,
     on_started: Callable[[RelayServer], None] | None = None,
     logger: logging.Logger = log,
+    admin: str | None = None,
 ) -> int:
     """Run the relay until SIGTERM or SIGINT (returns 0) or until its socket dies (returns 1).
 
-    Raises BindError when a port cannot be bound. The caller closes the store afterwards, so it is
-    closed whichever way this returns.
+    ``admin``: the path of the operator's admin socket (relay_admin), None for none. Raises
+    BindError when a port cannot be bound, AdminSocketError when the admin socket cannot be set up.
+    The caller closes the store afterwards, so it is closed whichever way this returns.
     """
 
     async def main() -> int:
@@ -671,7 +712,7 @@ def run_relay(
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        server = RelayServer(core, listen=listen, status=status, logger=logger)
+        server = RelayServer(core, listen=listen, status=status, logger=logger, admin=admin)
         await server.start()
         try:
             if on_started is not None:

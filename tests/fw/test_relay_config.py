@@ -24,6 +24,7 @@ def test_defaults():
     assert cfg.registry_import is None
     assert cfg.max_affiliations == 8 and cfg.max_devices == 1000
     assert cfg.keepalive == 15 and cfg.expiry == 3600
+    assert cfg.admin_socket is None  # the driver puts it beside the registry
     assert isinstance(cfg.floor, FloorConfig)
     ref = FloorConfig()
     for name in (
@@ -71,6 +72,7 @@ def test_every_key_given():
             "deny_only_one": True,
             "tail_grace": 0,
         },
+        "admin": {"socket": "/run/opmob/admin.sock"},
     }
     cfg = RelayConfig.from_dict(d)
     assert cfg.identity == "relay-tromso-2@no" and cfg.system == "no"
@@ -86,6 +88,7 @@ def test_every_key_given():
         240,
         0,
     )
+    assert cfg.admin_socket == "/run/opmob/admin.sock"
     # to_dict gives back what was given, and reads back to the same settings.
     assert cfg.to_dict() == d
     assert RelayConfig.from_dict(cfg.to_dict()).to_dict() == d
@@ -140,6 +143,9 @@ BAD = [
     ("floor", "imminent_peril_priority", "high", "0..255"),
     ("floor", "deny_only_one", 0, "true or false"),
     ("floor", "tail_grace", -0.1, "0..60"),
+    ("admin", "socket", "", "path"),
+    ("admin", "socket", 7, "path"),
+    ("admin", "socket", "/run/a\x00b", "path"),
 ]
 
 
