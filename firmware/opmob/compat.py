@@ -69,33 +69,62 @@ if IS_MICROPYTHON:
         def encrypt_block(self, block):
             return self._aes.encrypt(bytes(block))
 
+    @micropython.viper
+    def _xor_ks(dst, doff: int, src, soff: int, ks, n: int):
+        # dst[doff + i] = src[soff + i] ^ ks[i]; dst may be src with doff == soff (in place).
+        d = ptr8(dst)
+        s = ptr8(src)
+        k = ptr8(ks)
+        i = 0
+        while i < n:
+            d[doff + i] = s[soff + i] ^ k[i]
+            i += 1
+
+    _AES_MAX = const(1024 + 64)
+    # Scratch shared by every AesCtr: counter blocks and keystream live only within one xor call,
+    # which never yields, so instances (one per SRTP/SRTCP/signalling context) need not own them.
+    _ctr_scratch = bytearray(_AES_MAX + 16)
+    _ks_scratch = bytearray(_AES_MAX + 16)
+    # Views of the first 16 * k bytes of each, made the first time k blocks are encrypted and kept:
+    # a packet size seen once costs two memoryviews once, not per packet.
+    _ctr_views = [None] * ((_AES_MAX + 15) // 16 + 1)
+    _ks_views = [None] * ((_AES_MAX + 15) // 16 + 1)
+
     class AesCtr:
         """AES-CTR keystream with a 16-bit block counter in the low bytes of the IV (RFC 3711)."""
 
-        MAX = 1024 + 64
+        MAX = _AES_MAX
 
         def __init__(self, key):
             self._aes = cryptolib.aes(bytes(key), 1)
-            self._ctr = bytearray(self.MAX + 16)
-            self._ks = bytearray(self.MAX + 16)
 
         def xor(self, iv, data, out):
             """out[:len(data)] = data XOR keystream(iv). ``out`` may be ``data`` (in place)."""
-            n = len(data)
-            if n > self.MAX:
+            self.xor_at(iv, data, 0, out, 0, len(data))
+            return out
+
+        def xor_at(self, iv, src, soff, dst, doff, n):
+            """dst[doff:doff + n] = src[soff:soff + n] XOR keystream(iv), allocating nothing once
+            a payload size has been seen. ``dst`` may be ``src`` with ``doff == soff``."""
+            if n > _AES_MAX:
                 raise ValueError("AesCtr: payload too large")
+            if n < 0 or soff + n > len(src) or doff + n > len(dst):
+                raise ValueError("AesCtr: range outside the buffer")
             nblocks = (n + 15) >> 4
             if ((iv[14] << 8) | iv[15]) + nblocks > 0x10000:
                 raise ValueError("AesCtr: block counter would leave its 16 bits")
-            ctr = self._ctr
-            ctr[0:16] = iv
+            if nblocks == 0:
+                return
+            ctr = _ctr_scratch
+            for i in range(16):
+                ctr[i] = iv[i]
             _ctr_fill(ctr, nblocks)
-            span = nblocks * 16
-            self._aes.encrypt(memoryview(ctr)[:span], memoryview(self._ks)[:span])
-            if out is not data:
-                out[:n] = data
-            xor_into(out, self._ks, n)
-            return out
+            vc = _ctr_views[nblocks]
+            if vc is None:
+                vc = _ctr_views[nblocks] = memoryview(ctr)[: nblocks * 16]
+                _ks_views[nblocks] = memoryview(_ks_scratch)[: nblocks * 16]
+            self._aes.encrypt(vc, _ks_views[nblocks])
+            _xor_ks(dst, doff, src, soff, _ks_scratch, n)
 
     class HmacSha1:
         def __init__(self, key):
@@ -109,6 +138,15 @@ if IS_MICROPYTHON:
             h = hashlib.sha1(self._ipad)
             for p in parts:
                 h.update(p)
+            o = hashlib.sha1(self._opad)
+            o.update(h.digest())
+            return o.digest()
+
+        def digest1(self, data):
+            """The HMAC of one buffer. hashlib has no copy(), so each call makes two sha1 objects
+            and two 20-byte digests: the only allocation left on the SRTP packet path."""
+            h = hashlib.sha1(self._ipad)
+            h.update(data)
             o = hashlib.sha1(self._opad)
             o.update(h.digest())
             return o.digest()
@@ -194,6 +232,11 @@ else:
             out[:n] = res
             return out
 
+        def xor_at(self, iv, src, soff, dst, doff, n):
+            if n < 0 or soff + n > len(src) or doff + n > len(dst):
+                raise ValueError("AesCtr: range outside the buffer")
+            dst[doff : doff + n] = self.xor(iv, bytes(src[soff : soff + n]), bytearray(n))
+
     class HmacSha1:
         def __init__(self, key):
             self._base = hmac.new(bytes(key), digestmod=hashlib.sha1)
@@ -202,6 +245,11 @@ else:
             h = self._base.copy()
             for p in parts:
                 h.update(p)
+            return h.digest()
+
+        def digest1(self, data):
+            h = self._base.copy()
+            h.update(data)
             return h.digest()
 
     class HmacSha256:

@@ -5,6 +5,7 @@
     dev.poll(now) -> [(addr, bytes)]             dev.next_deadline() -> float | None
     dev.affiliate(now, groups)  dev.deaffiliate(now, groups)  dev.deregister(now)
     dev.send_floor(now, FloorMsg, group=None)    dev.send_voice(now, rtp_bytes)
+    dev.send_voice_into(now, buf, n) -> length   dev.voice_sink = f(now, buf, n)   (no allocation)
     dev.emergency(now, group=None, location=None) / dev.cancel_emergency(now, group=None)
     dev.events  (the app drains it)              dev.state, dev.ssrc, dev.affiliated
 
@@ -17,11 +18,18 @@ registration; Floor Acks are sent here, not by the app.
 Events, as tuples: ("registered", ssrc), ("rejected", cause), ("relay_refused", cause) (the
 relay's challenge did not come from our home: not registered), ("relay_lost",),
 ("reregister", cause), ("affiliation", group, result), ("deaffiliated", group, result), ("floor", group, FloorMsg),
-("voice", rtp_bytes), ("stunned",), ("revived",), ("killed",) (erase the secret from flash now),
+("voice", rtp_bytes) (unless ``voice_sink`` is set, see below), ("stunned",), ("revived",), ("killed",) (erase the secret from flash now),
 ("emergency_alert", group, identity, location), ("emergency_cancel", group, identity),
 ("error", request_type, cause), ("deregistered",), ("persist", vid_state, ctrl_state) (write both
 to flash before sending what the call returned: they keep old challenges and controls from
 being replayed after a reboot).
+
+The voice path without allocation (besides what hashlib makes, docs/accessory-audio.md):
+``send_voice_into(now, buf, n)`` sets the SSRC of the RTP packet in ``buf[:n]`` and protects it in
+place (``buf`` needs srtp.TAG_LEN bytes of room after it), returning the SRTP length to send, or 0
+when not registered. With ``voice_sink`` set, received voice is decrypted into a preallocated
+buffer and handed over as ``voice_sink(now, buf, n)``, the RTP packet being ``buf[:n]``, valid only
+during the call, instead of a ("voice", rtp_bytes) event.
 """
 
 import struct
@@ -92,6 +100,8 @@ class DeviceSession:
         self.caps = caps
         self.state = IDLE
         self.events = []
+        self.voice_sink = None
+        self._rx_buf = None  # made when voice_sink is first used
         c = {}
         for k in COUNTERS:
             c[k] = 0
@@ -215,6 +225,17 @@ class DeviceSession:
         b = bytearray(rtp)
         struct.pack_into(">I", b, 8, self.ssrc)
         return [(self.relay_addr, self._up.protect(b))]
+
+    def send_voice_into(self, now, buf, n):
+        """Protect in place the RTP packet ``buf[:n]`` under our SSRC; returns the length of the
+        SRTP packet in ``buf`` to send to ``relay_addr``, or 0 when not registered."""
+        if self.state != REGISTERED:
+            self.counters["voice_refused"] += 1
+            return 0
+        if n < 12:
+            raise ValueError("RTP packet shorter than 12 bytes")
+        struct.pack_into(">I", buf, 8, self.ssrc)
+        return self._up.protect_into(buf, n)
 
     def _want(self, g):
         if isinstance(g, str):
@@ -688,14 +709,28 @@ class DeviceSession:
     def _on_rtp(self, now, data):
         if self._down is None:
             raise _Skip("rtp_no_keys")
+        sink = self.voice_sink
         try:
-            plain = self._down.unprotect(data)
+            if sink is None:
+                plain = self._down.unprotect(data)
+            else:
+                n = len(data)
+                if n > srtp.MAX_PACKET:
+                    self._down.unprotect(data)  # raises Oversized, as without a sink
+                buf = self._rx_buf
+                if buf is None:
+                    buf = self._rx_buf = bytearray(srtp.MAX_PACKET)
+                buf[:n] = data  # a slice literal store: no slice object on MicroPython >= 1.23
+                n = self._down.unprotect_into(buf, n)
         except UnknownStream:
             raise _Skip(self._stream_trouble("rtp"))
         except WireError as e:
             raise _Skip("rtp_" + e.counter)
         self.counters["voice_rx"] += 1
-        self.events.append(("voice", plain))
+        if sink is None:
+            self.events.append(("voice", plain))
+        else:
+            sink(now, buf, n)
         return []
 
     def _stream_trouble(self, plane):

@@ -1,7 +1,7 @@
 """The deployable relay's core, sans-I/O: registration, affiliation, floor control and voice fan-out
 for the devices of one site (docs/relay.md).
 
-    relay = Relay(cfg, registry, store, rand, now)
+    relay = Relay(cfg, registry, store, rand, now)   # srtp=, fanout=: see Relay.__init__
     relay.on_datagram(now, addr, data) -> [(addr, bytes)]      relay.poll(now) -> [(addr, bytes)]
     relay.next_deadline() -> float | None                        relay.status() -> dict
     relay.device_control(now, identity, "stun" | "revive" | "kill") -> [(addr, bytes)]
@@ -20,7 +20,7 @@ takes over the affiliations.
 
 import struct
 
-from opmob import sig, txn
+from opmob import sig, srtp, txn
 from opmob.floor_server import FloorServer
 from opmob.floorid import floor_ssrc
 from opmob.relay_media import MediaPlane
@@ -36,6 +36,8 @@ from opmob.relay_session import (
 )
 from opmob.relay_sig import CHALLENGE_TTL, SigPlane
 from opmob.store import StoreError
+
+_srtp_class = srtp.SrtpSession
 
 MAX_DATAGRAM = 1500  # one Ethernet MTU: nothing of ours is larger
 SILENT_KEEPALIVES = 3  # keep-alive intervals without a word before a registration is dropped
@@ -88,8 +90,17 @@ COUNTERS = (
 
 
 class Relay(SigPlane, MediaPlane):
-    def __init__(self, cfg, registry, store, rand, now):
+    def __init__(self, cfg, registry, store, rand, now, srtp=None, fanout=None):
+        """``srtp``: the SRTP session class the relay makes its per-registration contexts with
+        (``SrtpSession(key, salt, max_streams=n)``, the API and errors of ``opmob.srtp``; None:
+        ``opmob.srtp.SrtpSession``, the pure-Python twin). A CPython driver passes the C
+        extension's. ``fanout``: None, or ``fanout(sessions, packets) -> [bytes | WireError]``
+        protecting ``packets[i]`` with ``sessions[i]`` in order (e.g. one batch call of the C
+        extension); the voice fan-out then makes one call per talker packet instead of one
+        ``protect`` per listener. Either gives the same datagrams."""
         self.cfg = cfg
+        self._srtp = _srtp_class if srtp is None else srtp
+        self._fanout = fanout
         self.registry = registry
         self.store = store
         self.rand = rand

@@ -119,6 +119,15 @@ def _bool(v):
     return v
 
 
+ACCEL_CHOICES = ("auto", "c", "pure")
+
+
+def _accel(v):
+    if v not in ACCEL_CHOICES:
+        raise _Bad('expected "auto" (the C extension where built), "c" or "pure"')
+    return v
+
+
 _FLOOR_DEFAULTS = FloorConfig()
 
 # section -> ((key, checker, default, attribute or None), ...); attribute None: the value goes to
@@ -129,6 +138,9 @@ _SCHEMA = (
         (
             ("identity", _identity, _REQUIRED, "identity"),
             ("system", _system, None, "system"),
+            # The per-packet SRTP path: the C extension ("c"), the pure-Python twin ("pure") or
+            # the extension where it is built ("auto"). CPython only; OPMOB_ACCEL overrides it.
+            ("accel", _accel, "auto", "accel"),
         ),
     ),
     (
@@ -219,7 +231,7 @@ def _unknown(key, choices):
 
 
 class RelayConfig:
-    """Checked relay settings. Attributes: identity, system, listen_host, listen_port,
+    """Checked relay settings. Attributes: identity, system, accel ("auto", "c" or "pure"), listen_host, listen_port,
     status_host, status_port (0: off), registry_path, registry_import (None: nothing to load),
     max_affiliations, max_devices, keepalive, expiry (s), floor (a FloorConfig), admin_socket (None:
     the driver's default, beside the registry)."""
@@ -292,6 +304,7 @@ class RelayConfig:
     def __init__(self):
         self.identity = None
         self.system = None
+        self.accel = None
         self.listen_host = None
         self.listen_port = None
         self.status_host = None

@@ -97,6 +97,9 @@ class MediaPlane:
         roc, hs = s.srtp_rx.stream_state(s.ssrc)[:2]
         ext = ((roc << 16) | hs) - ((hs - ((plain[2] << 8) | plain[3])) & 0xFFFF)
         by_id = self._by_identity
+        fanout = self._fanout
+        if fanout is not None:
+            return self._fan_out(fanout, srv.members, me, s.ssrc, plain, ext, out, n0)
         for pid in srv.members:
             if pid == me:
                 continue
@@ -107,6 +110,31 @@ class MediaPlane:
                 out.append((ls.addr, ls.srtp_tx.protect(_follow(ls.down_seq, s.ssrc, plain, ext))))
             except WireError:
                 c["voice_protect_failed"] += 1
+        c["voice_out"] += len(out) - n0
+        return out
+
+    def _fan_out(self, fanout, members, me, ssrc, plain, ext, out, n0):
+        """The loop above through ``Relay(fanout=...)``: every listener's packet in one call."""
+        by_id = self._by_identity
+        addrs = []
+        sessions = []
+        packets = []
+        for pid in members:
+            if pid == me:
+                continue
+            ls = by_id.get(pid)
+            if ls is None or ls.state != REGISTERED:
+                continue
+            addrs.append(ls.addr)
+            sessions.append(ls.srtp_tx)
+            packets.append(_follow(ls.down_seq, ssrc, plain, ext))
+        c = self.counters
+        if packets:
+            for a, r in zip(addrs, fanout(sessions, packets)):
+                if isinstance(r, WireError):
+                    c["voice_protect_failed"] += 1
+                else:
+                    out.append((a, r))
         c["voice_out"] += len(out) - n0
         return out
 

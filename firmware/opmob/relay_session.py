@@ -101,11 +101,12 @@ class Session:
         self.keys = keys
         self.tx, self.rx = sig.keys(keys, True)
 
-    def key_srtp(self):
-        """Make the SRTP/SRTCP contexts from the session keys, then forget the key material."""
+    def key_srtp(self, cls=srtp.SrtpSession):
+        """Make the SRTP/SRTCP contexts (of class ``cls``: the pure twin or the C extension's) from
+        the session keys, then forget the key material."""
         k = self.keys
-        self.srtp_rx = srtp.SrtpSession(k.srtp_up_key, k.srtp_up_salt, max_streams=UP_STREAMS)
-        self.srtp_tx = srtp.SrtpSession(k.srtp_down_key, k.srtp_down_salt, max_streams=DOWN_STREAMS)
+        self.srtp_rx = cls(k.srtp_up_key, k.srtp_up_salt, max_streams=UP_STREAMS)
+        self.srtp_tx = cls(k.srtp_down_key, k.srtp_down_salt, max_streams=DOWN_STREAMS)
         self.keys = None
         self.vector = None
         self.nonce = None

@@ -11,7 +11,14 @@ import struct
 
 from opmob import authvec, sig, txn
 from opmob.errors import WireError
-from opmob.relay_session import CHALLENGED, CLOSED, REGISTERED, STUNNED, Drop, Session
+from opmob.relay_session import (
+    CHALLENGED,
+    CLOSED,
+    REGISTERED,
+    STUNNED,
+    Drop,
+    Session,
+)
 from opmob.store import StoreError
 
 CHALLENGE_TTL = 30.0  # a challenge outlives the device's whole retransmission span (19.5 s)
@@ -266,7 +273,7 @@ class SigPlane:
             self._close_challenge(now, s)
             return resp, []
         self._challenges -= 1
-        s.key_srtp()
+        s.key_srtp(self._srtp)
         s.state = STUNNED if dev.status == "stunned" else REGISTERED
         s.ssrc = self._new_ssrc()
         s.key_id = ((old.key_id if old is not None else 0) + 1) & 0xFFFF

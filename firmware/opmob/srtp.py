@@ -25,9 +25,12 @@ can fill the table.
 
 import struct
 
-from opmob.compat import AesCtr, AesEcb, HmacSha1
+from opmob.compat import IS_MICROPYTHON, AesCtr, AesEcb, HmacSha1
+
+if IS_MICROPYTHON:
+    from uctypes import addressof
 from opmob.errors import AuthFailed, BadValue, BadVersion, Oversized, Replayed, Truncated, UnknownStream
-from opmob.rtp import MAX_PACKET, header_length
+from opmob.rtp import MAX_PACKET
 
 MASTER_KEY_LEN = 16
 MASTER_SALT_LEN = 14
@@ -115,53 +118,61 @@ class SessionCrypto:
 
 
 class _Stream:
-    # One SSRC in one direction. RTP: ROC and sequence number of the highest index, and the replay
-    # bitmap (bit k = highest index - k seen). SRTCP: highest (inbound) or last sent (outbound)
-    # index and its bitmap. All zero at start, as in libsrtp: inbound, nothing is seen yet, so
-    # index 0 is still acceptable; outbound, the first SRTCP index is 1.
+    # One SSRC in one direction. RTP: ROC and sequence number of the highest index, and its replay
+    # bitmap. SRTCP: highest (inbound) or last sent (outbound) index and its bitmap. All zero at
+    # start, as in libsrtp: inbound, nothing is seen yet, so index 0 is still acceptable; outbound,
+    # the first SRTCP index is 1.
+    #
+    # A bitmap is a ring of ``cap`` bits (a power of two >= the replay window, dividing 2^16):
+    # bit ``-i & (cap - 1)`` says whether index i was seen, exact for the ``cap`` indices up to the
+    # highest. A fixed bytearray, so a packet makes no long integers (as a shifted window would).
+    # Since cap divides 2^16, an RTP index's position follows from its sequence number alone.
     __slots__ = ("roc", "seq", "bits", "rtcp_index", "rtcp_bits")
 
-    def __init__(self):
+    def __init__(self, nbytes):
         self.roc = 0
         self.seq = 0
-        self.bits = 0
+        self.bits = bytearray(nbytes)
         self.rtcp_index = 0
-        self.rtcp_bits = 0
+        self.rtcp_bits = bytearray(nbytes)
 
 
-def _estimate(st, s):
-    """(ROC guessed for sequence number s, its index minus the highest index), as libsrtp's rdbx."""
-    roc = st.roc
-    hs = st.seq
-    if roc == 0 and hs <= 0x8000:
-        # Early in a stream a guess of ROC - 1 could only be -1: take the sequence number as is.
-        return 0, s - hs
-    if hs < 0x8000:
-        if s - hs > 0x8000:
-            return roc - 1, s - hs - 0x10000
-        return roc, s - hs
-    if hs - 0x8000 > s:
-        if roc == MAX_ROC:
-            raise KeyExpired("SRTP rollover counter exhausted")
-        return roc + 1, s - hs + 0x10000
-    return roc, s - hs
+def _seen(ring, pos):
+    return (ring[pos >> 3] >> (pos & 7)) & 1
 
 
-def _check_window(bits, d, window):
-    # d = candidate index - highest index; d > 0 is always new.
+def _check_window(ring, mask, top, d, window):
+    # d = candidate index - highest index (top, or just its low bits); d > 0 is always new.
     if d <= 0:
         if d <= -window:
             raise Replayed("index older than the replay window")
-        if (bits >> -d) & 1:
+        if _seen(ring, -(top + d) & mask):
             raise Replayed("index already seen")
 
 
-def _add_to_window(bits, d, window):
+def _add_to_window(ring, mask, top, d):
     if d > 0:
-        if d >= window:
-            return 1  # the whole window slid past; avoids shifting a huge integer
-        return ((bits << d) | 1) & ((1 << window) - 1)
-    return bits | (1 << -d)
+        if d > mask:
+            for i in range(len(ring)):
+                ring[i] = 0
+        else:
+            # The indices passed over were not seen: clear what the ring held for them.
+            k = 1
+            while k < d:
+                p = -(top + k) & mask
+                ring[p >> 3] &= ~(1 << (p & 7)) & 0xFF
+                k += 1
+    p = -(top + d) & mask
+    ring[p >> 3] |= 1 << (p & 7)
+
+
+def _window_int(ring, mask, top, window):
+    # The window as the integer whose bit k says whether highest - k was seen (stream_state).
+    # Index i sits at ring bit -i mod cap, so that is the ring rotated right by -highest mod cap.
+    cap = mask + 1
+    r = int.from_bytes(ring, "little")
+    q = -top & mask
+    return ((r >> q) | (r << (cap - q))) & ((1 << window) - 1)
 
 
 def _tag_equal(tag, pkt, off):
@@ -170,6 +181,27 @@ def _tag_equal(tag, pkt, off):
     for i in range(TAG_LEN):
         d |= tag[i] ^ pkt[off + i]
     return d == 0
+
+
+def _rtp_header_length(buf, n):
+    # rtp.header_length for the first n bytes of buf (a caller buffer may be longer).
+    if n < 12:
+        raise Truncated("RTP packet shorter than 12 bytes")
+    b0 = buf[0]
+    if b0 >> 6 != 2:
+        raise BadVersion("RTP version is not 2")
+    hlen = 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10:
+        if n < hlen + 4:
+            raise Truncated("RTP header extension cut short")
+        hlen += 4 + 4 * ((buf[hlen + 2] << 8) | buf[hlen + 3])
+    if n < hlen:
+        raise Truncated("RTP header longer than the packet")
+    return hlen
+
+
+def _u32(buf, off):
+    return (buf[off] << 24) | (buf[off + 1] << 16) | (buf[off + 2] << 8) | buf[off + 3]
 
 
 class SrtpSession:
@@ -185,10 +217,22 @@ class SrtpSession:
         keys = derive_session_keys(master_key, master_salt)
         self.replay_window = replay_window
         self.max_streams = max_streams
+        cap = 64
+        while cap < replay_window:
+            cap <<= 1
+        self._mask = cap - 1
         self._rtp = SessionCrypto(keys[0], keys[1], keys[2])
         self._rtcp = SessionCrypto(keys[3], keys[4], keys[5])
         self._tx = {}
         self._rx = {}
+        # Per-packet scratch: the ROC of the last estimate, a saved tag, and a view of the
+        # authenticated bytes of the last buffer (reused while the buffer and length repeat).
+        self._est_roc = 0
+        self._tag_save = bytearray(TAG_LEN)
+        self._auth_buf = None
+        self._auth_len = -1
+        self._auth_addr = -1
+        self._auth_view = None
 
     # -- stream table -----------------------------------------------------------------------
 
@@ -198,19 +242,31 @@ class SrtpSession:
         st = table.get(ssrc)
         if st is not None:
             return st, False
+        return self._new_stream(table), True
+
+    def _new_stream(self, table):
         if len(table) >= self.max_streams:
             raise UnknownStream("SRTP stream table full (%d SSRCs)" % self.max_streams)
-        return _Stream(), True
+        return _Stream((self._mask + 1) >> 3)
 
     def stream_count(self, outbound=False):
         return len(self._tx if outbound else self._rx)
 
     def stream_state(self, ssrc, outbound=False):
-        """(roc, highest seq, replay bits, SRTCP index, SRTCP replay bits), or None if unknown."""
+        """(roc, highest seq, replay bits, SRTCP index, SRTCP replay bits), or None if unknown.
+        Replay bits as an integer: bit k set when the highest index - k was seen."""
         st = (self._tx if outbound else self._rx).get(ssrc)
         if st is None:
             return None
-        return (st.roc, st.seq, st.bits, st.rtcp_index, st.rtcp_bits)
+        m = self._mask
+        w = self.replay_window
+        return (
+            st.roc,
+            st.seq,
+            _window_int(st.bits, m, st.seq, w),
+            st.rtcp_index,
+            _window_int(st.rtcp_bits, m, st.rtcp_index, w),
+        )
 
     def remove_stream(self, ssrc):
         """Forget ``ssrc`` in both directions (a member left). Its old packets would then be
@@ -218,57 +274,136 @@ class SrtpSession:
         self._tx.pop(ssrc, None)
         self._rx.pop(ssrc, None)
 
+    def _estimate(self, st, s):
+        """Index of sequence number s minus the highest index, as libsrtp's rdbx; the ROC guessed
+        for s is left in self._est_roc (no tuple per packet)."""
+        roc = st.roc
+        hs = st.seq
+        if roc == 0 and hs <= 0x8000:
+            # Early in a stream a guess of ROC - 1 could only be -1: take the sequence number as is.
+            self._est_roc = 0
+            return s - hs
+        if hs < 0x8000:
+            if s - hs > 0x8000:
+                self._est_roc = roc - 1
+                return s - hs - 0x10000
+            self._est_roc = roc
+            return s - hs
+        if hs - 0x8000 > s:
+            if roc == MAX_ROC:
+                raise KeyExpired("SRTP rollover counter exhausted")
+            self._est_roc = roc + 1
+            return s - hs + 0x10000
+        self._est_roc = roc
+        return s - hs
+
+    def _auth_mv(self, buf, n):
+        # memoryview(buf)[:n] for hashlib. MicroPython: kept while the same buffer, at the same
+        # address (a resized bytearray moves), comes back with the same n (a voice path reuses one
+        # buffer and one frame size), so no view is made per packet. CPython: a fresh view, as a
+        # kept one would stop the caller from resizing its bytearray.
+        if not IS_MICROPYTHON:
+            return memoryview(buf)[:n]
+        addr = addressof(buf)
+        if buf is not self._auth_buf or n != self._auth_len or addr != self._auth_addr:
+            self._auth_view = memoryview(buf)[:n]
+            self._auth_buf = buf
+            self._auth_len = n
+            self._auth_addr = addr
+        return self._auth_view
+
     # -- SRTP -----------------------------------------------------------------------------------
 
     def protect(self, rtp):
         """The SRTP packet for the RTP packet ``rtp``."""
         n = len(rtp)
-        hlen = header_length(rtp)
-        if n - hlen > MAX_PAYLOAD or n + TAG_LEN > MAX_PACKET:
-            raise Oversized("RTP packet too large to protect")
-        seq = (rtp[2] << 8) | rtp[3]
-        ssrc = struct.unpack_from(">I", rtp, 8)[0]
-        st, new = self._stream(self._tx, ssrc)
-        roc, d = _estimate(st, seq)
-        _check_window(st.bits, d, self.replay_window)
-        c = self._rtp
         out = bytearray(n + TAG_LEN)
         out[:n] = rtp
-        mv = memoryview(out)
-        body = mv[hlen:n]
-        c.ctr.xor(c.iv(ssrc, roc, seq), body, body)
-        out[n:] = c.tag(mv[:n], struct.pack(">I", roc))
-        self._commit_rtp(self._tx, ssrc, st, new, roc, seq, d)
+        self.protect_into(out, n)
+        self._auth_buf = self._auth_view = None
         return bytes(out)
+
+    def protect_into(self, buf, n):
+        """Protect in place the RTP packet in ``buf[:n]``; ``buf`` must have TAG_LEN bytes of room
+        after it. Returns the SRTP packet's length (n + TAG_LEN). On error neither ``buf`` nor the
+        session changes. Allocates only what hashlib makes (see HmacSha1.digest1)."""
+        hlen = _rtp_header_length(buf, n)
+        if n - hlen > MAX_PAYLOAD or n + TAG_LEN > MAX_PACKET:
+            raise Oversized("RTP packet too large to protect")
+        if n + TAG_LEN > len(buf):
+            raise ValueError("SRTP protect_into: no room for the tag")
+        seq = (buf[2] << 8) | buf[3]
+        ssrc = _u32(buf, 8)
+        table = self._tx
+        st = table.get(ssrc)
+        new = st is None
+        if new:
+            st = self._new_stream(table)
+        d = self._estimate(st, seq)
+        roc = self._est_roc
+        m = self._mask
+        _check_window(st.bits, m, st.seq, d, self.replay_window)
+        c = self._rtp
+        c.ctr.xor_at(c.iv(ssrc, roc, seq), buf, hlen, buf, hlen, n - hlen)
+        # Authenticated: the packet, then the ROC, written where the tag goes, then overwritten.
+        struct.pack_into(">I", buf, n, roc)
+        t = c.mac.digest1(self._auth_mv(buf, n + 4))
+        for i in range(TAG_LEN):
+            buf[n + i] = t[i]
+        self._commit_rtp(table, ssrc, st, new, roc, seq, d)
+        return n + TAG_LEN
 
     def unprotect(self, srtp):
         """The RTP packet inside the SRTP packet ``srtp``; raises a WireError if it is not one."""
         n = len(srtp)
         if n > MAX_PACKET:
             raise Oversized("SRTP packet larger than %d bytes" % MAX_PACKET)
-        hlen = header_length(srtp)
+        buf = bytearray(srtp)
+        end = self.unprotect_into(buf, n)
+        self._auth_buf = self._auth_view = None
+        return bytes(buf[:end])
+
+    def unprotect_into(self, buf, n):
+        """Unprotect in place the SRTP packet in ``buf[:n]``; returns the RTP packet's length
+        (``buf[:length]`` is then the RTP packet). Raises a WireError if it is not one; then the
+        session is unchanged, and so is ``buf``. The tag is checked before any state moves."""
+        if n > MAX_PACKET:
+            raise Oversized("SRTP packet larger than %d bytes" % MAX_PACKET)
+        hlen = _rtp_header_length(buf, n)
         end = n - TAG_LEN
         if end < hlen:
             raise Truncated("SRTP packet too short for its header and tag")
         if end - hlen > MAX_PAYLOAD:
             raise Oversized("SRTP payload too large")
-        seq = (srtp[2] << 8) | srtp[3]
-        ssrc = struct.unpack_from(">I", srtp, 8)[0]
-        st, new = self._stream(self._rx, ssrc)
-        roc, d = _estimate(st, seq)
-        _check_window(st.bits, d, self.replay_window)
+        seq = (buf[2] << 8) | buf[3]
+        ssrc = _u32(buf, 8)
+        table = self._rx
+        st = table.get(ssrc)
+        new = st is None
+        if new:
+            st = self._new_stream(table)
+        d = self._estimate(st, seq)
+        roc = self._est_roc
+        m = self._mask
+        _check_window(st.bits, m, st.seq, d, self.replay_window)
         c = self._rtp
-        mv = memoryview(srtp)
-        if not _tag_equal(c.tag(mv[:end], struct.pack(">I", roc)), srtp, end):
+        # The tag moves aside so the ROC can follow the packet in the same buffer.
+        save = self._tag_save
+        for i in range(TAG_LEN):
+            save[i] = buf[end + i]
+        struct.pack_into(">I", buf, end, roc)
+        t = c.mac.digest1(self._auth_mv(buf, end + 4))
+        if not _tag_equal(t, save, 0):
+            for i in range(TAG_LEN):
+                buf[end + i] = save[i]
             raise AuthFailed("SRTP authentication tag mismatch")
-        out = bytearray(end)
-        out[:hlen] = mv[:hlen]
-        c.ctr.xor(c.iv(ssrc, roc, seq), mv[hlen:end], memoryview(out)[hlen:])
-        self._commit_rtp(self._rx, ssrc, st, new, roc, seq, d)
-        return bytes(out)
+        c.ctr.xor_at(c.iv(ssrc, roc, seq), buf, hlen, buf, hlen, end - hlen)
+        self._commit_rtp(table, ssrc, st, new, roc, seq, d)
+        return end
 
     def _commit_rtp(self, table, ssrc, st, new, roc, seq, d):
-        st.bits = _add_to_window(st.bits, d, self.replay_window)
+        m = self._mask
+        _add_to_window(st.bits, m, st.seq, d)
         if d > 0:
             st.roc = roc
             st.seq = seq
@@ -323,7 +458,8 @@ class SrtpSession:
         ssrc = struct.unpack_from(">I", srtcp, 4)[0]
         st, new = self._stream(self._rx, ssrc)
         d = index - st.rtcp_index
-        _check_window(st.rtcp_bits, d, self.replay_window)
+        m = self._mask
+        _check_window(st.rtcp_bits, m, st.rtcp_index, d, self.replay_window)
         c = self._rtcp
         mv = memoryview(srtcp)
         if not _tag_equal(c.tag(mv[: end + 4]), srtcp, end + 4):
@@ -335,7 +471,7 @@ class SrtpSession:
             mv[RTCP_HEADER_LEN:end],
             memoryview(out)[RTCP_HEADER_LEN:],
         )
-        st.rtcp_bits = _add_to_window(st.rtcp_bits, d, self.replay_window)
+        _add_to_window(st.rtcp_bits, m, st.rtcp_index, d)
         if d > 0:
             st.rtcp_index = index
         if new:

@@ -9,6 +9,15 @@
   (50 frames a second each) through ``Transcoder.to_codec2``: every 20 ms tick, one packet of each
   stream in one call, unprotected (accessory key), decoded, encoded and protected (backhaul key).
   Measured as process CPU time per frame, so it is what one core does, not wall time.
+- ``relay.cpu_per_packet_us.{c_ext,pure}``: CPU time per talker voice packet through the relay
+  core's per-packet path, ``Relay.on_datagram`` in process (no sockets): demultiplex, unprotect with
+  the talker's uplink context, floor gate, re-protect for each of 10 listeners with their downlink
+  contexts (10 datagrams out). Two relays built alike (same seeds, keys and SRTP packets in), one
+  with ``opmob_c.SrtpSession`` injected (``Relay(srtp=...)``, the form ``opmob relay run`` uses),
+  one with the pure twin; rounds interleaved, best round of each kept, and the two relays' output
+  datagrams compared byte for byte. ``relay.cpu_per_packet_us.c_ext_batch``: the C session with
+  the fan-out always in one ``protect_batch`` call (``Relay(fanout=...)``); for 10 listeners it is
+  about even with per-listener calls, so ``opmob relay run`` batches from ``BATCH_FROM`` on.
 - ``quality.{pesq,stoi}.{dvi4,codec2_3200,chain}``: ``opmob_host.quality`` in a fresh process.
 """
 
@@ -21,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 Row = tuple[str, float, str, float | None, str]
 
@@ -186,6 +196,187 @@ def transcode_rows(quick: bool) -> Iterator[Row]:
     )
 
 
+class _Seeded:
+    """Deterministic bytes (a SHA-256 counter), so two relays built alike have the same keys."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed.to_bytes(4, "big")
+        self.n = 0
+
+    def __call__(self, n: int) -> bytes:
+        import hashlib
+
+        out = b""
+        while len(out) < n:
+            self.n += 1
+            out += hashlib.sha256(self.seed + self.n.to_bytes(8, "big")).digest()
+        return out[:n]
+
+
+RELAY_ADDR = ("10.0.0.1", 7700)
+LISTENERS = 10
+
+
+class RelayFanout:
+    """One relay core and 1 + ``listeners`` registered devices in one group, in memory; the first
+    device ("d0") holds the floor. ``srtp``/``fanout`` go to ``Relay``. Built from fixed seeds:
+    two instances made with different SRTP classes must send the same bytes."""
+
+    GROUP = "bench@no"
+
+    def __init__(self, srtp: Any = None, fanout: Any = None, listeners: int = LISTENERS) -> None:
+        from opmob import mcpt
+        from opmob.device import DeviceSession
+        from opmob.registry import Registry
+        from opmob.relay import Relay
+        from opmob.relay_config import RelayConfig
+        from opmob.store import MemoryStore
+
+        names = [f"d{i}" for i in range(listeners + 1)]
+        doc = {
+            "format": "opmob-registry",
+            "version": 1,
+            "system": "no",
+            "devices": [
+                {
+                    "identity": n + "@no",
+                    "secret": "%032x" % (i + 1),
+                    "groups": [self.GROUP],
+                    "ceiling": 100,
+                    "status": "active",
+                    "vid": 0,
+                    "cseq": 0,
+                }
+                for i, n in enumerate(names)
+            ],
+            "groups": [
+                {"identity": self.GROUP, "policy": "open", "e2e": False, "key_ids": [], "receive_only": []}
+            ],
+        }
+        store = MemoryStore()
+        Registry(store, "no").load_export(doc)
+        # A burst as long as the bench wants: the longest burst (t2) and the silent listeners'
+        # keep-alive well beyond it.
+        cfg = RelayConfig.from_dict(
+            {
+                "relay": {"identity": "relay-1@no"},
+                "registry": {"path": "unused"},
+                "timers": {"keepalive": 65535, "expiry": 10 * 65535},
+                "floor": {"t2": 65535},
+            }
+        )
+        self.now = 0.0
+        self.relay = Relay(cfg, Registry(store, "no"), store, _Seeded(7), self.now, srtp=srtp, fanout=fanout)
+        self.addr: dict[str, tuple[str, int]] = {}
+        self.devs: dict[str, Any] = {}
+        self.queue: list[tuple[Any, Any, bytes]] = []
+        for i, n in enumerate(names):
+            a = (f"10.0.1.{i + 2}", 5000)
+            d = DeviceSession(
+                n + "@no", bytes(15) + bytes((i + 1,)), RELAY_ADDR, _Seeded(100 + i), groups=[self.GROUP]
+            )
+            self.addr[n] = a
+            self.devs[n] = d
+            self._send(a, d.start(self.now))
+        self._pump()
+        for d in self.devs.values():
+            if d.state != "registered":
+                raise RuntimeError(f"relay bench: a device did not register ({d.state})")
+        self.talker = self.devs["d0"]
+        self._send(self.addr["d0"], self.talker.send_floor(self.now, mcpt.FloorMsg(mcpt.FLOOR_REQUEST)))
+        self._pump()
+        self.seq = 0
+
+    def _send(self, src: Any, outs: list[tuple[Any, bytes]]) -> None:
+        for dst, data in outs:
+            self.queue.append((src, dst, data))
+
+    def _pump(self) -> None:
+        by_addr = {a: n for n, a in self.addr.items()}
+        while self.queue:
+            src, dst, data = self.queue.pop(0)
+            if dst == RELAY_ADDR:
+                self._send(RELAY_ADDR, self.relay.on_datagram(self.now, src, data))
+            elif dst in by_addr:
+                n = by_addr[dst]
+                self._send(dst, self.devs[n].on_datagram(self.now, src, data))
+
+    def talker_packets(self, n: int) -> list[bytes]:
+        """``n`` SRTP voice packets from the talker (the device's work, done before timing)."""
+        out = []
+        payload = _packets(1)[0][12:]
+        for _ in range(n):
+            self.seq += 1
+            rtp = struct.pack(">BBHII", 0x80, 5, self.seq & 0xFFFF, 160 * self.seq, 0) + payload
+            ((_, data),) = self.talker.send_voice(self.now, rtp)
+            out.append(data)
+        return out
+
+    def feed(self, packets: list[bytes], dt: float = 0.02) -> tuple[float, list[list[tuple[Any, bytes]]]]:
+        """Each packet through ``Relay.on_datagram`` (``dt`` s apart): CPU seconds, outputs."""
+        on = self.relay.on_datagram
+        src = self.addr["d0"]
+        now = self.now
+        outs = []
+        t0 = time.process_time()
+        for p in packets:
+            now += dt
+            outs.append(on(now, src, p))
+        cpu = time.process_time() - t0
+        self.now = now
+        return cpu, outs
+
+
+def relay_rows(quick: bool) -> Iterator[Row]:
+    from opmob.srtp import SrtpSession as PureSession
+
+    from opmob_host import accel
+    from opmob_host.relay_cmd import BATCH_FROM, fanout_for
+
+    c = accel.select("c")
+    variants = {
+        "pure": RelayFanout(PureSession),
+        "c_ext": RelayFanout(c.SrtpSession, fanout=fanout_for(c)),
+        "c_ext_batch": RelayFanout(c.SrtpSession, fanout=c.protect_batch),
+    }
+    n = 200 if quick else 1000
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(3 if quick else 7):
+        pkts = variants["pure"].talker_packets(n)
+        for v in ("c_ext", "c_ext_batch"):
+            if variants[v].talker_packets(n) != pkts:
+                raise RuntimeError("relay bench: the relays were not built alike")
+        outs = {}
+        for name, w in variants.items():
+            cpu, outs[name] = w.feed(pkts)
+            best[name] = min(best[name], cpu / n)
+        if not outs["pure"] == outs["c_ext"] == outs["c_ext_batch"]:
+            raise RuntimeError("relay bench: C and pure relays sent different datagrams")
+        if any(len(o) != LISTENERS for o in outs["pure"]):
+            raise RuntimeError("relay bench: a packet was not fanned out to every listener")
+    what = (
+        f"Relay.on_datagram per talker SRTP packet: unprotect, floor gate, re-protect for {LISTENERS} "
+        "listeners; CPU time, best of rounds; same packets in and same bytes out for all three rows"
+    )
+    speed = best["pure"] / best["c_ext"]
+    yield (
+        "relay.cpu_per_packet_us.c_ext",
+        best["c_ext"] * 1e6,
+        "us",
+        None,
+        f"opmob_c.SrtpSession injected as `opmob relay run` does with accel c (per-listener protect "
+        f"below {BATCH_FROM} listeners, one batch call from there); {speed:.1f}x faster than pure; {what}",
+    )
+    yield ("relay.cpu_per_packet_us.pure", best["pure"] * 1e6, "us", None, f"opmob.srtp twin; {what}")
+    yield (
+        "relay.cpu_per_packet_us.c_ext_batch",
+        best["c_ext_batch"] * 1e6,
+        "us",
+        None,
+        f"as c_ext but the fan-out always in one opmob_c protect_batch call (Relay(fanout=...)); {what}",
+    )
+
+
 def quality_rows() -> Iterator[Row]:
     out = subprocess.run(
         [sys.executable, "-m", "opmob_host.quality"], check=True, capture_output=True, text=True, timeout=600
@@ -212,4 +403,5 @@ def run(quick: bool = False) -> Iterator[Row]:
         return
     yield from srtp_rows(quick)
     yield from transcode_rows(quick)
+    yield from relay_rows(quick)
     yield from quality_rows()

@@ -29,7 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from opmob.relay_config import RelayConfig
+
+    from opmob_host.accel import Backend
 
 PREFIX = "opmob relay"
 DEFAULT_STATUS_URL = "http://127.0.0.1:7780"
@@ -212,6 +216,48 @@ def _setup_logging() -> logging.Logger:
     return logger
 
 
+# The voice fan-out (one talker packet re-protected for each listener) goes through one batch call
+# of the C extension from this many listeners on; below it the per-packet calls are as fast
+# (bench_cext.py, relay.cpu_per_packet_us.*: about even at 10 listeners, batch ahead from ~16).
+BATCH_FROM = 16
+
+
+def select_accel(cfg: RelayConfig, config: str) -> tuple[Backend, str]:
+    """The SRTP backend for ``opmob relay run``: $OPMOB_ACCEL if set, else ``relay.accel``."""
+    from opmob_host import accel
+
+    env = os.environ.get(accel.ENV, "").strip()
+    source = accel.ENV if env else f"{config} relay.accel"
+    try:
+        return accel.select(env or cfg.accel), source
+    except accel.AccelUnavailable as e:
+        raise Failure(f"{source} = c: {e}; or set it to auto or pure", 2) from None
+    except ValueError:
+        raise Failure(f"{accel.ENV}={env!r}: expected one of {', '.join(accel.CHOICES)}", 2) from None
+
+
+def fanout_for(backend: Backend) -> Callable[[Sequence[Any], Sequence[bytes]], list[Any]] | None:
+    """``Relay(fanout=...)`` for ``backend``: None on the pure one (the core's own loop)."""
+    if backend.name != "c":
+        return None
+    from opmob.errors import WireError
+
+    batch = backend.protect_batch
+
+    def fanout(sessions: Sequence[Any], packets: Sequence[bytes]) -> list[Any]:
+        if len(packets) >= BATCH_FROM:
+            return batch(list(sessions), packets)
+        out: list[Any] = []
+        for s, p in zip(sessions, packets, strict=True):
+            try:
+                out.append(s.protect(p))
+            except WireError as e:
+                out.append(e)
+        return out
+
+    return fanout
+
+
 def cmd_run(config: str, registry_import: str | None) -> int:
     from opmob.registry import Registry, RegistryError
     from opmob.relay import Relay
@@ -222,10 +268,17 @@ def cmd_run(config: str, registry_import: str | None) -> int:
     from opmob_host.sqlite_store import SqliteStore
 
     cfg = load_config(config)
+    backend, accel_source = select_accel(cfg, config)
     import_path = registry_import or cfg.registry_import
     # Read and parse the export before the store is touched: a bad file changes nothing.
     export = _read_export(import_path) if import_path else None
     logger = _setup_logging()
+    logger.info(
+        "SRTP per-packet path: %s (%s, from %s)",
+        backend.name,
+        "C extension opmob_c" if backend.name == "c" else "pure-Python twin opmob.srtp",
+        accel_source,
+    )
 
     db = Path(cfg.registry_path)
     try:
@@ -252,7 +305,15 @@ def cmd_run(config: str, registry_import: str | None) -> int:
             except StoreError as e:
                 raise Failure(f"{import_path}: could not be stored ({e}); nothing was imported", 1) from None
             logger.info("%s", _import_summary(import_path, report))
-        core = Relay(cfg, registry, store, os.urandom, time.monotonic())
+        core = Relay(
+            cfg,
+            registry,
+            store,
+            os.urandom,
+            time.monotonic(),
+            srtp=backend.SrtpSession,
+            fanout=fanout_for(backend),
+        )
 
         def started(server: RelayServer) -> None:
             status = "off"
@@ -271,6 +332,7 @@ def cmd_run(config: str, registry_import: str | None) -> int:
                 on_started=started,
                 logger=logger,
                 admin=cfg.admin_socket,
+                accel=backend.name,
             )
         except BindError as e:
             hint = "[listen] port" if e.what == "udp" else "[status] port"

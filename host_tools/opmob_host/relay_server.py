@@ -597,8 +597,10 @@ class RelayServer:
         logger: logging.Logger = log,
         notify: SdNotify | None = None,
         admin: str | None = None,
+        accel: str | None = None,
     ) -> None:
         self.core = core
+        self.accel = accel  # the SRTP backend the core runs on ("c" or "pure"), shown in /status
         self.listen = listen
         self.status_bind = status
         self.admin_path = admin
@@ -618,6 +620,8 @@ class RelayServer:
             drv.update(self.http.counters)
         if self.admin is not None:
             drv.update(self.admin.counters)
+        if self.accel is not None:
+            drv["accel"] = self.accel
         st["driver"] = drv
         return st
 
@@ -699,10 +703,12 @@ def run_relay(
     on_started: Callable[[RelayServer], None] | None = None,
     logger: logging.Logger = log,
     admin: str | None = None,
+    accel: str | None = None,
 ) -> int:
     """Run the relay until SIGTERM or SIGINT (returns 0) or until its socket dies (returns 1).
 
-    ``admin``: the path of the operator's admin socket (relay_admin), None for none. Raises
+    ``admin``: the path of the operator's admin socket (relay_admin), None for none; ``accel``: the
+    SRTP backend's name for the status (``driver.accel``). Raises
     BindError when a port cannot be bound, AdminSocketError when the admin socket cannot be set up.
     The caller closes the store afterwards, so it is closed whichever way this returns.
     """
@@ -712,7 +718,7 @@ def run_relay(
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        server = RelayServer(core, listen=listen, status=status, logger=logger, admin=admin)
+        server = RelayServer(core, listen=listen, status=status, logger=logger, admin=admin, accel=accel)
         await server.start()
         try:
             if on_started is not None:

@@ -18,6 +18,7 @@ def test_defaults():
     cfg = RelayConfig.from_dict(minimal())
     assert cfg.identity == "relay-1@no"
     assert cfg.system == "no"  # from the identity
+    assert cfg.accel == "auto"  # the C extension where it is built
     assert (cfg.listen_host, cfg.listen_port) == ("0.0.0.0", 7700)
     assert (cfg.status_host, cfg.status_port) == ("127.0.0.1", 7780)
     assert cfg.registry_path == "/var/lib/opmob/registry.sqlite"
@@ -49,7 +50,7 @@ def test_defaults():
 
 def test_every_key_given():
     d = {
-        "relay": {"identity": "relay-tromso-2@no", "system": "no"},
+        "relay": {"identity": "relay-tromso-2@no", "system": "no", "accel": "pure"},
         "listen": {"host": "::", "port": 0},
         "status": {"host": "10.0.0.1", "port": 0},
         "registry": {"path": "/data/reg", "import": "/etc/opmob/registry.json"},
@@ -75,7 +76,7 @@ def test_every_key_given():
         "admin": {"socket": "/run/opmob/admin.sock"},
     }
     cfg = RelayConfig.from_dict(d)
-    assert cfg.identity == "relay-tromso-2@no" and cfg.system == "no"
+    assert cfg.identity == "relay-tromso-2@no" and cfg.system == "no" and cfg.accel == "pure"
     assert (cfg.listen_host, cfg.listen_port, cfg.status_host, cfg.status_port) == ("::", 0, "10.0.0.1", 0)
     assert (cfg.registry_path, cfg.registry_import) == ("/data/reg", "/etc/opmob/registry.json")
     assert (cfg.max_affiliations, cfg.max_devices, cfg.keepalive, cfg.expiry) == (3, 200, 5, 600)
@@ -101,6 +102,9 @@ BAD = [
     ("relay", "identity", "Relay@no", "name@system"),
     ("relay", "identity", 7, "name@system"),
     ("relay", "system", "NO", "system code"),
+    ("relay", "accel", "C", '"auto"'),
+    ("relay", "accel", "fast", '"c" or "pure"'),
+    ("relay", "accel", True, '"auto"'),
     ("relay", "system", "", "system code"),
     ("listen", "host", "", "IP address or host name"),
     ("listen", "host", "0.0.0.0 ", "IP address or host name"),
@@ -160,6 +164,12 @@ def test_each_bad_value_names_its_key_and_what_is_expected():
         assert msg.startswith(dotted + ": "), msg
         assert words in msg and "expected" in msg, (words, msg)
         assert "got %r" % (value,) in msg, msg
+
+
+def test_accel_choices():
+    for v in ("auto", "c", "pure"):
+        assert RelayConfig.from_dict(minimal(relay={"accel": v})).accel == v
+    assert RelayConfig.from_dict(minimal()).to_dict()["relay"]["accel"] == "auto"
 
 
 def test_required_keys():
