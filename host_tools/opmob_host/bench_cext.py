@@ -230,31 +230,11 @@ class RelayFanout:
         from opmob.registry import Registry
         from opmob.relay import Relay
         from opmob.relay_config import RelayConfig
-        from opmob.store import MemoryStore
+
+        from opmob_host.bench_core import one_group_store
 
         names = [f"d{i}" for i in range(listeners + 1)]
-        doc = {
-            "format": "opmob-registry",
-            "version": 1,
-            "system": "no",
-            "devices": [
-                {
-                    "identity": n + "@no",
-                    "secret": "%032x" % (i + 1),
-                    "groups": [self.GROUP],
-                    "ceiling": 100,
-                    "status": "active",
-                    "vid": 0,
-                    "cseq": 0,
-                }
-                for i, n in enumerate(names)
-            ],
-            "groups": [
-                {"identity": self.GROUP, "policy": "open", "e2e": False, "key_ids": [], "receive_only": []}
-            ],
-        }
-        store = MemoryStore()
-        Registry(store, "no").load_export(doc)
+        store = one_group_store(names, self.GROUP)
         # A burst as long as the bench wants: the longest burst (t2) and the silent listeners'
         # keep-alive well beyond it.
         cfg = RelayConfig.from_dict(

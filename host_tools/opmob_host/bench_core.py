@@ -8,7 +8,9 @@ import sys
 import time
 
 if False:  # type checkers only: MicroPython has no typing module
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
+
+    from opmob.store import MemoryStore
 
 IS_MICROPYTHON = sys.implementation.name == "micropython"
 
@@ -27,6 +29,35 @@ else:
 
     def _elapsed_us(t0: int) -> int:
         return time.perf_counter_ns() // 1000 - t0
+
+
+def one_group_store(names: "Iterable[str]", group: str) -> "MemoryStore":
+    """A MemoryStore holding a registry of system "no": devices ``names`` (secrets 1, 2, ...), all
+    allowed in the open group ``group``. Shared by the relay benchmarks of both runtimes."""
+    from opmob.registry import Registry
+    from opmob.store import MemoryStore
+
+    doc = {
+        "format": "opmob-registry",
+        "version": 1,
+        "system": "no",
+        "devices": [
+            {
+                "identity": n + "@no",
+                "secret": "%032x" % (i + 1),
+                "groups": [group],
+                "ceiling": 100,
+                "status": "active",
+                "vid": 0,
+                "cseq": 0,
+            }
+            for i, n in enumerate(names)
+        ],
+        "groups": [{"identity": group, "policy": "open", "e2e": False, "key_ids": [], "receive_only": []}],
+    }
+    store = MemoryStore()
+    Registry(store, "no").load_export(doc)
+    return store
 
 
 def per_call_us(fn: "Callable[[], object]", n: int, repeats: int = 5) -> float:
@@ -210,31 +241,9 @@ class _Call:
         from opmob.registry import Registry
         from opmob.relay import Relay
         from opmob.relay_config import RelayConfig
-        from opmob.store import MemoryStore
 
         names = ("ann", "bob")
-        doc = {
-            "format": "opmob-registry",
-            "version": 1,
-            "system": "no",
-            "devices": [
-                {
-                    "identity": n + "@no",
-                    "secret": "%032x" % (i + 1),
-                    "groups": [self.GROUP],
-                    "ceiling": 100,
-                    "status": "active",
-                    "vid": 0,
-                    "cseq": 0,
-                }
-                for i, n in enumerate(names)
-            ],
-            "groups": [
-                {"identity": self.GROUP, "policy": "open", "e2e": False, "key_ids": [], "receive_only": []}
-            ],
-        }
-        store = MemoryStore()
-        Registry(store, "no").load_export(doc)
+        store = one_group_store(names, self.GROUP)
         cfg = RelayConfig.from_dict({"relay": {"identity": "relay-1@no"}, "registry": {"path": "unused"}})
         self.now = 0.0
         self.relay = Relay(cfg, Registry(store, "no"), store, _Rand(7), self.now)
