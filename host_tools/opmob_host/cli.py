@@ -9,6 +9,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+TECHNICIAN_COMMANDS = ("virtual", "deploy", "provision", "verify", "registry")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opmob", description="OpMob field kit: demo, benchmarks, tools")
@@ -30,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     relay_cmd.add_parser(sub)
     fuzz_relay.add_parser(sub)
+    from opmob_host import technician
+
+    technician.add_parsers(sub)
     return p
 
 
@@ -52,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opmob_host import fuzz_relay
 
             return fuzz_relay.cmd(args)
+        if args.command in TECHNICIAN_COMMANDS:
+            from opmob_host import technician
+
+            return technician.run(args)
     except KeyboardInterrupt:
         print("opmob: interrupted", file=sys.stderr)
         return 130

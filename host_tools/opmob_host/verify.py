@@ -1,0 +1,112 @@
+"""``opmob verify --port P [--inventory FLEET]``: what a device runs and whether it works: firmware
+version, board, identity, configuration hash, and a self-test run on the device (board definition
+and configuration checked by the firmware's own code, HMAC-SHA256 against CPython's, free heap)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from opmob_host import inventory
+from opmob_host.devlink import TechnicianError, connect
+
+KAT_KEY = bytes(range(16))
+KAT_LABEL = b"selftest"
+KAT_DATA = b"opmob verify"
+
+SELF_TEST = """
+import gc, json, binascii
+r = {"checks": []}
+def _c(name, fn):
+    try:
+        fn()
+        r["checks"].append([name, "ok"])
+    except Exception as e:
+        r["checks"].append([name, "%s: %s" % (type(e).__name__, e)])
+def _version():
+    import opmob
+    r["version"] = opmob.VERSION
+def _board():
+    from opmob.accessory import board
+    r["board"] = board.load("/board.json").name
+def _config():
+    from opmob.accessory import config
+    c = config.load("/config.json")
+    r["identity"] = c.identity
+    r["status"] = c.status
+def _crypto():
+    from opmob.authvec import prf
+    if binascii.hexlify(prf(KEY, LABEL, DATA)).decode() != WANT:
+        raise ValueError("HMAC-SHA256 gives a wrong result")
+_c("firmware", _version)
+_c("board", _board)
+_c("configuration", _config)
+_c("crypto", _crypto)
+gc.collect()
+r["mem_free"] = gc.mem_free()
+print(json.dumps(r))
+"""
+
+
+def kat() -> str:
+    """The self-test's expected prf() value, by CPython's own HMAC (authvec.prf's definition)."""
+    return hmac.new(KAT_KEY, b"OpMob v1 " + KAT_LABEL + b"\x00" + KAT_DATA, hashlib.sha256).hexdigest()
+
+
+def verify(port: str, inv_path: Path | None = None) -> tuple[dict[str, Any], bool]:
+    code = f"KEY={KAT_KEY!r}\nLABEL={KAT_LABEL!r}\nDATA={KAT_DATA!r}\nWANT={kat()!r}\n" + SELF_TEST
+    with connect(port) as dev:
+        out = dev.exec(code).decode().strip().splitlines()
+        try:
+            report: dict[str, Any] = json.loads(out[-1])
+        except (ValueError, IndexError):
+            raise TechnicianError(
+                f"the device on {port} gave no self-test report: deploy OpMob first"
+            ) from None
+        report["config_sha256"] = dev.sha256("/config.json")
+    if inv_path is not None:
+        inv = inventory.load(inv_path)
+        rec = inv.device(report["identity"]) if report.get("identity") else None
+        if rec is None:
+            result = "not in the inventory"
+        elif rec.get("config_sha256") != report["config_sha256"]:
+            result = "configuration differs from the one provisioned: provision again"
+        else:
+            result = "ok"
+        report["checks"].append(["inventory", result])
+    ok = all(c[1] == "ok" for c in report["checks"])
+    return report, ok
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="firmware version, board, configuration hash and a self-test of a device",
+        description="Report the device's firmware version, board, identity and configuration hash, "
+        "and run a self-test on it. Exit 0 only when every check passes.",
+    )
+    p.add_argument("--port", required=True, help="the device's serial port")
+    p.add_argument("--inventory", help="also check the configuration against this fleet inventory")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report, ok = verify(args.port, Path(args.inventory) if args.inventory else None)
+    except TechnicianError as e:
+        print(f"opmob verify: {e}", file=sys.stderr)
+        return 1
+    print(f"port           {args.port}")
+    print(f"firmware       {report.get('version', '?')}")
+    print(f"board          {report.get('board', '?')}")
+    print(f"identity       {report.get('identity', '(not provisioned)')}")
+    print(f"configuration  sha256 {report.get('config_sha256') or '(none)'}")
+    print(f"free heap      {report.get('mem_free')} bytes")
+    for name, result in report["checks"]:
+        print(f"self-test      {name}: {result}")
+    print(f"opmob verify: {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1

@@ -1,0 +1,87 @@
+"""``opmob deploy``: mpy-cross for the board's architecture, only what changed copied, against a
+virtual device through mpremote's transport."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import serial
+from virtualdev import ROOT, Virtual, opmob, running
+
+
+@pytest.fixture
+def virtual(tmp_path: Path) -> Iterator[Virtual]:
+    with running(tmp_path / "device") as v:
+        yield v
+
+
+def copied(out: str) -> list[str]:
+    return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("copied ")]
+
+
+def test_deploy_copies_only_what_changed(virtual: Virtual, tmp_path: Path) -> None:
+    pkg = tmp_path / "src" / "opmob"
+    shutil.copytree(ROOT / "firmware" / "opmob", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    n_sources = sum(1 for _ in pkg.rglob("*.py"))
+
+    r = opmob("deploy", "--port", virtual.port, "--board", "unix-sim", "--firmware", str(pkg))
+    assert r.returncode == 0, r.stderr
+    first = copied(r.stdout)
+    assert len(first) == n_sources + 3  # the .mpy files, board.json, boot.py, main.py
+    assert "/board.json" in first and "/lib/opmob/sig.mpy" in first
+    assert (virtual.state / "board.json").read_bytes() == (ROOT / "boards" / "unix-sim.json").read_bytes()
+    assert not list(virtual.state.rglob("*.py")) or {p.name for p in virtual.state.rglob("*.py")} == {
+        "boot.py",
+        "main.py",
+    }
+    assert not list(virtual.state.rglob("*.tmp"))
+
+    # Second deploy: nothing; the board is read from the device's /board.json.
+    r = opmob("deploy", "--port", virtual.port, "--firmware", str(pkg))
+    assert r.returncode == 0, r.stderr
+    assert copied(r.stdout) == [] and "0 file(s) copied, 0 removed" in r.stdout
+
+    # One source changed: one file copied. One gone: removed on the device.
+    (pkg / "errors.py").write_text((pkg / "errors.py").read_text() + "\nDEPLOYED_MARK = 1\n")
+    extra = pkg / "extra_mod.py"
+    extra.write_text("X = 1\n")
+    r = opmob("deploy", "--port", virtual.port, "--firmware", str(pkg))
+    assert sorted(copied(r.stdout)) == ["/lib/opmob/errors.mpy", "/lib/opmob/extra_mod.mpy"], r.stdout
+    extra.unlink()
+    r = opmob("deploy", "--port", virtual.port, "--firmware", str(pkg))
+    assert copied(r.stdout) == [] and "1 removed" in r.stdout
+    assert not (virtual.state / "lib" / "opmob" / "extra_mod.mpy").exists()
+
+    # The deployed .mpy package imports and runs on the device.
+    r = virtual.mpremote("exec", "import opmob.sig, opmob.errors; print(opmob.errors.DEPLOYED_MARK)")
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stdout + r.stderr
+
+    # A damaged manifest: everything copied again.
+    (virtual.state / "opmob.manifest.json").write_text("{garbage")
+    r = opmob("deploy", "--port", virtual.port, "--firmware", str(pkg))
+    assert len(copied(r.stdout)) == n_sources + 3
+
+
+def test_deploy_errors_speak_to_the_technician(virtual: Virtual, tmp_path: Path) -> None:
+    r = opmob("deploy", "--port", "/dev/ttyNOPE0")
+    assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+    r = opmob("deploy", "--port", virtual.port, "--board", "nosuchboard")
+    assert r.returncode == 1 and "unknown board 'nosuchboard'" in r.stderr and "unix-sim" in r.stderr
+
+    with serial.Serial(virtual.port, exclusive=True):
+        r = opmob("deploy", "--port", virtual.port)
+    assert r.returncode == 1 and "busy" in r.stderr, r.stderr
+
+    master, slave = os.openpty()  # a terminal with nothing answering behind it
+    try:
+        r = opmob("deploy", "--port", os.ttyname(slave))
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert r.returncode == 1 and "does not answer" in r.stderr, r.stderr
+    assert not (virtual.state / "opmob.manifest.json").exists()
