@@ -26,6 +26,14 @@ sys.path.insert(0, str(ROOT / "tests" / "host"))
 
 MPY_TIMEOUT_S = float(os.environ.get("OPMOB_MPY_TIMEOUT", "600"))
 
+# `make test` (and CI) replays the same hypothesis examples every run, so a red CI is a change in the
+# code, not a new draw; `make fuzz` (OPMOB_FUZZ_EXAMPLES set) explores with fresh randomness.
+if "OPMOB_FUZZ_EXAMPLES" not in os.environ:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+    _hypothesis_settings.load_profile("ci")
+
 
 def micropython_binary() -> str | None:
     venv = ROOT / ".venv" / "bin" / "micropython"
@@ -147,6 +155,13 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
         # A distinct name keeps the node ids apart from the CPython collection of the same file.
         return MpyFile.from_parent(parent, path=file_path, name=f"{file_path.name}::mpy")
     return None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("hil", "hardware in the loop (tests/hil, docs/technician.md)")
+    g.addoption("--hil-port", help="the serial port of a board (or of an `opmob virtual` device)")
+    g.addoption("--hil-board", help="its board name (boards/NAME.json), e.g. esp32-s3-ptt or unix-sim")
+    g.addoption("--hil-firmware", help="flash this MicroPython image first (opmob flash)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
