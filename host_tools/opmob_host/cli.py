@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-TECHNICIAN_COMMANDS = ("virtual", "deploy", "provision", "verify", "registry")
+TECHNICIAN_COMMANDS = ("virtual", "ports", "flash", "deploy", "provision", "verify", "registry")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     relay_cmd.add_parser(sub)
     fuzz_relay.add_parser(sub)
-    from opmob_host import technician
+    from opmob_host import monitor, technician
 
     technician.add_parsers(sub)
+    monitor.add_parser(sub)
     return p
 
 
@@ -57,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opmob_host import fuzz_relay
 
             return fuzz_relay.cmd(args)
+        if args.command == "monitor":
+            from opmob_host import monitor
+
+            return monitor.run(args)
         if args.command in TECHNICIAN_COMMANDS:
             from opmob_host import technician
 

@@ -366,7 +366,18 @@ def status_url(url: str) -> str:
 
 
 def cmd_status(url: str, timeout: float) -> int:
-    full = status_url(url)
+    doc = fetch_status(status_url(url), timeout)
+    try:
+        print(json.dumps(doc, indent=2, sort_keys=True), flush=True)
+    except BrokenPipeError:
+        # Piped into `head` or a pager that quit: not an error. Point stdout at /dev/null so the
+        # interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def fetch_status(full: str, timeout: float) -> Any:
+    """The relay's status document from ``full`` (a URL from status_url), or a Failure."""
     try:
         with urllib.request.urlopen(full, timeout=timeout) as resp:  # noqa: S310 (http only, checked above)
             body = resp.read(MAX_STATUS_BYTES + 1)
@@ -387,13 +398,7 @@ def cmd_status(url: str, timeout: float) -> int:
         doc = json.loads(body)
     except ValueError:
         raise Failure(f"{full}: the answer is not JSON; is this a relay's status endpoint?", 1) from None
-    try:
-        print(json.dumps(doc, indent=2, sort_keys=True), flush=True)
-    except BrokenPipeError:
-        # Piped into `head` or a pager that quit: not an error. Point stdout at /dev/null so the
-        # interpreter's final flush does not complain either.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+    return doc
 
 
 # --- control ----------------------------------------------------------------------------------------------

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from opmob_host import deploy, provision, registry_export, verify, virtual
+from opmob_host import deploy, flash, ports, provision, registry_export, verify, virtual
 
 MODULES: dict[str, Any] = {
     "virtual": virtual,
+    "ports": ports,
+    "flash": flash,
     "deploy": deploy,
     "provision": provision,
     "verify": verify,

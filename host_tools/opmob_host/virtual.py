@@ -10,7 +10,10 @@ The unix port has no raw REPL of its own, so this module speaks it on the pseudo
 - raw REPL: the command up to Ctrl-D, answered ``OK``, its output, ``\\x04``, its error, ``\\x04``;
   raw-paste mode (``\\x05A\\x01``, answered ``R\\x01`` and a flow-control window);
 - Ctrl-D at an empty prompt: soft reset: the interpreter is restarted (``MPY: soft reboot``);
-- Ctrl-C: a KeyboardInterrupt in the running command (SIGINT to the interpreter).
+- Ctrl-C: a KeyboardInterrupt in the running command (SIGINT to the interpreter);
+- as a board does, ``/boot.py`` then ``/main.py`` run when the device starts and at a soft reset
+  from the friendly REPL, with their output on the console; a soft reset from the raw REPL runs
+  ``/boot.py`` only (MicroPython's ``ports/esp32/main.c``). Ctrl-C stops them and leaves the REPL.
 
 The device's file system is a directory (``--state DIR``, or a temporary one): the interpreter
 mounts it as its VFS root (``os.VfsPosix``), so ``/lib``, ``/board.json`` and ``/config.json``
@@ -122,9 +125,14 @@ class VirtualDevice:
         self.started = False
         self.interrupt_wanted = False
         self.out = bytearray()
+        self.boot_queue: list[bytes] = []
+        self.booting = False
+        self.after_boot = "friendly"
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.master, selectors.EVENT_READ, "pty")
         self._start_interpreter()
+        if any((root / f).is_file() for f in ("boot.py", "main.py")):
+            self._boot(("boot.py", "main.py"), "friendly")
 
     # -- the interpreter -------------------------------------------------------------------------
     def _start_interpreter(self) -> None:
@@ -164,7 +172,30 @@ class VirtualDevice:
         self._stop_interpreter()
         self._start_interpreter()
 
-    def _run(self, src: bytes, friendly: bool) -> None:
+    def _boot(self, files: tuple[str, ...], then: str) -> None:
+        """Run the device's boot files in order (console output, friendly line endings), then
+        show the prompt of ``then`` (raw or friendly)."""
+        self.boot_queue = [(self.root / f).read_bytes() for f in files if (self.root / f).is_file()]
+        self.booting = True
+        self.after_boot = then
+        self._next_boot()
+
+    def _next_boot(self) -> None:
+        if self.boot_queue:
+            self._run(self.boot_queue.pop(0), friendly=True, kind=b"F")
+            return
+        self.booting = False
+        if self.after_boot == "raw":
+            self.mode = "raw"
+            self._emit(RAW_BANNER + b">")
+        else:
+            self.mode = "friendly"
+            self._emit(self._banner() + b">>> ")
+        pending, self.pending = self.pending, b""
+        if pending:
+            self._input(pending)
+
+    def _run(self, src: bytes, friendly: bool, kind: bytes | None = None) -> None:
         if self.proc is None or self.proc.stdin is None:
             self._start_interpreter()
         assert self.proc is not None and self.proc.stdin is not None
@@ -174,7 +205,8 @@ class VirtualDevice:
         self.started = False
         self.interrupt_wanted = False
         try:
-            self.proc.stdin.write(b"%s%d\n" % (b"S" if friendly else b"R", len(src)) + src)
+            frame = kind or (b"S" if friendly else b"R")
+            self.proc.stdin.write(b"%s%d\n" % (frame, len(src)) + src)
             self.proc.stdin.flush()
         except BrokenPipeError:
             self._interpreter_died()
@@ -217,6 +249,9 @@ class VirtualDevice:
                 self._emit(b)
 
     def _command_done(self) -> None:
+        if self.booting:
+            self._next_boot()
+            return
         if self.exec_friendly:
             self.mode = "friendly"
             self._emit(b">>> ")
@@ -252,6 +287,7 @@ class VirtualDevice:
     def _interrupt(self) -> None:
         if self.proc is None:
             return
+        self.boot_queue = []  # Ctrl-C during boot: the REPL, not main.py
         if self.started:
             self.proc.send_signal(signal.SIGINT)
         else:
@@ -280,7 +316,8 @@ class VirtualDevice:
             if not src:
                 self._emit(b"\r\n")
                 self._soft_reset()
-                self._emit(b"MPY: soft reboot\r\n" + RAW_BANNER + b">")
+                self._emit(b"MPY: soft reboot\r\n")
+                self._boot(("boot.py",), "raw")
             else:
                 self._run(src, friendly=False)
         else:
@@ -317,7 +354,8 @@ class VirtualDevice:
             if self.line:
                 return
             self._soft_reset()
-            self._emit(b"\r\nMPY: soft reboot\r\n" + self._banner() + b">>> ")
+            self._emit(b"\r\nMPY: soft reboot\r\n")
+            self._boot(("boot.py", "main.py"), "friendly")
         elif c in (b"\r", b"\n"):
             if c == b"\n":
                 return

@@ -41,6 +41,7 @@ _TOP = (
     "battery",
     "watchdog",
     "sim",
+    "flash",  # host only: opmob flash (offset, baud); not read on the device
 )
 _SIM = ("control_host", "control_port", "mic", "speaker", "wifi_scenario", "battery_mv")
 

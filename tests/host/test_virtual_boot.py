@@ -1,0 +1,80 @@
+"""A virtual device runs ``/boot.py`` then ``/main.py`` at start and at a friendly soft reset, and
+only ``/boot.py`` at a raw-REPL soft reset, as a board does; Ctrl-C (mpremote) stops main.py.
+A deployed and provisioned virtual device boots the accessory firmware itself."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import serial
+from opmob_host.vaccessory import MICROPYTHON
+from virtualdev import opmob, running
+
+pytestmark = pytest.mark.slow
+
+
+def until(s: serial.Serial, marker: bytes, timeout: float = 15) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker not in data and time.monotonic() < deadline:
+        data += s.read(1)
+    assert marker in data, data
+    return data
+
+
+@pytest.fixture(autouse=True)
+def _micropython() -> None:
+    if not MICROPYTHON.exists():
+        pytest.fail("MicroPython unix port not installed: run `make setup`")
+
+
+def test_boot_then_main_at_start_and_soft_reset(tmp_path: Path) -> None:
+    state = tmp_path / "dev"
+    state.mkdir()
+    (state / "boot.py").write_text("print('boot ran')\nBOOTED = 1\n")
+    (state / "main.py").write_text("print('main ran', BOOTED)\n")
+    with running(state) as dev, serial.Serial(dev.port, timeout=0.2) as s:
+        out = until(s, b">>> ")
+        assert out.index(b"boot ran\r\n") < out.index(b"main ran 1\r\n")
+        s.write(b"\x04")  # friendly soft reset: both again
+        out = until(s, b">>> ")
+        assert b"soft reboot" in out and out.index(b"boot ran") < out.index(b"main ran 1")
+        s.write(b"\x01")
+        until(s, b"raw REPL; CTRL-B to exit\r\n>")
+        s.write(b"\x04")  # raw soft reset: boot.py only, then the raw prompt
+        out = until(s, b"raw REPL; CTRL-B to exit\r\n>")
+        assert b"boot ran" in out and b"main ran" not in out
+        s.write(b"print(BOOTED)\x04")
+        assert until(s, b"\x04>").startswith(b"OK1")
+
+
+def test_a_main_that_never_returns_is_interrupted_by_mpremote(tmp_path: Path) -> None:
+    state = tmp_path / "dev"
+    state.mkdir()
+    (state / "main.py").write_text("import time\nprint('app up')\nwhile True:\n    time.sleep(0.05)\n")
+    with running(state) as dev:
+        time.sleep(1)
+        r = dev.mpremote("exec", "print(6*7)")
+        assert r.returncode == 0 and r.stdout.strip() == "42", r.stdout + r.stderr
+
+
+def test_deployed_and_provisioned_device_boots_the_accessory(tmp_path: Path) -> None:
+    inv = tmp_path / "fleet.toml"
+    inv.write_text(
+        'format = "opmob-fleet"\nversion = 1\nsystem = "no"\n\n'
+        '[defaults]\nboard = "unix-sim"\ngroups = ["fire-1@no"]\nceiling = 100\n\n'
+        '[[relays]]\nidentity = "relay-1@no"\nhost = "127.0.0.1"\nport = 9\nssid = "opmob-none"\n\n'
+        '[[groups]]\nidentity = "fire-1@no"\npolicy = "members"\npriority = 100\n'
+    )
+    state = tmp_path / "dev"
+    with running(state) as dev:
+        assert opmob("deploy", "--port", dev.port, "--board", "unix-sim").returncode == 0
+        r = opmob("provision", "--inventory", str(inv), "--device", "ada@no", "--port", dev.port)
+        assert r.returncode == 0, r.stderr
+    with running(state) as dev:  # power on: boot.py, main.py, the app
+        with serial.Serial(dev.port, timeout=0.2) as s:
+            until(s, b"opmob accessory: ada@no on board unix-sim, talk group fire-1@no", 30)
+        r = opmob("verify", "--port", dev.port, "--inventory", str(inv))  # Ctrl-C stops the app
+        assert r.returncode == 0 and "opmob verify: PASS" in r.stdout, r.stdout + r.stderr
