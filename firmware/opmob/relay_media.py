@@ -94,8 +94,8 @@ class MediaPlane:
         n0 = len(out)
         # The packet's index: the uplink's highest, less how far behind it this packet is (the
         # replay window keeps that under 2^15).
-        roc, hs = s.srtp_rx.stream_state(s.ssrc)[:2]
-        ext = ((roc << 16) | hs) - ((hs - ((plain[2] << 8) | plain[3])) & 0xFFFF)
+        top = s.srtp_rx.highest_index(s.ssrc)
+        ext = top - (((top & 0xFFFF) - ((plain[2] << 8) | plain[3])) & 0xFFFF)
         by_id = self._by_identity
         fanout = self._fanout
         if fanout is not None:

@@ -268,6 +268,14 @@ class SrtpSession:
             _window_int(st.rtcp_bits, m, st.rtcp_index, w),
         )
 
+    def highest_index(self, ssrc, outbound=False):
+        """The highest packet index (ROC << 16 | seq) known for ``ssrc``, or None: what a relay
+        needs per forwarded packet, without building the replay window as stream_state does."""
+        st = (self._tx if outbound else self._rx).get(ssrc)
+        if st is None:
+            return None
+        return (st.roc << 16) | st.seq
+
     def remove_stream(self, ssrc):
         """Forget ``ssrc`` in both directions (a member left). Its old packets would then be
         accepted again, so only do this when the SSRC will not be used again under this key."""

@@ -257,6 +257,14 @@ class SrtpSession:
         self._outbuf = ffi.buffer(self._out)
         self._words = int(lib.opmob_srtp_window_words(self._s))
         self._lock = threading.Lock()
+        # Scratch for highest_index, made once: the relay asks it for every voice packet.
+        self._q = (
+            ffi.new("uint32_t *"),
+            ffi.new("uint32_t *"),
+            ffi.new("uint32_t *"),
+            ffi.new("uint64_t[]", self._words),
+            ffi.new("uint64_t[]", self._words),
+        )
 
     def _one(self, fn: Any, data: Buffer, what: str) -> bytes:
         src = _in(data)
@@ -319,6 +327,18 @@ class SrtpSession:
             return sum(int(words[i]) << (64 * i) for i in range(self._words))
 
         return (int(roc[0]), int(seq[0]), as_int(bits), int(idx[0]), as_int(rbits))
+
+    def highest_index(self, ssrc: int, outbound: bool = False) -> int | None:
+        """The highest packet index (ROC << 16 | seq) known for ``ssrc``, or None; see
+        ``opmob.srtp.SrtpSession.highest_index``. Allocates no cffi object per call."""
+        roc, seq, idx, bits, rbits = self._q
+        with self._lock:
+            found = lib.opmob_srtp_stream_state(
+                self._s, ssrc & 0xFFFFFFFF, 1 if outbound else 0, roc, seq, idx, bits, rbits, self._words
+            )
+        if found < 0:
+            raise _error(found, "SRTP stream state")
+        return (int(roc[0]) << 16) | int(seq[0]) if found else None
 
     def remove_stream(self, ssrc: int) -> None:
         """Forget ``ssrc`` in both directions (see ``opmob.srtp.SrtpSession.remove_stream``)."""

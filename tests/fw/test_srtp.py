@@ -208,6 +208,9 @@ def test_roc_survives_loss_across_the_wrap():
     for s in range(41, 200):
         assert rx.unprotect(tx.protect(rtp(s))) == rtp(s)
     assert rx.stream_state(0x11223344)[:2] == (1, 199)
+    assert rx.highest_index(0x11223344) == (1 << 16) | 199
+    assert tx.highest_index(0x11223344, outbound=True) == (1 << 16) | 199
+    assert rx.highest_index(0x55555555) is None
 
 
 def test_replay_rejected_and_state_kept():

@@ -264,6 +264,7 @@ def assert_same_state(a: Any, b: Any, ssrcs: set[int]) -> None:
         assert a.stream_count(outbound) == b.stream_count(outbound)
         for s in ssrcs:
             assert a.stream_state(s, outbound) == b.stream_state(s, outbound), (s, outbound)
+            assert a.highest_index(s, outbound) == b.highest_index(s, outbound), (s, outbound)
 
 
 @pytest.mark.parametrize(
