@@ -22,7 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
-from opmob_host.vaccessory import MICROPYTHON, SIM_BOARD, Accessory, Fleet, find_in
+from opmob_host.vaccessory import MICROPYTHON, SIM_BOARD, Accessory, Fleet, segment_ncc
 
 GROUP = "fire-1@no"
 BOARD_DEBOUNCE_MS = json.loads(SIM_BOARD.read_text())["debounce_ms"]
@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     off, end = int(mic_start.split()[2]), int(mic_stop.split()[2])
     source = speech.read_bytes()[2 * off : 2 * min(end, off + 14400)]
     expect = int((float(mic_start.split()[3]) - b_t0) * 8000)  # where it would be with no delay
-    lag, ncc = find_in(source, b_pcm, max(0, expect), expect + 8000)
+    # Median NCC of 0.5 s segments, each aligned on its own (the jitter buffer may move playout).
+    lag, _, ncc = segment_ncc(source, b_pcm, max(0, expect), expect + 8000)
     delay = (b_t0 + lag / 8000 - float(mic_start.split()[3])) * 1000
     print(
         f"\nalice's speech ({len(source) / 16000:.2f} s of {speech.name}) in bob's speaker: "

@@ -495,3 +495,31 @@ def find_in(source: bytes, received: bytes, lo: int = 0, hi: int | None = None) 
         if v > fine_v:
             fine, fine_v = lag, v
     return fine, fine_v
+
+
+def segment_ncc(
+    source: bytes,
+    received: bytes,
+    lo: int = 0,
+    hi: int | None = None,
+    seg_ms: int = 500,
+    slack_ms: int = 100,
+) -> tuple[int, float, float]:
+    """(global lag, global NCC, median NCC of ``seg_ms`` segments) of ``source`` in ``received``.
+
+    An adaptive jitter buffer may legitimately move playout by a frame or two mid-burst (it grows
+    its delay when a loaded host delivers late); one global alignment then under-rates speech that
+    arrived intact. Each segment is aligned on its own, within ``slack_ms`` of the global lag
+    (searched in ``lo..hi`` as find_in does).
+    """
+    lag, ncc = find_in(source, received, lo, hi)
+    seg = 2 * 8 * seg_ms
+    slack = 8 * slack_ms
+    values = []
+    for off in range(0, len(source) - seg + 1, seg):
+        base = lag + off // 2
+        _, v = find_in(source[off : off + seg], received, max(0, base - slack), base + slack)
+        values.append(v)
+    values.sort()
+    median = values[len(values) // 2] if values else ncc
+    return lag, ncc, median

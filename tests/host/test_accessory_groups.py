@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from opmob_host.vaccessory import MICROPYTHON, SPEECH, Accessory, Fleet, find_in
+from opmob_host.vaccessory import MICROPYTHON, SPEECH, Accessory, Fleet, segment_ncc
 
 G1, G2 = "fire-1@no", "fire-2@no"
 
@@ -64,7 +64,7 @@ def test_group_change_scan_and_reboot(tmp_path: Path) -> None:
             _, bob_pcm = bob.speaker_pcm()
             _, carol_pcm = carol.speaker_pcm()
             src = SPEECH.read_bytes()[2 * int(start.split()[2]) : 2 * int(stop.split()[2])]
-            _lag, ncc = find_in(src, bob_pcm)
+            _lag, _, ncc = segment_ncc(src, bob_pcm)
             assert ncc >= 0.9, ncc
             # Carol listens to G1 only: she heard nothing of it.
             assert carol.seen("rx ", carol_mark) == []

