@@ -146,6 +146,10 @@ void opmob_srtp_remove_stream(opmob_srtp *s, uint32_t ssrc);
 /* The RFC 3711 4.3.1 key derivation (rate 0), for tests. */
 int32_t opmob_srtp_kdf(const uint8_t *master_key, size_t key_len, const uint8_t *master_salt,
                        size_t salt_len, uint32_t label, uint8_t *out, size_t out_len);
+/* HMAC-SHA1 (RFC 2104) of msg under key (any length) as the SRTP tags compute it, for tests:
+   writes 20 bytes and returns 20. */
+int32_t opmob_hmac_sha1(const uint8_t *key, size_t key_len, const uint8_t *msg, size_t msg_len,
+                        uint8_t *out, size_t out_cap);
 
 /* ---- Codec2 through libcodec2 ------------------------------------------------------------ */
 

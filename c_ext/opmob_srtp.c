@@ -5,21 +5,38 @@
  * packet and never evicted, libsrtp's ROC estimate, a replay window on both sides, SRTCP always
  * encrypted (E = 0 refused), the tag checked before any state moves.
  *
- * Crypto: AES-128-CTR through one EVP_CIPHER_CTX per key (keyed once, re-IVed per packet) and
- * HMAC-SHA1 through one EVP_MAC_CTX per key (keyed once, re-initialised per packet); AES-128-ECB
- * once per session for the key derivation. Nothing here is a home-made cipher or hash.
+ * Crypto, all of it libcrypto's primitives; nothing here is a home-made cipher or hash:
+ * - AES-128-CTR (RFC 3711 4.1.1) as AES-128-ECB, through one EVP_CIPHER_CTX per key (keyed once,
+ *   never re-initialised), over the packet's counter blocks built here, XORed onto the payload.
+ *   A payload is at most 68 blocks, so the block counter only ever moves the IV's low 16 bits,
+ *   which start at zero: the same keystream as EVP's CTR mode. Re-IVing a CTR context per
+ *   packet instead goes through OpenSSL 3's provider init path (parameter lookups) and cost
+ *   about 3x the whole ECB call.
+ * - HMAC-SHA1 (RFC 2104) on OpenSSL's SHA-1 (SHA1_Update/SHA1_Final): the SHA-1 states after
+ *   the key XOR ipad and after the key XOR opad are computed once per key (hmac_key) and copied
+ *   by value per packet, so a tag costs exactly the SHA-1 compressions of the message and of
+ *   the inner digest. This is what libsrtp, OpenSSL's own HMAC and every other HMAC do inside;
+ *   we do it by hand because OpenSSL 3.0's EVP_MAC_init re-initialisation duplicates provider
+ *   digest contexts (an allocation and parameter lookups) per packet, half the time of the
+ *   whole tag. tests/host/test_cext_srtp.py checks opmob_hmac_sha1 against the RFC 2202
+ *   vectors and against OpenSSL's HMAC(). The SHA1_* calls are deprecated in OpenSSL 3 (not
+ *   removed): the deprecation warnings are silenced for this file only, below.
+ * - AES-128-ECB once per session for the key derivation; CRYPTO_memcmp for tags.
  *
  * Memory: everything (stream table, replay bitmaps, contexts) is allocated by opmob_srtp_new;
- * the packet calls allocate nothing in this file. (OpenSSL 3.0's HMAC re-initialisation copies
- * its digest context internally; that is libcrypto's business, not a context made per packet.)
+ * the packet calls allocate nothing, here or in libcrypto (an ECB update on a keyed context and
+ * SHA-1 on a stack SHA_CTX never allocate). Key-derived state (the ECB context, the keyed SHA-1
+ * states, the salt) lives in the session and is cleansed when it is freed; per packet, the stack
+ * keeps only the packet's keystream and digests, which reveal nothing beyond that packet.
  */
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA1_Init/Update/Final: see the header comment */
+
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/params.h>
+#include <openssl/sha.h>
 
 #include "opmob_internal.h"
 
@@ -58,9 +75,15 @@ typedef struct {
     uint64_t *bitmaps;
 } table_t;
 
+/* A keyed HMAC-SHA1: the SHA-1 states after one block of key XOR ipad, and of key XOR opad. */
 typedef struct {
-    EVP_CIPHER_CTX *ctr;
-    EVP_MAC_CTX *mac;
+    SHA_CTX inner;
+    SHA_CTX outer;
+} hmac_key_t;
+
+typedef struct {
+    EVP_CIPHER_CTX *ecb;
+    hmac_key_t mac;
     uint8_t salt[SESSION_SALT_LEN];
 } kind_t;
 
@@ -269,32 +292,87 @@ int32_t opmob_srtp_kdf(const uint8_t *master_key, size_t key_len, const uint8_t 
     return rc;
 }
 
+/* RFC 2104 set-up: a key longer than a block is hashed first; the key, zero-padded to a block,
+   XOR ipad resp. opad, run through SHA-1 once. The SHA1_* calls return 1 on success. */
+static int32_t hmac_key(hmac_key_t *h, const uint8_t *key, size_t len)
+{
+    uint8_t k[SHA_CBLOCK], pad[SHA_CBLOCK];
+    size_t i;
+    int ok;
+    memset(k, 0, sizeof(k));
+    if (len > SHA_CBLOCK) {
+        SHA_CTX c;
+        ok = SHA1_Init(&c) == 1 && SHA1_Update(&c, key, len) == 1 && SHA1_Final(k, &c) == 1;
+        OPENSSL_cleanse(&c, sizeof(c));
+        if (!ok) {
+            OPENSSL_cleanse(k, sizeof(k));
+            return OPMOB_E_CRYPTO;
+        }
+    } else if (len != 0) {
+        memcpy(k, key, len);
+    }
+    for (i = 0; i < SHA_CBLOCK; i++)
+        pad[i] = (uint8_t)(k[i] ^ 0x36u);
+    ok = SHA1_Init(&h->inner) == 1 && SHA1_Update(&h->inner, pad, sizeof(pad)) == 1;
+    for (i = 0; i < SHA_CBLOCK; i++)
+        pad[i] = (uint8_t)(k[i] ^ 0x5Cu);
+    ok = ok && SHA1_Init(&h->outer) == 1 && SHA1_Update(&h->outer, pad, sizeof(pad)) == 1;
+    OPENSSL_cleanse(k, sizeof(k));
+    OPENSSL_cleanse(pad, sizeof(pad));
+    return ok ? OPMOB_OK : OPMOB_E_CRYPTO;
+}
+
+/* HMAC-SHA1 over a || b (b may be empty), the full 20 bytes into mac: the keyed states copied
+   by value (no allocation), then H(inner state, a || b) and H(outer state, inner digest). */
+static int32_t hmac2(const hmac_key_t *h, const uint8_t *a, size_t alen, const uint8_t *b, size_t blen,
+                     uint8_t mac[SHA1_LEN])
+{
+    SHA_CTX c = h->inner;
+    uint8_t inner[SHA1_LEN];
+    if (SHA1_Update(&c, a, alen) != 1 || (blen != 0 && SHA1_Update(&c, b, blen) != 1) ||
+        SHA1_Final(inner, &c) != 1)
+        return OPMOB_E_CRYPTO;
+    c = h->outer;
+    if (SHA1_Update(&c, inner, sizeof(inner)) != 1 || SHA1_Final(mac, &c) != 1)
+        return OPMOB_E_CRYPTO;
+    return OPMOB_OK;
+}
+
+int32_t opmob_hmac_sha1(const uint8_t *key, size_t key_len, const uint8_t *msg, size_t msg_len,
+                        uint8_t *out, size_t out_cap)
+{
+    hmac_key_t h;
+    int32_t rc;
+    if ((key == NULL && key_len != 0) || (msg == NULL && msg_len != 0) || out == NULL ||
+        out_cap < SHA1_LEN)
+        return OPMOB_E_ARG;
+    rc = hmac_key(&h, key, key_len);
+    if (rc == OPMOB_OK)
+        rc = hmac2(&h, msg_len != 0 ? msg : (const uint8_t *)"", msg_len, NULL, 0, out);
+    OPENSSL_cleanse(&h, sizeof(h));
+    return rc == OPMOB_OK ? (int32_t)SHA1_LEN : rc;
+}
+
 static int32_t kind_init(kind_t *k, const uint8_t *mk, const uint8_t *ms, uint32_t label_enc,
-                         uint32_t label_auth, uint32_t label_salt, EVP_MAC *mac)
+                         uint32_t label_auth, uint32_t label_salt)
 {
     uint8_t key[SESSION_KEY_LEN];
     uint8_t auth[AUTH_KEY_LEN];
     int32_t rc;
-    char digest[] = "SHA1";
-    OSSL_PARAM params[2];
     rc = opmob_srtp_kdf(mk, MASTER_KEY_LEN, ms, MASTER_SALT_LEN, label_enc, key, sizeof(key));
     if (rc == OPMOB_OK)
         rc = opmob_srtp_kdf(mk, MASTER_KEY_LEN, ms, MASTER_SALT_LEN, label_auth, auth, sizeof(auth));
     if (rc == OPMOB_OK)
         rc = opmob_srtp_kdf(mk, MASTER_KEY_LEN, ms, MASTER_SALT_LEN, label_salt, k->salt,
                             sizeof(k->salt));
+    if (rc == OPMOB_OK)
+        rc = hmac_key(&k->mac, auth, sizeof(auth));
     if (rc == OPMOB_OK) {
-        rc = OPMOB_E_NOMEM;
-        k->ctr = EVP_CIPHER_CTX_new();
-        k->mac = EVP_MAC_CTX_new(mac);
-        if (k->ctr != NULL && k->mac != NULL) {
-            params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0);
-            params[1] = OSSL_PARAM_construct_end();
-            rc = OPMOB_E_CRYPTO;
-            if (EVP_EncryptInit_ex(k->ctr, EVP_aes_128_ctr(), NULL, key, NULL) == 1 &&
-                EVP_MAC_init(k->mac, auth, sizeof(auth), params) == 1)
-                rc = OPMOB_OK;
-        }
+        k->ecb = EVP_CIPHER_CTX_new();
+        rc = k->ecb == NULL ? OPMOB_E_NOMEM : OPMOB_E_CRYPTO;
+        if (k->ecb != NULL && EVP_EncryptInit_ex(k->ecb, EVP_aes_128_ecb(), NULL, key, NULL) == 1 &&
+            EVP_CIPHER_CTX_set_padding(k->ecb, 0) == 1)
+            rc = OPMOB_OK;
     }
     OPENSSL_cleanse(key, sizeof(key));
     OPENSSL_cleanse(auth, sizeof(auth));
@@ -303,8 +381,8 @@ static int32_t kind_init(kind_t *k, const uint8_t *mk, const uint8_t *ms, uint32
 
 static void kind_free(kind_t *k)
 {
-    EVP_CIPHER_CTX_free(k->ctr);
-    EVP_MAC_CTX_free(k->mac);
+    EVP_CIPHER_CTX_free(k->ecb);
+    OPENSSL_cleanse(&k->mac, sizeof(k->mac));
     OPENSSL_cleanse(k->salt, sizeof(k->salt));
 }
 
@@ -326,29 +404,35 @@ static void make_iv(const kind_t *k, uint32_t ssrc, uint32_t hi, uint32_t lo, ui
     iv[13] ^= (uint8_t)lo;
 }
 
-/* out[0..n) = in[0..n) XOR AES-CTR keystream from iv; n <= OPMOB_SRTP_MAX_PAYLOAD, so the block
-   counter stays within the IV's low 16 bits (which start at zero). */
+#define CTR_BLOCKS ((OPMOB_SRTP_MAX_PAYLOAD + 15) / 16)
+
+/* out[0..n) = in[0..n) XOR the AES-CTR keystream from iv (out == in allowed). n is at most
+   OPMOB_SRTP_MAX_PAYLOAD, so block j's counter is iv with j in its low 16 bits (zero in iv). */
 static int32_t ctr_xor(const kind_t *k, const uint8_t iv[16], const uint8_t *in, uint8_t *out, size_t n)
 {
+    uint8_t ks[CTR_BLOCKS * 16];
+    size_t nb = (n + 15u) / 16u, j, i = 0;
     int outl = 0;
-    if (EVP_EncryptInit_ex(k->ctr, NULL, NULL, NULL, iv) != 1)
+    if (n == 0)
+        return OPMOB_OK;
+    if (nb > CTR_BLOCKS)
+        return OPMOB_E_ARG;
+    for (j = 0; j < nb; j++) {
+        memcpy(ks + 16u * j, iv, 14);
+        ks[16u * j + 14u] = (uint8_t)(j >> 8);
+        ks[16u * j + 15u] = (uint8_t)j;
+    }
+    if (EVP_EncryptUpdate(k->ecb, ks, &outl, ks, (int)(16u * nb)) != 1 || (size_t)outl != 16u * nb)
         return OPMOB_E_CRYPTO;
-    if (n != 0 && (EVP_EncryptUpdate(k->ctr, out, &outl, in, (int)n) != 1 || (size_t)outl != n))
-        return OPMOB_E_CRYPTO;
-    return OPMOB_OK;
-}
-
-/* HMAC-SHA1 over a || b (b may be empty), the full 20 bytes into mac. */
-static int32_t hmac2(const kind_t *k, const uint8_t *a, size_t alen, const uint8_t *b, size_t blen,
-                     uint8_t mac[SHA1_LEN])
-{
-    size_t outl = 0;
-    if (EVP_MAC_init(k->mac, NULL, 0, NULL) != 1 || EVP_MAC_update(k->mac, a, alen) != 1)
-        return OPMOB_E_CRYPTO;
-    if (blen != 0 && EVP_MAC_update(k->mac, b, blen) != 1)
-        return OPMOB_E_CRYPTO;
-    if (EVP_MAC_final(k->mac, mac, &outl, SHA1_LEN) != 1 || outl != SHA1_LEN)
-        return OPMOB_E_CRYPTO;
+    for (; i + 8u <= n; i += 8u) {
+        uint64_t x, y;
+        memcpy(&x, in + i, 8);
+        memcpy(&y, ks + i, 8);
+        x ^= y;
+        memcpy(out + i, &x, 8);
+    }
+    for (; i < n; i++)
+        out[i] = (uint8_t)(in[i] ^ ks[i]);
     return OPMOB_OK;
 }
 
@@ -358,7 +442,6 @@ int32_t opmob_srtp_new(const uint8_t *master_key, size_t key_len, const uint8_t 
                        size_t salt_len, uint32_t replay_window, uint32_t max_streams, opmob_srtp **out)
 {
     opmob_srtp *s;
-    EVP_MAC *mac;
     int32_t rc;
     uint32_t words;
     if (out == NULL)
@@ -376,15 +459,9 @@ int32_t opmob_srtp_new(const uint8_t *master_key, size_t key_len, const uint8_t 
         return OPMOB_E_NOMEM;
     s->window = replay_window;
     s->words = words;
-    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    if (mac == NULL) {
-        free(s);
-        return OPMOB_E_CRYPTO;
-    }
-    rc = kind_init(&s->rtp, master_key, master_salt, 0, 1, 2, mac);
+    rc = kind_init(&s->rtp, master_key, master_salt, 0, 1, 2);
     if (rc == OPMOB_OK)
-        rc = kind_init(&s->rtcp, master_key, master_salt, 3, 4, 5, mac);
-    EVP_MAC_free(mac); /* the contexts hold their own reference */
+        rc = kind_init(&s->rtcp, master_key, master_salt, 3, 4, 5);
     if (rc == OPMOB_OK)
         rc = table_init(&s->tx, max_streams, words);
     if (rc == OPMOB_OK)
@@ -480,7 +557,7 @@ int32_t opmob_srtp_protect(opmob_srtp *s, const uint8_t *in, size_t n, uint8_t *
     /* The tag covers packet || ROC: the ROC goes where the tag will, for one MAC update. */
     opmob_put_be32(out + n, roc);
     if (rc == OPMOB_OK)
-        rc = hmac2(&s->rtp, out, n + 4u, NULL, 0, mac);
+        rc = hmac2(&s->rtp.mac, out, n + 4u, NULL, 0, mac);
     if (rc != OPMOB_OK)
         return rc;
     memcpy(out + n, mac, TAG_LEN);
@@ -525,10 +602,10 @@ int32_t opmob_srtp_unprotect(opmob_srtp *s, const uint8_t *in, size_t n, uint8_t
         /* packet || ROC laid out in out for one MAC update, then decrypted there in place. */
         memcpy(out, in, end);
         opmob_put_be32(out + end, roc);
-        rc = hmac2(&s->rtp, out, end + 4u, NULL, 0, mac);
+        rc = hmac2(&s->rtp.mac, out, end + 4u, NULL, 0, mac);
     } else {
         opmob_put_be32(roc_be, roc);
-        rc = hmac2(&s->rtp, in, end, roc_be, sizeof(roc_be), mac);
+        rc = hmac2(&s->rtp.mac, in, end, roc_be, sizeof(roc_be), mac);
         if (rc == OPMOB_OK)
             memcpy(out, in, end);
     }
@@ -575,7 +652,7 @@ int32_t opmob_srtp_protect_rtcp(opmob_srtp *s, const uint8_t *in, size_t n, uint
                  n - OPMOB_RTCP_HEADER_LEN);
     opmob_put_be32(out + n, E_FLAG | index);
     if (rc == OPMOB_OK)
-        rc = hmac2(&s->rtcp, out, n + 4u, NULL, 0, mac);
+        rc = hmac2(&s->rtcp.mac, out, n + 4u, NULL, 0, mac);
     if (rc != OPMOB_OK)
         return rc;
     memcpy(out + n + 4u, mac, TAG_LEN);
@@ -618,7 +695,7 @@ int32_t opmob_srtp_unprotect_rtcp(opmob_srtp *s, const uint8_t *in, size_t n, ui
     d = (int64_t)index - (int64_t)st->rtcp_index;
     rc = window_check(s, st->rtcp_bits, d);
     if (rc == OPMOB_OK)
-        rc = hmac2(&s->rtcp, in, end + 4u, NULL, 0, mac);
+        rc = hmac2(&s->rtcp.mac, in, end + 4u, NULL, 0, mac);
     if (rc != OPMOB_OK)
         return rc;
     if (CRYPTO_memcmp(mac, in + end + 4u, TAG_LEN) != 0)

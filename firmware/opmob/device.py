@@ -27,9 +27,11 @@ being replayed after a reboot).
 The voice path without allocation (besides what hashlib makes, docs/accessory-audio.md):
 ``send_voice_into(now, buf, n)`` sets the SSRC of the RTP packet in ``buf[:n]`` and protects it in
 place (``buf`` needs srtp.TAG_LEN bytes of room after it), returning the SRTP length to send, or 0
-when not registered. With ``voice_sink`` set, received voice is decrypted into a preallocated
+when not registered; sending voice moves no timer, so ``now`` may be None (a float is a heap
+object on MicroPython). With ``voice_sink`` set, received voice is decrypted into a preallocated
 buffer and handed over as ``voice_sink(now, buf, n)``, the RTP packet being ``buf[:n]``, valid only
-during the call, instead of a ("voice", rtp_bytes) event.
+during the call, instead of a ("voice", rtp_bytes) event; ``on_datagram`` then answers a voice
+packet with an empty tuple rather than a new empty list (nothing to send either way).
 """
 
 import struct
@@ -52,6 +54,7 @@ REREGISTER_AT = 0.8  # of the expiry (protocol.md §8.1)
 PROBE = 1.0  # a Floor Request unanswered this long: ask the relay whether it still knows us
 RX_STREAMS = 256  # talkers and floor servers heard under one key; bounded, never evicted
 UP_STREAMS = 2
+RX_BUF_MIN = 128  # bytes: a DVI4 voice packet (12 + 84 + the 10-byte tag) and some room
 
 _REGISTER_STEPS = (sig.REGISTER, sig.AUTH_RESPONSE, sig.AUTH_FAILURE)
 _LONG_CAUSES = (
@@ -60,6 +63,7 @@ _LONG_CAUSES = (
     sig.CAUSE_AUTH_FAILED,
     sig.CAUSE_ROAMING_NOT_ALLOWED,
 )
+_NOTHING = ()  # what a voice packet given to voice_sink answers: no list made per packet
 _REFUSED = "refused"  # ctx of an AUTH_FAILURE sent to a relay we do not trust: its answer is moot
 
 COUNTERS = (
@@ -718,8 +722,10 @@ class DeviceSession:
                 if n > srtp.MAX_PACKET:
                     self._down.unprotect(data)  # raises Oversized, as without a sink
                 buf = self._rx_buf
-                if buf is None:
-                    buf = self._rx_buf = bytearray(srtp.MAX_PACKET)
+                if buf is None or len(buf) < n:
+                    # Sized to the packets heard (a voice packet is 106 bytes), not to MAX_PACKET:
+                    # the accessory's heap budget is 64 KB. It grows, rarely, never shrinks.
+                    buf = self._rx_buf = bytearray(n if n > RX_BUF_MIN else RX_BUF_MIN)
                 buf[:n] = data  # a slice literal store: no slice object on MicroPython >= 1.23
                 n = self._down.unprotect_into(buf, n)
         except UnknownStream:
@@ -729,9 +735,9 @@ class DeviceSession:
         self.counters["voice_rx"] += 1
         if sink is None:
             self.events.append(("voice", plain))
-        else:
-            sink(now, buf, n)
-        return []
+            return []
+        sink(now, buf, n)
+        return _NOTHING
 
     def _stream_trouble(self, plane):
         if self._down.stream_count() >= RX_STREAMS and self._reg_txid is None:

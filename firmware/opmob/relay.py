@@ -23,6 +23,7 @@ import struct
 from opmob import sig, srtp, txn
 from opmob.floor_server import FloorServer
 from opmob.floorid import floor_ssrc
+from opmob.relay_link import LinkPlane
 from opmob.relay_media import MediaPlane
 from opmob.relay_session import (
     CLOSED,
@@ -89,15 +90,21 @@ COUNTERS = (
 )
 
 
-class Relay(SigPlane, MediaPlane):
-    def __init__(self, cfg, registry, store, rand, now, srtp=None, fanout=None):
+class Relay(SigPlane, MediaPlane, LinkPlane):
+    def __init__(self, cfg, registry, store, rand, now, srtp=None, fanout=None, codec=None, link_addr=None):
         """``srtp``: the SRTP session class the relay makes its per-registration contexts with
         (``SrtpSession(key, salt, max_streams=n)``, the API and errors of ``opmob.srtp``; None:
         ``opmob.srtp.SrtpSession``, the pure-Python twin). A CPython driver passes the C
         extension's. ``fanout``: None, or ``fanout(sessions, packets) -> [bytes | WireError]``
         protecting ``packets[i]`` with ``sessions[i]`` in order (e.g. one batch call of the C
         extension); the voice fan-out then makes one call per talker packet instead of one
-        ``protect`` per listener. Either gives the same datagrams."""
+        ``protect`` per listener. Either gives the same datagrams.
+
+        ``codec``: the Codec2 transcoder links with a codec2_* codec need (``open(mode, ssrc) ->
+        slot``, ``close(slot)``, ``to_codec2(slot, rtp) -> [rtp]``, ``to_dvi4(slot, rtp) -> [rtp]``
+        on plain RTP, WireError on bad input); None: only "dvi4" links, and a configured codec2
+        link is refused here with a ValueError naming it. ``link_addr(host, port)``: the driver's
+        address for an initiating link's peer (None: the ``(host, port)`` tuple)."""
         self.cfg = cfg
         self._srtp = _srtp_class if srtp is None else srtp
         self._fanout = fanout
@@ -121,6 +128,7 @@ class Relay(SigPlane, MediaPlane):
         self._busy = {}  # session id -> Session with requests in flight to its device
         self._txn_at = None
         self._sweep_at = None
+        self._links_init(now, codec, link_addr)
         self._restore(now)
 
     # --- the driver's interface -------------------------------------------------------------------
@@ -151,6 +159,8 @@ class Relay(SigPlane, MediaPlane):
 
     def next_deadline(self):
         d = self._sweep_at
+        if self._link_at is not None and (d is None or self._link_at < d):
+            d = self._link_at
         if self._txn_at is not None and (d is None or self._txn_at < d):
             d = self._txn_at
         for srv in self._floors.values():
@@ -179,7 +189,15 @@ class Relay(SigPlane, MediaPlane):
         if b0 >> 6 == 2:
             # RFC 5761: RTCP packet types 192..223 sit where RTP payload types 64..95 with the
             # marker bit would, which an RTP session must not use.
-            if n > 1 and 192 <= data[1] <= 223:
+            rtcp = n > 1 and 192 <= data[1] <= 223
+            if self._link_media and n >= 12:
+                # A stream on a link is known by its SSRC, as a device's is.
+                lm = self._link_media.get(struct.unpack_from(">I", data, 4 if rtcp else 8)[0])
+                if lm is not None:
+                    if rtcp:
+                        return self._on_link_rtcp(now, addr, data, lm[0], lm[1])
+                    return self._on_link_rtp(now, addr, data, lm[0], lm[1])
+            if rtcp:
                 return self._on_rtcp(now, addr, data)
             return self._on_rtp(now, addr, data)
         raise Drop("not_ours")
@@ -213,6 +231,8 @@ class Relay(SigPlane, MediaPlane):
             self._txn_at = nxt
         if self._sweep_at is not None and now >= self._sweep_at:
             out.extend(self._sweep(now))
+        if self._link_at is not None and now >= self._link_at:
+            out.extend(self._link_poll(now))
         return out
 
     def _silent_after(self):
@@ -262,13 +282,13 @@ class Relay(SigPlane, MediaPlane):
     def _new_sid(self):
         while True:
             sid = self._rand_u32()
-            if sid and sid not in self._sessions:
+            if sid and sid not in self._sessions and sid not in self._link_by_sid:
                 return sid
 
     def _new_ssrc(self):
         while True:
             v = self._rand_u32()
-            if v and v not in self._by_ssrc and v not in self._floor_groups:
+            if v and v not in self._by_ssrc and v not in self._floor_groups and v not in self._link_media:
                 return v
 
     def _index(self, s):
@@ -350,15 +370,20 @@ class Relay(SigPlane, MediaPlane):
         grp = self.registry.group(g)
         ceiling = dev.ceiling if dev is not None else 0
         ro = grp is not None and s.identity in grp.receive_only
-        return self._floor_out(
-            srv.join(now, s.identity, s.identity, s.ssrc, ceiling=ceiling, receive_only=ro)
-        )
+        out = self._floor_out(srv.join(now, s.identity, s.identity, s.ssrc, ceiling=ceiling, receive_only=ro))
+        if self._attach_of:
+            out.extend(self._late_entry(s, g))
+            out.extend(self._links_changed(now, g))
+        return out
 
     def _leave(self, now, identity, g):
         srv = self._floors.get(g)
         if srv is None:
             return []
-        return self._floor_out(srv.leave(now, identity))
+        out = self._floor_out(srv.leave(now, identity))
+        if self._attach_of:
+            out.extend(self._links_changed(now, g, self._by_identity.get(identity)))
+        return out
 
     # --- the store --------------------------------------------------------------------------------
 
@@ -537,5 +562,6 @@ class Relay(SigPlane, MediaPlane):
             "groups": groups,
             "stunned": sorted(stunned),
             "killed": sorted(killed),
+            "links": self.links_status(),
             "counters": dict(self.counters),
         }

@@ -208,6 +208,173 @@ _SCHEMA = (
 )
 
 
+LINK_CODECS = ("codec2_3200", "codec2_1600", "codec2_700c", "dvi4")
+MIN_LINK_KEY_HEX = 32
+_LINK_KEYS = ("peer", "host", "port", "key_file", "codec", "attach")
+
+
+class LinkConfig:
+    """One ``[[link]]`` entry. ``host``/``port`` None: this relay answers the peer's LINK_HELLO
+    (the responder); set: it initiates. ``psk`` is filled by ``load_link_keys`` just before the
+    relay starts, never by ``from_dict``: a configuration check must not need the key."""
+
+    __slots__ = ("peer", "host", "port", "key_file", "codec", "attach", "psk")
+
+    def __init__(self, peer, host, port, key_file, codec, attach):
+        self.peer = peer
+        self.host = host
+        self.port = port
+        self.key_file = key_file
+        self.codec = codec
+        self.attach = attach
+        self.psk = None
+
+    @property
+    def initiator(self):
+        return self.host is not None
+
+    @property
+    def transcodes(self):
+        return self.codec != "dvi4"
+
+    def mode(self):
+        """The Codec2 mode name ("3200", "1600", "700C"), or None for "dvi4"."""
+        if self.codec == "dvi4":
+            return None
+        return self.codec[len("codec2_") :].upper()
+
+    def to_dict(self):
+        d = {"peer": self.peer, "key_file": self.key_file, "codec": self.codec, "attach": list(self.attach)}
+        if self.host is not None:
+            d["host"] = self.host
+            d["port"] = self.port
+        return d
+
+
+def _links(value, own_identity, problems):
+    if not isinstance(value, list):
+        problems.append(("link", "expected an array of tables ([[link]] entries)"))
+        return []
+    links = []
+    peers = {}
+    attached = {}
+    for i, t in enumerate(value):
+        where = "link[%d]" % i
+        if not isinstance(t, dict):
+            problems.append((where, "expected a table with peer, key_file, ..."))
+            continue
+        for k in t:
+            if k not in _LINK_KEYS:
+                problems.append(("%s.%s" % (where, k), _unknown(str(k), _LINK_KEYS)))
+        n0 = len(problems)
+        peer = t.get("peer")
+        if peer is None:
+            problems.append((where + ".peer", "missing; this key is required"))
+        elif not valid_identity(peer):
+            problems.append(
+                (
+                    where + ".peer",
+                    'expected the peer relay\'s identity (e.g. "relay-b@no"), got %s' % _show(peer),
+                )
+            )
+        elif peer == own_identity:
+            problems.append((where + ".peer", "is this relay's own identity"))
+        elif peer in peers:
+            problems.append((where + ".peer", "a second link to %s (first: link[%d])" % (peer, peers[peer])))
+        else:
+            peers[peer] = i
+        host = t.get("host")
+        port = t.get("port")
+        if (host is None) != (port is None):
+            problems.append(
+                (where, "host and port go together (both on the initiating side, neither on the responder)")
+            )
+        if host is not None:
+            try:
+                _host(host)
+            except _Bad as e:
+                problems.append((where + ".host", "%s, got %s" % (e.args[0], _show(host))))
+        if port is not None and (not _is_int(port) or not 1 <= port <= 65535):
+            problems.append((where + ".port", "expected a port number 1..65535, got %s" % _show(port)))
+        key_file = t.get("key_file")
+        if key_file is None:
+            problems.append(
+                (
+                    where + ".key_file",
+                    "missing; this key is required (a file holding the link key, mode 0600)",
+                )
+            )
+        elif not isinstance(key_file, str) or not key_file:
+            problems.append((where + ".key_file", "expected a file path as a string"))
+        codec = t.get("codec", "codec2_3200")
+        if codec not in LINK_CODECS:
+            problems.append(
+                (where + ".codec", "expected one of %s, got %s" % (", ".join(LINK_CODECS), _show(codec)))
+            )
+        attach = t.get("attach", [])
+        if not isinstance(attach, list):
+            problems.append((where + ".attach", "expected a list of group identities"))
+            attach = []
+        for g in attach:
+            if not valid_identity(g):
+                problems.append(
+                    (where + ".attach", "expected group identities (name@system), got %s" % _show(g))
+                )
+            elif g in attached:
+                problems.append(
+                    (where + ".attach", "%s is attached over link[%d] already" % (g, attached[g]))
+                )
+            else:
+                attached[g] = i
+        if len(problems) == n0:
+            links.append(LinkConfig(peer, host, port, key_file, codec, list(attach)))
+    return links
+
+
+def read_link_key(path):
+    """The link key in ``path``: 32+ hex digits (whitespace around them ignored), the file mode
+    0600 or stricter. Raises ValueError saying what is wrong, never quoting the file."""
+    import os
+
+    try:
+        mode = os.stat(path)[0]
+    except OSError:
+        raise ValueError("cannot read the link key file %s" % path)
+    if mode & 0o077:
+        raise ValueError(
+            "link key file %s is readable by others (mode %o): chmod 600 it" % (path, mode & 0o777)
+        )
+    try:
+        with open(path, "rb") as f:
+            text = f.read(4096)
+    except OSError:
+        raise ValueError("cannot read the link key file %s" % path)
+    text = text.strip()
+    if len(text) < MIN_LINK_KEY_HEX or len(text) % 2 or any(c not in b"0123456789abcdefABCDEF" for c in text):
+        raise ValueError(
+            "link key file %s must hold %d or more hex digits, nothing else" % (path, MIN_LINK_KEY_HEX)
+        )
+    import binascii
+
+    return binascii.unhexlify(text)
+
+
+def load_link_keys(cfg, base=None):
+    """Read every link's key (``base``: the directory relative key_file paths start from).
+    ConfigError listing each link whose key cannot be used."""
+    problems = []
+    for i, lk in enumerate(cfg.links):
+        path = lk.key_file
+        if base is not None and not path.startswith("/"):
+            path = base.rstrip("/") + "/" + path
+        try:
+            lk.psk = read_link_key(path)
+        except ValueError as e:
+            problems.append(("link[%d].key_file" % i, "%s (link to %s)" % (e.args[0], lk.peer)))
+    if problems:
+        raise ConfigError(problems)
+
+
 def _near(word, choices):
     """The choice a typo most likely meant (edit distance at most 2), or None."""
     best, best_d = None, 3
@@ -234,14 +401,14 @@ class RelayConfig:
     """Checked relay settings. Attributes: identity, system, accel ("auto", "c" or "pure"), listen_host, listen_port,
     status_host, status_port (0: off), registry_path, registry_import (None: nothing to load),
     max_affiliations, max_devices, keepalive, expiry (s), floor (a FloorConfig), admin_socket (None:
-    the driver's default, beside the registry)."""
+    the driver's default, beside the registry), links ([LinkConfig], docs/relay.md "Links")."""
 
     @classmethod
     def from_dict(cls, d):
         if not isinstance(d, dict):
             raise ConfigError([("(top)", "expected a table of sections ([relay], [listen], ...)")])
         problems = []
-        sections = [s for s, _ in _SCHEMA]
+        sections = [s for s, _ in _SCHEMA] + ["link"]
         for name in d:
             if name not in sections:
                 problems.append((str(name), _unknown(str(name), sections)))
@@ -275,6 +442,7 @@ class RelayConfig:
                     floor[key] = value
                 else:
                     setattr(cfg, attr, value)
+        cfg.links = _links(d.get("link", []), cfg.identity, problems)
         if cfg.identity is not None:
             if cfg.system is None:
                 cfg.system = system_of(cfg.identity)
@@ -317,6 +485,13 @@ class RelayConfig:
         self.expiry = None
         self.floor = None
         self.admin_socket = None
+        self.links = []
+
+    def link(self, peer):
+        for lk in self.links:
+            if lk.peer == peer:
+                return lk
+        return None
 
     def to_dict(self):
         """The settings in force, defaults included, in from_dict's shape (for a status page)."""
@@ -328,6 +503,8 @@ class RelayConfig:
                 if value is not None:
                     table[key] = value
             out[section] = table
+        if self.links:
+            out["link"] = [lk.to_dict() for lk in self.links]
         return out
 
     def __repr__(self):

@@ -86,28 +86,46 @@ class MediaPlane:
         if srv is None:
             raise Drop("rtp_no_group")
         me = s.identity
-        out = self._floor_out(srv.on_media(now, me))
-        if not srv.may_send_media(me):
-            raise Drop("rtp_not_permitted", out)
-        c = self.counters
-        c["voice_in"] += 1
-        n0 = len(out)
+        lg = self._att_up(g) if self._attach_of else None
+        if lg is not None:
+            # The controlling relay gates the voice; here it goes out only from the member it
+            # granted the floor to.
+            if lg.holder != me:
+                raise Drop("rtp_not_permitted")
+            out = []
+        else:
+            out = self._floor_out(srv.on_media(now, me))
+            if not srv.may_send_media(me):
+                raise Drop("rtp_not_permitted", out)
+        self.counters["voice_in"] += 1
         # The packet's index: the uplink's highest, less how far behind it this packet is (the
         # replay window keeps that under 2^15).
         top = s.srtp_rx.highest_index(s.ssrc)
         ext = top - (((top & 0xFFFF) - ((plain[2] << 8) | plain[3])) & 0xFFFF)
-        by_id = self._by_identity
+        self._local_fanout(srv.members, me, s.ssrc, plain, ext, out)
+        if lg is not None:
+            link = self._links[self._attach_of[g]]
+            out.extend(self._voice_to_link(link, lg, plain))
+        elif self._links:
+            out.extend(self._voice_to_links(g, plain))
+        return out
+
+    def _local_fanout(self, members, me, ssrc, plain, ext, out):
+        """``plain`` to every registered member here but ``me``, each under its own key."""
+        n0 = len(out)
         fanout = self._fanout
         if fanout is not None:
-            return self._fan_out(fanout, srv.members, me, s.ssrc, plain, ext, out, n0)
-        for pid in srv.members:
+            return self._fan_out(fanout, members, me, ssrc, plain, ext, out, n0)
+        c = self.counters
+        by_id = self._by_identity
+        for pid in members:
             if pid == me:
                 continue
             ls = by_id.get(pid)
             if ls is None or ls.state != REGISTERED:
                 continue
             try:
-                out.append((ls.addr, ls.srtp_tx.protect(_follow(ls.down_seq, s.ssrc, plain, ext))))
+                out.append((ls.addr, ls.srtp_tx.protect(_follow(ls.down_seq, ssrc, plain, ext))))
             except WireError:
                 c["voice_protect_failed"] += 1
         c["voice_out"] += len(out) - n0
@@ -170,6 +188,12 @@ class MediaPlane:
                 self.counters["floor_not_affiliated"] += 1
                 continue
             done += 1
+            lg = self._att_up(g) if self._attach_of else None
+            if lg is not None:
+                if m.kind == mcpt.FLOOR_REQUEST:
+                    s.floor_group = g
+                out.extend(self._forward_floor(now, s, self._links[self._attach_of[g]], lg, m))
+                continue
             if m.kind == mcpt.FLOOR_REQUEST:
                 if self._floor_engaged(s, g) is not None:
                     out.extend(self._deny_other_group(s, g))
@@ -235,6 +259,17 @@ class MediaPlane:
         by_id = self._by_identity
         for pid, msg in pairs:
             ls = by_id.get(pid)
+            if ls is None and pid in self._remote_pids:
+                d = self._floor_to_link(pid, msg)
+                if d is None:
+                    c["floor_undeliverable"] += 1
+                else:
+                    out.append(d)
+                continue
+            if self._attach_of and self._att_up(self._floor_groups.get(msg.ssrc)) is not None:
+                # This relay's own server for a group it attaches is silent while the
+                # controlling relay arbitrates (it takes over if the link goes down).
+                continue
             if ls is None or ls.state != REGISTERED:
                 c["floor_undeliverable"] += 1
                 continue

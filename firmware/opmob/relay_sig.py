@@ -36,8 +36,10 @@ class SigPlane:
             h = sig.peek(data)
         except WireError as e:
             raise Drop("sig_" + e.counter)
+        if self._links and self._link_owns(h):
+            return self._on_link_sig(now, addr, h, data)
         if h.down:
-            # D=1: a session the peer owns, i.e. an interconnect link (a later issue).
+            # D=1: a session the peer owns, i.e. an interconnect link; none is configured.
             raise Drop("sig_wrong_direction")
         s = self._sessions.get(h.session) if h.session else None
         key = None
@@ -87,7 +89,7 @@ class SigPlane:
         if t == sig.AUTH_FAILURE:
             return self._on_auth_failure(now, msg)
         if s is None:
-            # Open, and not a registration: LINK_HELLO (interconnect comes with a later issue).
+            # Open, and not a registration: LINK_HELLO to a relay with no link configured.
             return self._open_error(msg.txid, msg.session, sig.CAUSE_UNSUPPORTED), []
         if s.state == CHALLENGED:
             if t == sig.AUTH_RESPONSE:

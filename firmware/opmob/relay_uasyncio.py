@@ -334,7 +334,7 @@ def main(config_path, status_every=60):
 
     from opmob.registry import Registry, RegistryError
     from opmob.relay import Relay
-    from opmob.relay_config import ConfigError, RelayConfig
+    from opmob.relay_config import ConfigError, RelayConfig, load_link_keys
     from opmob.store import FileStore, StoreError
 
     try:
@@ -355,6 +355,19 @@ def main(config_path, status_every=60):
     cfg.registry_path = _beside(config_path, cfg.registry_path)
     if cfg.registry_import:
         cfg.registry_import = _beside(config_path, cfg.registry_import)
+    for i, lk in enumerate(cfg.links):
+        if lk.transcodes:
+            # There is no Codec2 on MicroPython: only links that carry DVI4 as it is.
+            return _fail(
+                config_path,
+                'link[%d] to %s: codec %s needs Codec2, which this MicroPython relay does not have; use codec = "dvi4"'
+                % (i, lk.peer, lk.codec),
+            )
+        lk.key_file = _beside(config_path, lk.key_file)
+    try:
+        load_link_keys(cfg)
+    except ConfigError as e:
+        return _fail(config_path, str(e))
 
     try:
         store = FileStore(cfg.registry_path)

@@ -20,10 +20,12 @@ The module imports only where the extension is built (``make setup``); ImportErr
 
 from __future__ import annotations
 
+import struct
 import threading
 from array import array
 from collections.abc import Iterable, Sequence
 from itertools import accumulate, chain
+from operator import attrgetter
 from typing import Any
 
 from opmob import dvi4 as _dvi4
@@ -102,35 +104,68 @@ def _in(data: Buffer) -> Any:
 
 class _Scratch(threading.local):
     """Per-thread buffers for batch calls, grown as needed and reused (no allocation per call
-    once warm)."""
+    once warm): the output bytes, and the per-item output lengths and status codes, each with
+    its cdata view made once (a from_buffer per call cost more than protecting a voice packet)."""
 
     def __init__(self) -> None:
         self.out = bytearray(0)
+        self.out_c: Any = None
+        self.out_len = array("I")
+        self.status = array("i")
+        self.arrays_c: tuple[Any, Any] = (None, None)
 
     def out_buf(self, size: int) -> bytearray:
         if len(self.out) < size:
             self.out = bytearray(max(size, 2 * len(self.out)))
+            self.out_c = None
         return self.out
+
+    def out_cdata(self, size: int) -> tuple[bytearray, Any]:
+        out = self.out_buf(size)
+        if self.out_c is None:
+            self.out_c = ffi.from_buffer("uint8_t[]", out)
+        return out, self.out_c
+
+    def item_arrays(self, n: int) -> tuple[array[int], array[int], Any, Any]:
+        """(out_len, status, their cdata), at least ``n`` entries; the C batch calls write the
+        first ``n`` of both, so nothing of an earlier call is read back."""
+        if len(self.status) < n:
+            m = max(n, 2 * len(self.status), 64)
+            self.out_len = array("I", bytes(4 * m))
+            self.status = array("i", bytes(4 * m))
+            self.arrays_c = (
+                ffi.from_buffer("uint32_t[]", self.out_len),
+                ffi.from_buffer("int32_t[]", self.status),
+            )
+        return self.out_len, self.status, self.arrays_c[0], self.arrays_c[1]
 
 
 _scratch = _Scratch()
+
+
+_lock_of = attrgetter("_lock")
 
 
 class _Locks:
     """Acquire the locks of several objects in one order (no deadlock between batches)."""
 
     def __init__(self, objs: Iterable[Any]) -> None:
-        uniq = {id(o): o._lock for o in objs}
-        self._locks = [uniq[k] for k in sorted(uniq)]
+        # Unique locks in id order, without a Python-level step per object: a fan-out batch
+        # has one session per packet, and this ran longer than the C call.
+        locks = list(dict.fromkeys(map(_lock_of, objs)))
+        locks.sort(key=id)
+        self._locks = locks
 
     def __enter__(self) -> None:
-        for i, lk in enumerate(self._locks):
-            try:
+        held = 0
+        try:
+            for lk in self._locks:
                 lk.acquire()
-            except BaseException:
-                for held in self._locks[:i]:
-                    held.release()
-                raise
+                held += 1
+        except BaseException:
+            for lk in self._locks[:held]:
+                lk.release()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         for lk in reversed(self._locks):
@@ -143,7 +178,7 @@ def _pack(items: Sequence[Buffer]) -> tuple[Any, int, Any, array[int]]:
     blob = b"".join(items)
     if len(blob) >= 1 << 32:
         raise ValueError("batch input larger than 4 GiB")
-    return _in(blob) if blob else _ONE_BYTE, len(blob), _u32(lens), lens
+    return blob if blob else _ONE_BYTE, len(blob), _u32(lens), lens  # bytes: passed as is (see _one)
 
 
 _ONE_BYTE = ffi.new("uint8_t[]", 1)
@@ -153,6 +188,22 @@ def _u32(a: array[int]) -> Any:
     return ffi.from_buffer("uint32_t[]", a) if len(a) else ffi.new("uint32_t[]", 1)
 
 
+# Struct objects that cut ``count`` outputs of one ``size`` out of a buffer in one C call: for a
+# batch of voice packets, the per-packet slicing in Python cost more than the SRTP itself.
+_SPLIT_CHUNK = 1024
+_split_structs: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _splitter(size: int, count: int) -> struct.Struct:
+    key = (size, count)
+    st = _split_structs.get(key)
+    if st is None:
+        if len(_split_structs) >= 64:  # odd sizes come and go; keep the cache small
+            _split_structs.clear()
+        st = _split_structs[key] = struct.Struct(f"{size}s" * count)
+    return st
+
+
 def _split(out: bytearray, out_len: array[int], count: int) -> list[bytes]:
     """The first ``count`` outputs, written back to back into ``out``, as bytes objects."""
     if count == 0:
@@ -160,8 +211,17 @@ def _split(out: bytearray, out_len: array[int], count: int) -> list[bytes]:
     lens = out_len[:count]
     first = lens[0]
     if first and lens.count(first) == count:  # all one size: the common case of voice
-        raw = bytes(memoryview(out)[: first * count])
-        return [raw[a : a + first] for a in range(0, first * count, first)]
+        if count <= _SPLIT_CHUNK:
+            return list(_splitter(first, count).unpack_from(out))
+        res: list[bytes] = []
+        step = first * _SPLIT_CHUNK
+        full, rest = divmod(count, _SPLIT_CHUNK)
+        whole = _splitter(first, _SPLIT_CHUNK)
+        for k in range(full):
+            res.extend(whole.unpack_from(out, k * step))
+        if rest:
+            res.extend(_splitter(first, rest).unpack_from(out, full * step))
+        return res
     ends = list(accumulate(lens))
     raw = bytes(memoryview(out)[: ends[-1]])
     return [raw[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
@@ -178,33 +238,29 @@ def _run_batch(
 ) -> tuple[list[bytes], list[int] | None]:
     """Run one C batch call: (outputs, None) when every item succeeded, else (outputs with b""
     where an item failed, status codes)."""
+    if not items:
+        return [], None
+    if len(ptrs) not in (1, len(items)):
+        raise ValueError(f"{what}: one object, or one per item")
+    return _call_batch(fn, op, ffi.new(ctype, ptrs), len(ptrs), items, out_size_of, what)
+
+
+def _call_batch(
+    fn: Any, op: int, objs: Any, nobj: int, items: Sequence[Buffer], out_size_of: Any, what: str
+) -> tuple[list[bytes], list[int] | None]:
+    """_run_batch with the objects already a cdata array of ``nobj`` (1 or one per item)."""
     n = len(items)
     if n == 0:
         return [], None
-    if len(ptrs) not in (1, n):
-        raise ValueError(f"{what}: one object, or one per item")
     blob, size, lens, lens_a = _pack(items)
     out_size = max(1, int(out_size_of(size, lens_a)))
-    out = _scratch.out_buf(out_size)
-    out_len = array("I", bytes(4 * n))
-    status = array("i", bytes(4 * n))
-    rc = fn(
-        op,
-        ffi.new(ctype, ptrs),
-        len(ptrs),
-        blob,
-        size,
-        lens,
-        n,
-        ffi.from_buffer("uint8_t[]", out),
-        out_size,
-        ffi.from_buffer("uint32_t[]", out_len),
-        ffi.from_buffer("int32_t[]", status),
-    )
+    out, out_c = _scratch.out_cdata(out_size)
+    out_len, status, out_len_c, status_c = _scratch.item_arrays(n)
+    rc = fn(op, objs, nobj, blob, size, lens, n, out_c, out_size, out_len_c, status_c)
     if rc < 0:
         raise _error(rc, what)
     res = _split(out, out_len, n)
-    return res, None if rc == n else status.tolist()
+    return res, None if rc == n else status[:n].tolist()
 
 
 def _wire_results(res: list[bytes], status: list[int] | None, what: str) -> list[bytes | WireError]:
@@ -251,6 +307,7 @@ class SrtpSession:
         if rc != 0:
             raise _error(rc, "SRTP session")
         self._s = ffi.gc(p[0], lib.opmob_srtp_free)
+        self._objs = ffi.new("opmob_srtp *[]", [self._s])  # for batches of this session alone
         self.replay_window = replay_window
         self.max_streams = max_streams
         self._out = ffi.new("uint8_t[]", MAX_PACKET)
@@ -267,7 +324,9 @@ class SrtpSession:
         )
 
     def _one(self, fn: Any, data: Buffer, what: str) -> bytes:
-        src = _in(data)
+        # cffi hands a bytes object's own memory to a uint8_t * parameter; wrapping it first
+        # (from_buffer) cost as much as the C protect itself. Other buffers still need wrapping.
+        src = data if type(data) is bytes else _in(data)
         with self._lock:
             n = fn(self._s, src, len(src), self._out, MAX_PACKET)
             if n < 0:
@@ -367,16 +426,25 @@ def srtp_batch(
     for s in sessions:
         if not isinstance(s, SrtpSession):
             raise TypeError("srtp_batch needs opmob_c.SrtpSession objects")
-    with _Locks(sessions):
-        res, status = _run_batch(
-            lib.opmob_srtp_batch,
-            op,
-            [s._s for s in sessions],
-            "opmob_srtp *[]",
-            packets,
-            lambda size, lens: size + extra * len(lens),
-            "SRTP batch",
-        )
+
+    def out_size(size: int, lens: array[int]) -> int:
+        return size + extra * len(lens)
+
+    if len(sessions) == 1:  # many packets of one session: its own pointer array, one lock
+        s = sessions[0]
+        with s._lock:
+            res, status = _call_batch(lib.opmob_srtp_batch, op, s._objs, 1, packets, out_size, "SRTP batch")
+    else:
+        with _Locks(sessions):
+            res, status = _run_batch(
+                lib.opmob_srtp_batch,
+                op,
+                [s._s for s in sessions],
+                "opmob_srtp *[]",
+                packets,
+                out_size,
+                "SRTP batch",
+            )
     return _wire_results(res, status, "SRTP")
 
 

@@ -64,6 +64,12 @@ class Backend:
     def can_transcode(self) -> bool:
         return self.Codec2 is not None
 
+    def link_codec(self, max_streams: int = 256) -> LinkTranscoder | None:
+        """``Relay(codec=...)`` for codec2 links: None on the pure backend (no Codec2)."""
+        if self.Transcoder is None:
+            return None
+        return LinkTranscoder(self.Transcoder(max_streams))
+
     def _srtp(self, op: str, sessions: Sequence[Any], packets: Sequence[Buffer]) -> list[bytes | WireError]:
         if self._module is not None:
             lib = self._module.lib
@@ -88,6 +94,42 @@ class Backend:
 
     def unprotect_rtcp_batch(self, sessions: Any, packets: Sequence[Buffer]) -> list[bytes | WireError]:
         return self._srtp("unprotect_rtcp", _as_seq(sessions), packets)
+
+
+class LinkTranscoder:
+    """The relay core's codec interface (``Relay(codec=...)``) on ``opmob_c.Transcoder``.
+
+    The core protects and unprotects with its link and device keys itself, so every slot runs on
+    plain RTP (no sessions); a slot's output SSRC is the link stream's, and its sequence numbers
+    carry on across talkers, which keeps the link's SRTP context following one stream.
+    """
+
+    def __init__(self, transcoder: Any) -> None:
+        self._t = transcoder
+        self._free = list(range(transcoder.max_streams - 1, -1, -1))
+
+    def open(self, mode: str, ssrc: int) -> int:
+        if not self._free:
+            raise WireError("no free transcoder slot")
+        slot = self._free.pop()
+        self._t.open(slot, codec2_ssrc=ssrc, dvi4_ssrc=ssrc, mode=mode)
+        return slot
+
+    def close(self, slot: int) -> None:
+        self._t.close(slot)
+        self._free.append(slot)
+
+    def to_codec2(self, slot: int, pkt: Buffer) -> list[bytes]:
+        return _one(self._t.to_codec2([(slot, pkt)])[0])
+
+    def to_dvi4(self, slot: int, pkt: Buffer) -> list[bytes]:
+        return _one(self._t.to_dvi4([(slot, pkt)])[0])
+
+
+def _one(r: list[bytes] | WireError) -> list[bytes]:
+    if isinstance(r, WireError):
+        raise r
+    return r
 
 
 def _as_seq(sessions: Any) -> Sequence[Any]:

@@ -76,6 +76,27 @@ def render(doc: Any, url: str, now: str) -> str:
             ]
         )
     out += _table(["GROUP", "FLOOR", "HOLDER", "QUEUE", "MEMBERS", "ALERTS"], rows)
+    links = [lk for lk in doc.get("links") or [] if isinstance(lk, dict)]
+    if links:
+        out += ["", "LINKS"]
+        rows = []
+        for lk in links:
+            c = lk.get("counters") or {}
+            rows.append(
+                [
+                    _s(lk.get("peer")),
+                    _s(lk.get("state")),
+                    _s(lk.get("codec")),
+                    _s(lk.get("attached")),
+                    _s(lk.get("served")),
+                    f"{c.get('voice_in', 0)}/{c.get('voice_out', 0)}",
+                    f"{c.get('floor_in', 0)}/{c.get('floor_out', 0)}",
+                    str(c.get("transcode_errors", 0)),
+                ]
+            )
+        out += _table(
+            ["PEER", "STATE", "CODEC", "ATTACHED", "SERVED", "VOICE IN/OUT", "FLOOR IN/OUT", "TC ERR"], rows
+        )
     for key in ("stunned", "killed"):
         if doc.get(key):
             out += ["", f"{key.upper()}: {_s(doc[key])}"]

@@ -132,7 +132,28 @@ def load_config(path: str) -> RelayConfig:
     if cfg.registry_import:
         cfg.registry_import = str(base / cfg.registry_import)
     cfg.admin_socket = admin_socket(cfg, base)
+    for lk in cfg.links:
+        lk.key_file = str(base / lk.key_file)
     return cfg
+
+
+def load_links(cfg: RelayConfig, path: str, backend: Backend | None) -> None:
+    """Read the link keys (mode 0600, never shown) and check each link's codec can run here."""
+    from opmob.relay_config import ConfigError, load_link_keys
+
+    try:
+        load_link_keys(cfg)
+    except ConfigError as e:
+        raise Failure(f"{path}: {e}", 2) from None
+    if backend is None or backend.can_transcode:
+        return
+    for i, lk in enumerate(cfg.links):
+        if lk.transcodes:
+            raise Failure(
+                f"{path}: link[{i}] to {lk.peer}: codec {lk.codec} needs Codec2, which only the C extension "
+                f'has, and this relay runs the pure backend; build it (make setup) or use codec = "dvi4"',
+                2,
+            )
 
 
 def admin_socket(cfg: RelayConfig, base: Path) -> str:
@@ -162,6 +183,7 @@ def _status_url(cfg: RelayConfig) -> str:
 
 def cmd_check(path: str) -> int:
     cfg = load_config(path)
+    load_links(cfg, path, select_accel(cfg, path)[0] if cfg.links else None)
     print(f"{PREFIX}: {path}: OK: {describe(cfg)}, registry {cfg.registry_path}, admin {cfg.admin_socket}")
     if cfg.registry_import:
         print(f"{PREFIX}: {path}: imports {cfg.registry_import} at every start")
@@ -269,6 +291,7 @@ def cmd_run(config: str, registry_import: str | None) -> int:
 
     cfg = load_config(config)
     backend, accel_source = select_accel(cfg, config)
+    load_links(cfg, config, backend)
     import_path = registry_import or cfg.registry_import
     # Read and parse the export before the store is touched: a bad file changes nothing.
     export = _read_export(import_path) if import_path else None
@@ -313,6 +336,7 @@ def cmd_run(config: str, registry_import: str | None) -> int:
             time.monotonic(),
             srtp=backend.SrtpSession,
             fanout=fanout_for(backend),
+            codec=backend.link_codec() if any(lk.transcodes for lk in cfg.links) else None,
         )
 
         def started(server: RelayServer) -> None:

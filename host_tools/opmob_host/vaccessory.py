@@ -277,6 +277,59 @@ class Accessory:
             return t0, w.readframes(w.getnframes())
 
 
+class Attached(Accessory):
+    """The control channel of an accessory that something else runs: a virtual device's own
+    ``/main.py`` (``opmob virtual``). The same commands and waits as ``Accessory``, no process of
+    its own: ``start`` connects (retrying while the device boots), ``stop`` disconnects.
+    ``console`` gives the device's console so far, for failure messages."""
+
+    def __init__(self, name: str, port: int, speaker: Path, console: Callable[[], str] | None = None) -> None:
+        # Accessory.__init__ would lay out a process's directory and arguments: none here.
+        self.name = name
+        self.port = port
+        self.speaker = speaker
+        self._console_fn = console
+        self.proc = None
+        self.sock = None
+        self.lines = []
+        self._q = queue.Queue()
+        self._cursor = 0
+        self._lock = threading.Lock()
+
+    def start(self, timeout: float = 20.0) -> Attached:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+                break
+            except OSError as e:
+                if time.monotonic() > end:
+                    raise AssertionError(
+                        f"{self.name}: no control channel on 127.0.0.1:{self.port} within {timeout} s "
+                        f"({e}); console:\n{self.console_text()[-3000:]}"
+                    ) from None
+                time.sleep(0.1)
+        self.sock.settimeout(None)
+        threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def console_text(self) -> str:
+        return self._console_fn() if self._console_fn is not None else ""
+
+    def alive(self) -> bool:
+        return self.sock is not None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+            self.sock = None
+        return None
+
+
 class Fleet:
     """Relays of one system with the same registry export, and the accessories' matching
     configurations, in ``workdir``. Relay ``i`` is ``relay-<i+1>@<system>`` behind the access point
@@ -431,6 +484,81 @@ class Fleet:
 def _drain(f: Any) -> None:
     for _ in f:
         pass
+
+
+# --- a network with jitter ------------------------------------------------------------------------
+
+
+class DelayProxy:
+    """A UDP hop between accessories and a relay that holds every datagram, both ways, for
+    ``delay()`` seconds (drawn per datagram, so it also reorders when delays differ by more than
+    the spacing). Accessories are configured with ``port`` as their relay's; each one gets its own
+    upstream socket, so the relay still sees one address per accessory.
+
+        with DelayProxy(fleet.udp, lambda: rng.uniform(0, 0.02)) as proxy:
+            cfg = fleet.config("bob@no"); cfg["relays"][0]["port"] = proxy.port
+    """
+
+    def __init__(self, relay_port: int, delay: Callable[[], float]) -> None:
+        self.relay = ("127.0.0.1", relay_port)
+        self.delay = delay
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.forwarded = 0
+        self._up: dict[Any, socket.socket] = {}  # accessory address -> its socket to the relay
+        self._down: dict[socket.socket, Any] = {}
+        self._due: list[tuple[float, int, socket.socket, bytes, Any]] = []
+        self._n = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> DelayProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for s in [self.sock, *self._up.values()]:
+            s.close()
+
+    def _hold(self, sock: socket.socket, data: bytes, dest: Any) -> None:
+        import heapq
+
+        self._n += 1
+        heapq.heappush(self._due, (time.monotonic() + max(0.0, self.delay()), self._n, sock, data, dest))
+
+    def _run(self) -> None:
+        import heapq
+        import select
+
+        while not self._stop.is_set():
+            now = time.monotonic()
+            while self._due and self._due[0][0] <= now:
+                _t, _n, sock, data, dest = heapq.heappop(self._due)
+                try:
+                    sock.sendto(data, dest)
+                    self.forwarded += 1
+                except OSError:
+                    pass
+            wait = 0.05 if not self._due else max(0.0, self._due[0][0] - now)
+            ready, _w, _x = select.select([self.sock, *self._down], [], [], min(wait, 0.05))
+            for r in ready:
+                try:
+                    data, addr = r.recvfrom(4096)
+                except OSError:
+                    continue
+                if r is self.sock:
+                    up = self._up.get(addr)
+                    if up is None:
+                        up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        up.bind(("127.0.0.1", 0))
+                        self._up[addr] = up
+                        self._down[up] = addr
+                    self._hold(up, data, self.relay)
+                else:
+                    self._hold(self.sock, data, self._down[r])
 
 
 # --- comparing audio -----------------------------------------------------------------------------

@@ -11,6 +11,8 @@ The unix port has no raw REPL of its own, so this module speaks it on the pseudo
   raw-paste mode (``\\x05A\\x01``, answered ``R\\x01`` and a flow-control window);
 - Ctrl-D at an empty prompt: soft reset: the interpreter is restarted (``MPY: soft reboot``);
 - Ctrl-C: a KeyboardInterrupt in the running command (SIGINT to the interpreter);
+- ``machine.reset()`` (``mpremote reset``): a power cycle, as a board's hard reset: the input not
+  yet read is lost, the interpreter restarted, ``/boot.py`` and ``/main.py`` run;
 - as a board does, ``/boot.py`` then ``/main.py`` run when the device starts and at a soft reset
   from the friendly REPL, with their output on the console; a soft reset from the raw REPL runs
   ``/boot.py`` only (MicroPython's ``ports/esp32/main.c``). Ctrl-C stops them and leaves the REPL.
@@ -18,15 +20,25 @@ The unix port has no raw REPL of its own, so this module speaks it on the pseudo
 The device's file system is a directory (``--state DIR``, or a temporary one): the interpreter
 mounts it as its VFS root (``os.VfsPosix``), so ``/lib``, ``/board.json`` and ``/config.json``
 are files under it, ``sys.path`` is ``['', '.frozen', '/lib']`` as on a board.
+
+The virtual hardware is described beside the firmware's files, never in them (``opmob deploy``
+owns ``/board.json`` and vouches for it by hash): ``/.hwid`` is its serial number, and
+``/.sim.json`` its wiring, written at each start from the command line: the control channel's
+port (a free one unless ``--control-port``; printed on the second line of stdout) and, when
+given, the microphone, speaker and WiFi scenario files. Those are host files, reached from the
+device's file system through symbolic links in ``/.sim/``. The firmware's ``main.run()`` lets the
+wiring override the board's ``sim`` section.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import selectors
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -41,6 +53,9 @@ MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
 HEAP = "2M"
 PASTE_WINDOW = 256
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+CONTROL_HOST = "127.0.0.1"  # the unix-sim board's sim.control_host
+WIRING = ".sim.json"  # firmware/opmob/accessory/main.py WIRING, relative to the root
+WIRING_DIR = ".sim"
 
 # The interpreter side. Frames on stdin: b"R<n>\n" or b"S<n>\n" then n bytes of source (R: a
 # raw-REPL command, S: one friendly-REPL line, whose expression value is printed). The output of a
@@ -66,6 +81,17 @@ os.mount(os.VfsPosix(_R), "/")
 sys.modules["os"] = _OS()
 os.chdir("/")
 sys.path[:] = ["", ".frozen", "/lib"]
+import machine as _machine
+class _Machine:
+    # machine.reset() (mpremote's ``reset``): the host powers the device off and on (b"\x07" on
+    # stderr asks it to); the unix port has no reset of its own.
+    def __getattr__(self, name):
+        return getattr(_machine, name)
+    def reset(self):
+        sys.stderr.write("\x07")
+        while True:
+            _machine.idle()
+sys.modules["machine"] = _Machine()
 def _agent():
     rd = sys.stdin.buffer
     out = sys.stdout
@@ -171,6 +197,14 @@ class VirtualDevice:
     def _soft_reset(self) -> None:
         self._stop_interpreter()
         self._start_interpreter()
+
+    def _hard_reset(self) -> None:
+        # A chip's reset loses its UART's input (mpremote's Ctrl-B after ``reset``, typically).
+        self.pending = b""
+        self.line = b""
+        self._soft_reset()
+        self._emit(b"\r\n")
+        self._boot(("boot.py", "main.py"), "friendly")
 
     def _boot(self, files: tuple[str, ...], then: str) -> None:
         """Run the device's boot files in order (console output, friendly line endings), then
@@ -399,6 +433,9 @@ class VirtualDevice:
                         self.interrupt_wanted = False
                         proc.send_signal(signal.SIGINT)
                     err = err.replace(b"\x06", b"")
+                if b"\x07" in err:
+                    self._hard_reset()
+                    continue
                 if err and self.mode == "exec":
                     self._emit(err)
         self._flush()
@@ -426,11 +463,100 @@ def add_parser(sub: Any) -> None:
         "virtual",
         help="a virtual device: the MicroPython unix port behind a pseudo-terminal (raw REPL)",
         description="Start a virtual device and print its port (the pseudo-terminal) on the first line "
-        "of stdout; it runs until killed. mpremote and opmob deploy/provision/verify work on it.",
+        "of stdout and its control channel (control HOST:PORT) on the second; it runs until killed. "
+        "mpremote and opmob deploy/provision/verify work on it; once deployed and provisioned, its "
+        "/main.py runs the accessory firmware with the sim wiring below.",
     )
     p.add_argument("--board", default="unix-sim", help="the board it pretends to be (only unix-sim)")
     p.add_argument("--state", help="directory holding the device's file system (default: a temporary one)")
     p.add_argument("--link", help="also make this path a symbolic link to the port (a stable name)")
+    w = p.add_argument_group(
+        "sim wiring",
+        "The unix-sim board's peripherals, for the firmware that /main.py starts: written to the "
+        "device's /.sim.json at each start, overriding the board file's sim section.",
+    )
+    w.add_argument(
+        "--control-port",
+        type=_port,
+        default=0,
+        help="TCP port of the control channel on 127.0.0.1 (default: a free one); printed on the "
+        "second line of stdout",
+    )
+    w.add_argument(
+        "--mic", help="host file played into the microphone: raw s16le, or .wav (8 kHz mono 16-bit)"
+    )
+    w.add_argument(
+        "--speaker", help="host file the speaker writes (WAV); default: speaker.wav in the state directory"
+    )
+    w.add_argument(
+        "--wifi-scenario", help="host JSON file of access points (accessory.md, the unix-sim board)"
+    )
+    w.add_argument("--battery-mv", type=int, help="the battery's voltage at start")
+
+
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1..65535, or 0: a free one)")
+    return n
+
+
+class WiringError(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((CONTROL_HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_wiring(root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The device's /.sim.json (and /.sim/ links to the host files) from the command line; returns
+    the wiring. Whatever an earlier start wired and this one does not say is gone."""
+    doc: dict[str, Any] = {"control_port": args.control_port or free_port()}
+    links: dict[str, Path] = {}
+    if args.mic:
+        mic = Path(args.mic).resolve()
+        if not mic.is_file():
+            raise WiringError(f"--mic {args.mic}: no such file")
+        # The firmware tells a WAV from raw samples by the name, as it does on the host.
+        links["mic.wav" if mic.name.endswith(".wav") else "mic.raw"] = mic
+    if args.speaker:
+        spk = Path(args.speaker).resolve()
+        if not spk.parent.is_dir():
+            raise WiringError(f"--speaker {args.speaker}: no directory {spk.parent}")
+        links["speaker.wav"] = spk
+    if args.wifi_scenario:
+        scen = Path(args.wifi_scenario).resolve()
+        try:
+            ok = isinstance(json.loads(scen.read_text()), dict)
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise WiringError(f"--wifi-scenario {args.wifi_scenario}: not a readable JSON object")
+        links["wifi.json"] = scen
+    if args.battery_mv is not None:
+        if not 0 <= args.battery_mv <= 10000:
+            raise WiringError(f"--battery-mv {args.battery_mv}: expected millivolts 0..10000")
+        doc["battery_mv"] = args.battery_mv
+    d = root / WIRING_DIR
+    if d.is_symlink() or d.is_file():
+        d.unlink()
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    for name, target in links.items():
+        (d / name).symlink_to(target)
+        key = {"mic.wav": "mic", "mic.raw": "mic", "speaker.wav": "speaker", "wifi.json": "wifi_scenario"}[
+            name
+        ]
+        doc[key] = f"/{WIRING_DIR}/{name}"
+    (root / WIRING).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return doc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -450,6 +576,14 @@ def run(args: argparse.Namespace) -> int:
     hwid = root / ".hwid"  # the virtual hardware's serial number (machine.unique_id on a board)
     if not hwid.exists():
         hwid.write_text(os.urandom(6).hex() + "\n")
+    try:
+        wiring = write_wiring(root, args)
+    except (WiringError, OSError) as e:
+        print(f"opmob virtual: {e}", file=sys.stderr)
+        if temp:
+            shutil.rmtree(root, ignore_errors=True)
+        return 2
+    control = f"{CONTROL_HOST}:{wiring['control_port']}"
     dev = VirtualDevice(root, board=args.board)
     link = Path(args.link) if args.link else None
     stop = False
@@ -467,7 +601,12 @@ def run(args: argparse.Namespace) -> int:
                 link.unlink()
             link.symlink_to(dev.port)
         print(dev.port, flush=True)
-        print(f"opmob virtual: {args.board} on {dev.port}, file system {root}", file=sys.stderr, flush=True)
+        print(f"control {control}", flush=True)
+        print(
+            f"opmob virtual: {args.board} on {dev.port}, control channel {control}, file system {root}",
+            file=sys.stderr,
+            flush=True,
+        )
         while not stop:
             dev.step(0.5)
     finally:

@@ -344,6 +344,59 @@ def test_through_the_relay_with_srtp():
     assert bob.counters["voice_rx"] == len(frames)
 
 
+def test_through_the_relay_in_place_as_the_app_does():
+    # The app's wiring: the capture buffer protected where it lies (send_voice_into, the tag in
+    # cap.buf's room), the listener's session decrypting into its own buffer for voice_sink,
+    # which hands (buf, n) to the playback path.
+    w = World()
+    ann = w.device("ann", [G1])
+    bob = w.device("bob", [G1])
+    w.clear()
+    w.request("ann")
+    w.clear()
+    frames = speech(frames=150)
+    cap = CapturePath()
+    cap.start_burst(0)
+    lis = Listener()
+    seen = []
+
+    def sink(now, buf, n):
+        seen.append((len(buf), n))
+        lis.pb.on_voice(t, buf, n)
+
+    bob.voice_sink = sink
+    t = 0
+    for f in frames:
+        view = cap.frame(f)
+        assert len(view) == 96 and len(cap.buf) == 96 + 10
+        m = ann.send_voice_into(w.now, cap.buf, len(view))
+        assert m == 106
+        w.act("ann", [(ann.relay_addr, bytes(cap.buf[:m]))])
+        w.pump()
+        lis.run([], t + 19)
+        w.step(0.02)
+        t += 20
+    lis.run([], t + 200)
+    got = lis.audio()
+    assert len(got) == len(frames) and [g[0] for g in got] == list(range(len(frames)))
+    assert snr_db([(frames[k], got[k][1]) for k in range(len(frames))]) > 16.2
+    assert all(e[0] != "voice" for e in bob.events) and seen[0][1] == 96 and seen[0][0] >= 96
+
+
+def test_on_voice_reads_only_the_first_n_bytes():
+    pkt = bytearray(rtp.encode(rtp.RtpHeader(5, 9, 0, 0x55), bytes(84)))
+    pb = PlaybackPath()
+    # Padding: the count is the packet's last byte, at n - 1, whatever follows in the buffer.
+    padded = bytearray(pkt) + b"\x00\x00\x00\x04" + b"\xff" * 20
+    padded[0] |= 0x20
+    assert pb.on_voice(0, padded, len(pkt) + 4)
+    assert pb.jitter.counters["received"] == 1
+    assert not pb.on_voice(0, padded, 11) and pb.counters["bad_rtp"] == 1
+    raises(ValueError, pb.on_voice, 0, pkt, len(pkt) + 1)
+    assert pb.on_voice(0, pkt + b"junk", -1) is False  # the whole buffer: 4 bytes too many for DVI4
+    assert pb.jitter.counters["bad_payload"] == 1
+
+
 # --- no allocation per frame ------------------------------------------------------------------------
 
 

@@ -119,8 +119,10 @@ def export_doc(
 def toml(cfg: dict[str, Any]) -> str:
     lines = []
     for section, table in cfg.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+        # A list of tables (the [[link]] entries) is an array of tables.
+        for t in table if isinstance(table, list) else [table]:
+            lines.append(f"[[{section}]]" if isinstance(table, list) else f"[{section}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in t.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -170,8 +172,15 @@ class RelayProc:
         expiry: int = 600,
         secrets: Sequence[bytes] = (),
         default_admin: bool = False,
+        identity: str = RELAY_ID,
+        links: Sequence[dict[str, Any]] = (),
+        udp_port: int = 0,
     ) -> None:
+        """``links``: ``[[link]]`` entries; each may hold ``psk`` (bytes), written to its
+        ``key_file`` with mode 0600 and checked, as a secret, against the relay's output."""
         self.dir = workdir
+        self.identity = identity
+        self.links = [dict(lk) for lk in links]
         self.export = export
         self.runtime = runtime
         self.floor = dict(SLOW_FLOOR if floor is None else floor)
@@ -180,7 +189,7 @@ class RelayProc:
         self.secrets = list(secrets)
         self.proc: subprocess.Popen[str] | None = None
         self.out: Output | None = None
-        self.udp_port = 0
+        self.udp_port = udp_port
         self.status_port = 0
         # Given in the configuration, or left to the default: beside the registry.
         self.default_admin = default_admin
@@ -194,7 +203,7 @@ class RelayProc:
 
     def config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {
-            "relay": {"identity": RELAY_ID},
+            "relay": {"identity": self.identity},
             "listen": {"host": "127.0.0.1", "port": self.udp_port},
             "status": {"host": "127.0.0.1", "port": self.status_port},
             "registry": {"path": "state/registry.sqlite", "import": "export.json"},
@@ -204,6 +213,8 @@ class RelayProc:
         }
         if self.default_admin:
             del cfg["admin"]
+        if self.links:
+            cfg["link"] = [{k: v for k, v in lk.items() if k != "psk"} for lk in self.links]
         if self.runtime == "micropython":
             cfg.pop("admin", None)
             del cfg["status"]
@@ -212,6 +223,12 @@ class RelayProc:
 
     def start(self) -> RelayProc:
         (self.dir / "export.json").write_text(json.dumps(self.export))
+        for lk in self.links:
+            if "psk" in lk:
+                kf = self.dir / lk["key_file"]
+                kf.write_text(lk["psk"].hex() + "\n")
+                kf.chmod(0o600)
+                self.secrets.append(lk["psk"])
         self._stderr = open(self.dir / "stderr.txt", "w+")  # noqa: SIM115 (closed in stop)
         if self.runtime == "cpython":
             self.status_port = free_port(socket.SOCK_STREAM)
@@ -222,7 +239,7 @@ class RelayProc:
             if not MICROPYTHON.exists():
                 raise AssertionError("MicroPython unix port not installed: run `make setup`")
             # The unix port's sockets cannot tell their port: the test picks one.
-            self.udp_port = free_port()
+            self.udp_port = self.udp_port or free_port()
             self.config_path.write_text(json.dumps(self.config()))
             cmd = [str(MICROPYTHON), "-m", "opmob.relay_uasyncio", str(self.config_path), "0.1"]
             env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:.frozen")
@@ -230,7 +247,7 @@ class RelayProc:
             cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True, cwd=self.dir, env=env
         )
         self.out = Output(self.proc.stdout)
-        line = self.out.wait_for(f"opmob relay {RELAY_ID}: serving udp 127.0.0.1:")
+        line = self.out.wait_for(f"opmob relay {self.identity}: serving udp 127.0.0.1:")
         port = int(line.split("serving udp 127.0.0.1:")[1].split(",")[0])
         if self.runtime == "cpython":
             self.udp_port = port

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import random
 import struct
+from array import array
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -108,6 +109,98 @@ def test_committed_libsrtp_vectors() -> None:
         assert tx.protect_rtcp(bytes.fromhex(plain_hex)).hex() == prot_hex
         assert rx.unprotect_rtcp(bytes.fromhex(prot_hex)) == bytes.fromhex(plain_hex)
     assert sent >= 1000
+
+
+# The tags' HMAC-SHA1 is computed from keyed SHA-1 states (c_ext/opmob_srtp.c): RFC 2202's
+# vectors, and OpenSSL's own HMAC() over keys and messages around the block boundaries.
+RFC2202_HMAC_SHA1 = [
+    (b"\x0b" * 20, b"Hi There", "b617318655057264e28bc0b6fb378c8ef146be00"),
+    (b"Jefe", b"what do ya want for nothing?", "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"),
+    (b"\xaa" * 20, b"\xdd" * 50, "125d7342b9ac11cd91a39af48aa17b4f63f175d3"),
+    (bytes(range(1, 26)), b"\xcd" * 50, "4c9007f4026250c6bc8414f9bf50c86c2d7235da"),
+    (b"\x0c" * 20, b"Test With Truncation", "4c1a03424b55e07fe7f27be1d58bb9324a9a5a04"),
+    (
+        b"\xaa" * 80,
+        b"Test Using Larger Than Block-Size Key - Hash Key First",
+        "aa4ae5e15272d00e95705637ce8a3b55ed402112",
+    ),
+    (
+        b"\xaa" * 80,
+        b"Test Using Larger Than Block-Size Key and Larger Than One Block-Size Data",
+        "e8e99d0f45237d786d6bbaa7965c7808bbff1a91",
+    ),
+]
+
+
+def c_hmac_sha1(key: bytes, msg: bytes) -> bytes:
+    out = opmob_c.ffi.new("uint8_t[]", 20)
+    assert opmob_c.lib.opmob_hmac_sha1(key, len(key), msg, len(msg), out, 20) == 20
+    return bytes(opmob_c.ffi.buffer(out))
+
+
+def openssl_hmac() -> Any:
+    """OpenSSL's one-shot HMAC() with EVP_sha1(), from the libcrypto the extension links."""
+    import ctypes.util
+
+    from cffi import FFI
+
+    ffi = FFI()
+    ffi.cdef(
+        "const void *EVP_sha1(void);"
+        "unsigned char *HMAC(const void *md, const void *key, int key_len, const unsigned char *d,"
+        " size_t n, unsigned char *out, unsigned int *out_len);"
+    )
+    name = ctypes.util.find_library("crypto")
+    assert name is not None
+    lib = ffi.dlopen(name)
+
+    def mac(key: bytes, msg: bytes) -> bytes:
+        out = ffi.new("unsigned char[]", 64)
+        n = ffi.new("unsigned int *")
+        assert lib.HMAC(lib.EVP_sha1(), key, len(key), msg, len(msg), out, n) != ffi.NULL
+        return bytes(ffi.buffer(out, n[0]))
+
+    return mac
+
+
+def test_hmac_sha1_rfc2202_vectors() -> None:
+    for key, msg, want in RFC2202_HMAC_SHA1:
+        assert c_hmac_sha1(key, msg).hex() == want
+
+
+def test_hmac_sha1_equals_openssl_hmac() -> None:
+    ref = openssl_hmac()
+    rng = random.Random(23)
+    assert ref(b"Jefe", b"what do ya want for nothing?").hex() == RFC2202_HMAC_SHA1[1][2]
+    keys = [rng.randbytes(n) for n in (0, 1, 19, 20, 21, 55, 63, 64, 65, 100, 200)]
+    msgs = [rng.randbytes(n) for n in (*range(0, 130), 200, 1024, 1502)]
+    for key in keys:
+        for msg in msgs:
+            got = c_hmac_sha1(key, msg)
+            assert got == ref(key, msg) == hmac.digest(key, msg, "sha1")
+    out = opmob_c.ffi.new("uint8_t[]", 20)
+    assert opmob_c.lib.opmob_hmac_sha1(b"k", 1, b"m", 1, out, 19) == opmob_c.lib.OPMOB_E_ARG
+
+
+def test_every_payload_length_equals_libsrtp() -> None:
+    """AES-CTR keystream for every payload length 0..1088 (up to 68 counter blocks), RTP and
+    SRTCP, against libsrtp both ways; one byte more is refused."""
+    rng = random.Random(29)
+    key = rng.randbytes(30)
+    ours_tx, ours_rx = opmob_c.SrtpSession(key[:16], key[16:]), opmob_c.SrtpSession(key[:16], key[16:])
+    ref_tx, ref_rx = GEN.outbound(key), GEN.inbound(key)
+    for n in range(0, pure.MAX_PAYLOAD + 1):
+        plain = struct.pack(">BBHII", 0x80, 5, n, 160 * n, 0x5EED) + rng.randbytes(n)
+        mine = ours_tx.protect(plain)
+        assert mine == ref_tx.protect(plain)
+        assert ours_rx.unprotect(mine) == plain == ref_rx.unprotect(mine)
+        if n % 4 == 0:
+            rtcp = struct.pack(">BBHI", 0x81, 200, n // 4 + 1, 0x5EED) + rng.randbytes(n)
+            mine = ours_tx.protect_rtcp(rtcp)
+            assert mine == ref_tx.protect_rtcp(rtcp)
+            assert ours_rx.unprotect_rtcp(mine) == rtcp == ref_rx.unprotect_rtcp(mine)
+    too_big = struct.pack(">BBHII", 0x80, 5, 9999, 0, 0x5EED) + bytes(pure.MAX_PAYLOAD + 1)
+    assert outcome(ours_tx.protect, too_big) is outcome(pure.SrtpSession(key[:16], key[16:]).protect, too_big)
 
 
 def long_traffic(seed: int) -> tuple[list[bytes], list[bytes]]:
@@ -389,6 +482,78 @@ def test_fan_out_batch_one_session_per_packet() -> None:
         assert len(set(out)) == len(tx)
     with pytest.raises(ValueError):
         opmob_c.srtp_batch(opmob_c.lib.OPMOB_OP_PROTECT, tx[:2], [plain] * 3)
+
+
+def test_large_and_mixed_batches_split_like_single_calls() -> None:
+    """Outputs cut from the batch buffer: one size over several 1,024-item chunks and a rest,
+    one size with failures among them, and many sizes."""
+    rng = random.Random(19)
+    key = rng.randbytes(30)
+
+    def pkt(seq: int, plen: int) -> bytes:
+        return struct.pack(">BBHII", 0x80, 5, seq & 0xFFFF, 160 * seq, 0xC0FFEE) + rng.randbytes(plen)
+
+    same = [pkt(i, 84) for i in range(2 * 1024 + 77)]
+    mixed = [pkt(len(same) + i, rng.randrange(0, 300)) for i in range(1500)]
+    faulty = [pkt(len(same) + len(mixed) + i, 84) for i in range(600)]
+    faulty[10] = faulty[9]  # replayed
+    faulty[300] = faulty[300][:5]  # truncated
+    for n in (1, 1023, 1024, 1025):
+        assert opmob_c._split(bytearray(range(7)) * n, array("I", [7] * n), n) == [bytes(range(7))] * n
+    single = opmob_c.SrtpSession(key[:16], key[16:])
+    want = [outcome(single.protect, p) for p in same + mixed + faulty]
+    batch = opmob_c.SrtpSession(key[:16], key[16:])
+    got = [
+        x if isinstance(x, bytes) else type(x) for b in (same, mixed, faulty) for x in batch.protect_batch(b)
+    ]
+    assert got == want
+    assert all(type(x) is bytes for x in got if not isinstance(x, type))
+    rx = opmob_c.SrtpSession(key[:16], key[16:])
+    prot = [w for w in want if isinstance(w, bytes)]
+    sent = [p for p, w in zip(same + mixed + faulty, want, strict=True) if isinstance(w, bytes)]
+    assert len(sent) == len(want) - 2
+    assert rx.unprotect_batch(prot) == sent
+
+
+def test_batches_from_several_threads_at_once() -> None:
+    """Threads batching at once (the C calls release the GIL): per-thread scratch buffers, and
+    fan-out batches locking shared sessions, give each thread exactly its own results."""
+    import threading
+
+    rng = random.Random(31)
+    keys = [rng.randbytes(30) for _ in range(6)]
+    shared = [opmob_c.SrtpSession(k[:16], k[16:]) for k in keys]
+    nthreads, rounds = 4, 120
+    plains = {
+        t: [
+            [
+                struct.pack(">BBHII", 0x80, 5, r * 50 + i, 0, 0x7000 + t) + rng.randbytes(84 + t)
+                for i in range(50)
+            ]
+            for r in range(rounds)
+        ]
+        for t in range(nthreads)
+    }
+    got: dict[int, tuple[list[Any], list[Any]]] = {}
+
+    def work(t: int) -> None:
+        own = opmob_c.SrtpSession(keys[0][:16], keys[0][16:])
+        mine, fanned = [], []
+        for batch in plains[t]:
+            mine.append(own.protect_batch(batch))
+            fanned.append(opmob_c.srtp_batch(opmob_c.lib.OPMOB_OP_PROTECT, shared, [batch[0]] * len(shared)))
+        got[t] = (mine, fanned)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(nthreads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for t in range(nthreads):
+        ref = pure.SrtpSession(keys[0][:16], keys[0][16:])
+        assert got[t][0] == [[ref.protect(p) for p in batch] for batch in plains[t]]
+        refs = [pure.SrtpSession(k[:16], k[16:]) for k in keys]
+        assert got[t][1] == [[r.protect(batch[0]) for r in refs] for batch in plains[t]]
 
 
 def test_constructor_refuses_what_the_twin_refuses() -> None:

@@ -23,10 +23,13 @@ def opmob(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 class Virtual:
-    def __init__(self, state: Path) -> None:
+    """``opmob virtual --state STATE [OPTIONS]``: ``port`` (its pseudo-terminal) and ``control_port``
+    (the sim board's control channel, which /main.py's firmware serves) from its first two lines."""
+
+    def __init__(self, state: Path, *options: str) -> None:
         self.state = state
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "opmob_host.cli", "virtual", "--state", str(state)],
+            [sys.executable, "-m", "opmob_host.cli", "virtual", "--state", str(state), *options],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -34,9 +37,12 @@ class Virtual:
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.port = self.proc.stdout.readline().strip()
-        if not self.port.startswith("/dev/"):
+        control = self.proc.stdout.readline().split()
+        if not self.port.startswith("/dev/") or len(control) != 2 or control[0] != "control":
             self.proc.kill()
+            self.proc.wait()
             raise RuntimeError(f"opmob virtual did not start: {self.proc.stderr.read()}")
+        self.control_port = int(control[1].rsplit(":", 1)[1])
 
     def mpremote(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -45,15 +51,19 @@ class Virtual:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         for f in (self.proc.stdout, self.proc.stderr):
             if f is not None:
                 f.close()
 
 
 @contextmanager
-def running(state: Path) -> Iterator[Virtual]:
-    v = Virtual(state)
+def running(state: Path, *options: str) -> Iterator[Virtual]:
+    v = Virtual(state, *options)
     try:
         yield v
     finally:

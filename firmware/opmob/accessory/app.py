@@ -19,6 +19,12 @@ message, and the task is started again after a short, growing pause):
 | battery | reads the cell every 30 s; low battery pattern |
 | watchdog | feeds the hardware watchdog while the event loop and playback make progress |
 
+The voice goes around the driver's list of (addr, bytes) in both directions, so that a frame makes
+no objects of its own (docs/accessory-audio.md, "Allocation per frame"): the capture task protects
+the packet where CapturePath built it and hands a kept memoryview of it to the socket
+(``_send_frame``); received voice is decrypted by the session into its own buffer and given to
+``_voice_sink``, which gives it to the playback path, instead of a ("voice", bytes) event.
+
 A device that is not provisioned (no configuration, or one that does not validate) or that was
 killed runs leds, buttons, playback, watchdog and the control channel only: its LED pattern says
 so, the console says why, PTT gives the deny tone, and it never reboots in a loop.
@@ -36,6 +42,8 @@ import time
 
 from opmob import compat, sig
 from opmob.accessory import hw as hwmod
+from opmob.accessory.audio import PACKET_LEN
+from opmob.accessory.jitter import tdiff
 from opmob.accessory.link import Backoff, RelaySelector
 
 IS_MP = compat.IS_MICROPYTHON
@@ -124,6 +132,7 @@ class App:
         self._print = log or print
         self.rand = rand or os.urandom
         self.clock = compat.monotonic
+        self.ticks_ms = ticks_ms  # the audio paths' integer-millisecond clock
         self.heap_code = heap_code
         self.mode = UNPROVISIONED
         self.reason = None
@@ -158,7 +167,13 @@ class App:
         self._buttons = {}
         self._press_at = None  # when the PTT (or emergency) press that awaits an answer was made
         self._joined = []  # the groups the session was asked to join, as last told
-        self._voice_pkt = None
+        self._voice_dest = None  # the relay's address as the socket takes it, made once a session
+        self._voice_view = None  # memoryview of the capture buffer, as long as the SRTP packet
+        self._voice_len = 0
+        self._voice_sink = self._on_voice_into  # bound once: the session calls it per packet
+        self._rx_ssrc = bytearray(4)  # the talker whose PTT client heard voice last ...
+        self._rx_client = None  # ... and that client (see _media_client)
+        self._rx_ssrc_int = None
         self.exit_code = 0
 
     # --- console ------------------------------------------------------------------------------------
@@ -322,11 +337,13 @@ class App:
 
     def _after(self, now, out):
         """Handle what the session and the clients said; returns ``out`` plus what that adds.
-        A ("persist", ...) is written here, before the driver sends anything."""
+        A ("persist", ...) is written here, before the driver sends anything. With nothing to
+        handle (a voice packet) ``out`` comes back as it was, and nothing is allocated."""
         if out is None:
-            out = []
+            out = ()
         dev = self.dev
         if dev is not None and dev.events:
+            out = list(out)
             evs = dev.events
             dev.events = []
             for ev in evs:
@@ -339,17 +356,25 @@ class App:
                         out.extend(self._on_event(now, ev))
                     except Exception as e:
                         self._task_error("event " + ev[0], e, None)
-        for g in list(self.clients):
-            c = self.clients.get(g)
-            if c is not None and c.effects:
-                out.extend(self._on_effects(now, g, c))
+        clients = self.clients
+        pending = False
+        for g in clients:  # a dict's keys are walked without a heap iterator; .values() makes one
+            if clients[g].effects:
+                pending = True
+                break
+        if pending:
+            out = list(out)
+            for g in list(clients):
+                c = clients.get(g)
+                if c is not None and c.effects:
+                    out.extend(self._on_effects(now, g, c))
         return out
 
     def _on_event(self, now, ev):
         kind = ev[0]
         out = []
         if kind == "voice":
-            self._on_voice(now, ev[1])
+            self._on_voice_into(now, ev[1], len(ev[1]))
         elif kind == "floor":
             g = ev[1]
             c = self.clients.get(g)
@@ -481,15 +506,44 @@ class App:
 
     # --- reception ------------------------------------------------------------------------------------
 
-    def _on_voice(self, now, rtp):
-        if self.transmitting or len(rtp) < 12:
+    def _on_voice_into(self, now, buf, n):
+        """The session's voice_sink: the plain RTP packet ``buf[:n]``, valid during the call."""
+        if self.transmitting or n < 12:
             return  # half duplex: nothing plays while we talk
-        ssrc = (rtp[8] << 24) | (rtp[9] << 16) | (rtp[10] << 8) | rtp[11]
-        for c in self.clients.values():
+        c = self._media_client(buf)
+        if c is not None:
+            c.on_media(now)
+        self.pb.on_voice(self.ticks_ms(), buf, n)
+
+    def _media_client(self, buf):
+        """The PTT client whose floor names the talker of the RTP packet in ``buf``, or None.
+        The last answer is kept with the SSRC's bytes, so a burst's packets after the first make
+        no int of the SSRC (a heap object on the ESP32 for half of all SSRCs) nor dict view."""
+        c = self._rx_client
+        k = self._rx_ssrc
+        if (
+            c is not None
+            and buf[8] == k[0]
+            and buf[9] == k[1]
+            and buf[10] == k[2]
+            and buf[11] == k[3]
+            and c.talker_ssrc == self._rx_ssrc_int
+            and self.clients.get(c.group) is c
+        ):
+            return c
+        ssrc = (buf[8] << 24) | (buf[9] << 16) | (buf[10] << 8) | buf[11]
+        self._rx_client = None
+        for g in self.clients:
+            c = self.clients[g]
             if c.talker_ssrc == ssrc:
-                c.on_media(now)
-                break
-        self.pb.on_voice(ticks_ms(), rtp)
+                k[0] = buf[8]
+                k[1] = buf[9]
+                k[2] = buf[10]
+                k[3] = buf[11]
+                self._rx_client = c
+                self._rx_ssrc_int = ssrc
+                return c
+        return None
 
     def _select_rx(self):
         """Play the best call among the groups we listen to: emergency first, then the talk group,
@@ -722,25 +776,63 @@ class App:
             return
         buf = bytearray(320)
         cap = self.cap
-        send = self._send_voice  # bound once: the loop below makes no new objects of its own
         while True:
             await self._tx_event.wait()
             self._fault("capture")
             mic.start()
-            cap.start_burst(ticks_ms())
+            cap.start_burst(self.ticks_ms())
             try:
                 while self.transmitting:
                     await mic.readinto(buf)
                     if not self.transmitting:
                         break
-                    self._voice_pkt = cap.frame(buf)
-                    if self.drv is not None and self.dev is not None:
-                        self.drv.act(send, "send_voice")
+                    cap.frame(buf)
+                    self._send_frame()
             finally:
                 mic.stop()
 
-    def _send_voice(self, now):
-        return self.dev.send_voice(now, self._voice_pkt)
+    def _send_frame(self):
+        """Protect the frame CapturePath just built where it lies and send it to the relay: no
+        list, tuple or bytes per frame (what Driver.act would make). True when it went out."""
+        dev = self.dev
+        sock = self.sock
+        if dev is None or sock is None:
+            return False
+        counters = self.drv.counters if self.drv is not None else None
+        dest = self._voice_dest
+        if dest is None:
+            # Resolved once per session (a numeric host, normally); retried while it fails.
+            try:
+                dest = self._voice_dest = compat.addr_for_send(dev.relay_addr)
+            except Exception:
+                if counters is not None:
+                    counters["send_errors"] += 1
+                return False
+        pkt = self.cap.buf
+        try:
+            # ``now`` is None: sending voice moves none of the session's timers, and a float
+            # time would be a heap object per frame on MicroPython.
+            m = dev.send_voice_into(None, pkt, PACKET_LEN)
+        except Exception as e:
+            self._task_error("capture send", e, None)
+            return False
+        if m == 0:
+            return False  # not registered
+        v = self._voice_view
+        if m != self._voice_len:
+            v = self._voice_view = memoryview(pkt)[:m]
+            self._voice_len = m
+        try:
+            sock.sendto(v, dest)
+        except OSError:
+            # As the driver does: UDP promises nothing, and a lost frame is concealed.
+            if counters is not None:
+                counters["send_errors"] += 1
+            return False
+        if counters is not None:
+            counters["datagrams_out"] += 1
+            counters["bytes_out"] += m
+        return True
 
     async def _playback_task(self):
         spk = self.hw.speaker
@@ -752,9 +844,9 @@ class App:
         beat = self._beat
         while True:
             self._fault("playback")
-            pb.next_frame(ticks_ms(), out)
+            pb.next_frame(self.ticks_ms(), out)
             await spk.write(out)
-            beat["playback"] = self.clock()
+            beat["playback"] = self.ticks_ms()  # an int: a float time is a heap object per frame
 
     # --- link -------------------------------------------------------------------------------------------
 
@@ -882,9 +974,16 @@ class App:
         family_host = "::" if ":" in relay["host"] else "0.0.0.0"
         self.sock = open_udp(family_host, 0)
         self.drv = Driver(_Core(self), self.sock, log=self.log)
+        self._wire_voice()
         self._spawn("net", self.drv.run)
         self.report("state registering %s" % relay["identity"])
         self._act(self.dev.start)
+
+    def _wire_voice(self):
+        """Voice in and out of the session without per-frame objects (see the module docstring)."""
+        self.dev.voice_sink = self._voice_sink
+        self._voice_dest = None  # resolved at the first frame sent
+        self._rx_client = None
 
     # --- battery, watchdog --------------------------------------------------------------------------------
 
@@ -915,11 +1014,10 @@ class App:
         wd.start(ms)
         period = ms / 4000
         while True:
-            now = self.clock()
             beat = self._beat.get("playback")
             # Playback runs every 20 ms for as long as the device lives: if it has not run for
             # half the watchdog's time, the device is hung in a way the loop alone does not show.
-            if self.hw.speaker is None or beat is None or now - beat < ms / 2000:
+            if self.hw.speaker is None or beat is None or tdiff(self.ticks_ms(), beat) < ms // 2:
                 wd.feed()
             await asyncio.sleep(period)
 

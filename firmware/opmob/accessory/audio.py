@@ -5,24 +5,28 @@ Capture (microphone to the network)::
     cap = CapturePath(ssrc=0, seq=rand16, ts=rand32)
     cap.start_burst(now_ms)        # the floor was granted: next frame carries the RTP marker
     pkt = cap.frame(pcm)           # 320 bytes s16le -> a 96-byte RTP packet (DVI4, PT 5)
-    out = dev.send_voice(now, pkt) # DeviceSession copies it, sets its SSRC, protects it (SRTP)
+    n = dev.send_voice_into(now, cap.buf, PACKET_LEN)   # SSRC set, SRTP in place: cap.buf[:n]
+    out = dev.send_voice(now, pkt)                      # or: a protected copy, for tests and tools
 
-``frame`` returns the path's own buffer, rewritten by the next call: send it (or copy it) first.
-Sequence numbers go up by one per frame and carry on across bursts; the timestamp goes up by 160
-per frame and, at a burst's start, by the time that passed since the previous burst's last
-frame, as RFC 3550 asks (a listener's jitter estimate relies on it). The encoder restarts at
-each burst.
+``frame`` returns a view of the path's own buffer ``cap.buf``, rewritten by the next call: send
+it (or copy it) first. ``cap.buf`` has srtp.TAG_LEN bytes of room after the packet, so the
+session protects it where it is and the app sends ``cap.buf[:n]`` as it is. Sequence numbers go
+up by one per frame and carry on across bursts; the timestamp goes up by 160 per frame and, at a
+burst's start, by the time that passed since the previous burst's last frame, as RFC 3550 asks
+(a listener's jitter estimate relies on it). The encoder restarts at each burst.
 
 Playback (the network to the speaker)::
 
     pb = PlaybackPath()                      # a JitterBuffer and a TonePlayer of its own
-    pb.on_voice(now_ms, rtp)                 # the DeviceSession's ("voice", rtp) event: plain RTP
+    pb.on_voice(now_ms, buf, n)              # the DeviceSession's voice_sink: plain RTP in buf[:n]
+    pb.on_voice(now_ms, rtp)                 # or a whole packet (a ("voice", rtp) event)
     kind = pb.next_frame(now_ms, out)        # every 20 ms: 320 bytes for the speaker
     pb.tones.start("talk_permit")            # tones are mixed over the voice (the voice ducked 6 dB)
     pb.select(ssrc)  /  pb.select(None)      # play only this talker (scan lists), or any
 
 ``on_voice`` checks the RTP header (version, CSRCs, extension, padding, payload type 5) and hands
-the DVI4 payload to the jitter buffer, which copies it into a slot; the packet itself is not kept.
+the DVI4 payload to the jitter buffer, which copies it into a slot; the packet itself is not kept,
+so ``buf`` may be reused as soon as the call returns.
 A talker is told apart from another by the SSRC's four bytes, without making an int of them
 (a 32-bit int is a heap object on the ESP32). Times are integer milliseconds (see jitter.py).
 """
@@ -30,6 +34,7 @@ A talker is told apart from another by the SSRC's four bytes, without making an 
 from opmob.accessory.jitter import JitterBuffer, tdiff
 from opmob.accessory.tones import TonePlayer
 from opmob.dvi4 import FRAME_PAYLOAD, FRAME_SAMPLES, PAYLOAD_TYPE, Dvi4Encoder
+from opmob.srtp import TAG_LEN
 
 RTP_HEADER = 12
 PACKET_LEN = RTP_HEADER + FRAME_PAYLOAD  # 96
@@ -42,8 +47,9 @@ class CapturePath:
     """PCM frames to RTP packets of DVI4 (see the module docstring)."""
 
     def __init__(self, ssrc=0, seq=0, ts=0):
-        self._pkt = bytearray(PACKET_LEN)
-        self._payload = memoryview(self._pkt)[RTP_HEADER:]
+        self.buf = self._pkt = bytearray(PACKET_LEN + TAG_LEN)
+        self._view = memoryview(self._pkt)[:PACKET_LEN]
+        self._payload = memoryview(self._pkt)[RTP_HEADER:PACKET_LEN]
         self._pkt[0] = 0x80  # version 2, no padding, extension or CSRC
         self._pkt[1] = PAYLOAD_TYPE
         self._enc = Dvi4Encoder()
@@ -68,7 +74,7 @@ class CapturePath:
         return (self._ts_hi << 16) | self._ts_lo
 
     def set_ssrc(self, ssrc):
-        """The SSRC written into the header (DeviceSession.send_voice writes its own anyway)."""
+        """The SSRC written into the header (DeviceSession.send_voice[_into] writes its own anyway)."""
         if not isinstance(ssrc, int) or not 0 <= ssrc <= 0xFFFFFFFF:
             raise ValueError("ssrc must be a 32-bit integer")
         p = self._pkt
@@ -95,8 +101,8 @@ class CapturePath:
         self.bursts += 1
 
     def frame(self, pcm):
-        """One 20 ms frame (320 bytes of s16le) to an RTP packet: this path's buffer, valid until
-        the next call."""
+        """One 20 ms frame (320 bytes of s16le) to an RTP packet: a view of ``buf[:PACKET_LEN]``,
+        valid until the next call."""
         if len(pcm) != PCM_BYTES:
             raise ValueError("capture frame must be %d bytes of s16le PCM" % PCM_BYTES)
         self._enc.encode(pcm, self._payload)
@@ -120,7 +126,7 @@ class CapturePath:
         self._ts_lo = lo
         self._burst_frames += 1
         self.frames += 1
-        return p
+        return self._view
 
 
 def _same4(buf, off, ref):
@@ -207,12 +213,15 @@ class PlaybackPath:
         self._next_id = (self._next_id % 0x3FFFFFFF) + 1
         return self._cur_id
 
-    def on_voice(self, now_ms, rtp):
-        """One plain RTP packet heard. False when it was not taken (see ``counters`` and the
-        jitter buffer's)."""
+    def on_voice(self, now_ms, rtp, n=-1):
+        """One plain RTP packet heard, ``rtp[:n]`` (all of ``rtp`` when ``n`` is left out). False
+        when it was not taken (see ``counters`` and the jitter buffer's)."""
         c = self.counters
         c["voice_in"] += 1
-        n = len(rtp)
+        if n < 0:
+            n = len(rtp)
+        elif n > len(rtp):
+            raise ValueError("on_voice: n is beyond the buffer")
         if n < RTP_HEADER or rtp[0] >> 6 != 2:
             c["bad_rtp"] += 1
             return False

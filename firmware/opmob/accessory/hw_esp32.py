@@ -83,6 +83,8 @@ class Esp32Mic:
         self._slot = spec["slot_bits"]
         self._raw = bytearray(FRAME_SAMPLES * self._slot // 8)
         self._shift = spec["gain_shift"]
+        self._mv = None
+        self._mv_of = None
 
     def start(self):
         if self.i2s is not None:
@@ -111,10 +113,14 @@ class Esp32Mic:
         if self._sr is None:
             self.start()
         raw = self._raw if self._slot == 32 else buf
-        mv = memoryview(raw)
-        got = 0
+        mv = self._mv
+        if raw is not self._mv_of:
+            # Kept while the capture task passes the same buffer: no view made per frame.
+            mv = self._mv = memoryview(raw)
+            self._mv_of = raw
         want = len(raw)
-        while got < want:
+        got = await self._sr.readinto(mv) or 0
+        while got < want:  # a short read: the rest, through a slice (rare)
             n = await self._sr.readinto(mv[got:])
             got += n or 0
         if self._slot == 32:

@@ -27,14 +27,22 @@ How it works (docs/accessory-audio.md has the whole story):
   passed since its first packet, then plays. A **new talker** (another ``ssrc``) flushes the old
   one's frames at once and starts buffering its own: no waiting for the old talker's audio to drain
   nor for a marker bit, so a late entrant's first packet starts the stream.
-- **Depth control** on a smoothed depth (frames held at each pop, exponential average with
-  gain 1/8): more than one frame above the target drops a frame, fewer than the target
-  (by half a frame) inserts one, at most one change every 160 ms. Both act on quiet frames
-  (DVI4 step index <= 24, which real speech reaches only between words), so nobody hears them;
-  in speech, three frames too deep drops one, and two frames too shallow inserts a concealment
-  frame.
+- **The playout point holds for a burst.** Once a stream plays, one frame is played per pop
+  whatever the measured jitter does: a frame is never inserted or dropped in the middle of speech
+  because J moved (a busy sender's scheduler, the speaker tick's phase), since each such change
+  shifts the rest of the burst by 20 ms. A new target takes effect at the **next burst's start**
+  (good practice per WebRTC NetEq, RFC 3550 and ITU-T G.1020: adapt at talk-spurt boundaries,
+  or mid-spurt only with time-scale modification, which DVI4 here has not). Mid-burst the point
+  moves only when it must: a packet **later than the buffer holds** (counted ``late``) while the
+  smoothed depth (frames held at each pop, gain 1/8) is below the target inserts one frame, at
+  once (silence when quiet, else a concealment frame next to the one that stood in for the late
+  packet); an **underrun** waits for the late frame (below); and a buffer **more than two
+  frames deeper than the target** (after an underrun, or a burst that began deep) drops quiet
+  frames (DVI4 step index <= 24, reached only between words) until it is not. At most one change
+  every 160 ms.
 - **Underrun** (nothing left to play): the sequence number waits, so a late frame still plays;
-  each such pop adds 20 ms to the delay, which the depth control takes back later. If what then
+  each such pop adds 20 ms to the delay, given back at quiet moments if the buffer is then more
+  than two frames deeper than the target, else at the next burst's start. If what then
   arrives is a later frame (those waited for were lost, not late), the lost frames the waiting
   pops stood in for are skipped, so a loss does not add delay. A stream with nothing to play for
   ``max_ms`` has ended (a talk burst's end): the next packet starts buffering anew. A burst's end
@@ -190,6 +198,7 @@ class JitterBuffer:
         self._wait16 = 0  # smoothed time a played frame waited here, ms times 16
         self._stall = 0
         self._settle = 0  # pops left before the depth may be changed again
+        self._grow = False  # a late packet asked for one frame more
         self._conceal_n = 0
         self._have_last = False
         self.played_seq = None  # sequence number of the last frame played
@@ -263,6 +272,10 @@ class JitterBuffer:
             if d < 0:
                 if d > -RESYNC_FRAMES:
                     c["late"] += 1
+                    if self.state == PLAYING and self._avg16 < self._target_frames() * 16:
+                        # Really late, beyond what the buffer holds, and the measured jitter asks
+                        # for more: the one reason to deepen it in the middle of a burst.
+                        self._grow = True
                     return False
                 c["resync"] += 1
                 self._restart(now_ms, seq)
@@ -305,6 +318,8 @@ class JitterBuffer:
         self._have_transit = False
         self._stall = 0
         self._conceal_n = 0
+        self._settle = 0
+        self._grow = False
 
     def _make_room(self, seq):
         # ``seq`` is SLOTS or more frames ahead: the oldest frames go so that it fits.
@@ -396,32 +411,28 @@ class JitterBuffer:
             self.counters["lost"] += 1
             self._advance()
             return self._conceal(out)
-        t = self._target_frames()
-        avg = self._avg16
         if self._settle:
             self._settle -= 1
-        elif avg > (t + 1) * 16 and span >= 2 and self._held((seq + 1) & 0xFFFF):
-            if avg >= (t + 3) * 16 or self._quiet(seq):
-                # Too deep: skip this frame, play the next.
+        elif self._grow:
+            # A packet came after its turn: one frame more, silence if this moment is quiet,
+            # else a concealment frame next to the one that stood in for the late packet.
+            self._grow = False
+            self.counters["stretched"] += 1
+            self._avg16 += 16
+            self._settle = SETTLE_POPS
+            if self._quiet(seq):
+                self._conceal_n = 0
+                return self._silence(out)
+            return self._conceal(out)
+        elif self._avg16 > (self._target_frames() + 2) * 16 and self._quiet(seq):
+            if span >= 2 and self._held((seq + 1) & 0xFFFF):
+                # More than two frames deeper than the jitter needs (after a stall, or a burst
+                # that began deep): a quiet frame goes.
                 self.counters["shrunk"] += 1
-                self._avg16 = avg - 16
+                self._avg16 -= 16
                 self._settle = SETTLE_POPS
                 self._advance()
                 seq = self._next
-        elif avg < t * 16 - 8 and span < t:
-            if self._quiet(seq):
-                # Too shallow: a quiet moment is made 20 ms longer.
-                self.counters["stretched"] += 1
-                self._avg16 = avg + 16
-                self._settle = SETTLE_POPS
-                self._conceal_n = 0
-                return self._silence(out)
-            if avg < (t - 2) * 16:
-                # Two frames short in the middle of speech: one concealment frame, as for a loss.
-                self.counters["stretched"] += 1
-                self._avg16 = avg + 16
-                self._settle = SETTLE_POPS
-                return self._conceal(out)
         slot = seq & _SLOT_MASK
         self._dec.decode(self._buf[slot], out)
         self.played_seq = seq

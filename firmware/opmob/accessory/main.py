@@ -1,7 +1,10 @@
 """Start the accessory: board, hardware, configuration, the app's tasks.
 
 On a board, ``boards/main.py`` (copied to the device as ``/main.py``) calls ``run()`` with the
-defaults: ``/board.json``, ``/config.json``, ``/state``. On the MicroPython unix port (CI, the
+defaults: ``/board.json``, ``/config.json``, ``/state``. A virtual device (``opmob virtual``) runs
+the same ``/main.py``; its sim wiring (control port, microphone, speaker, WiFi scenario), given on
+``opmob virtual``'s command line, is in ``/.sim.json`` beside its ``/.hwid``: part of the
+(virtual) hardware, not of what ``opmob deploy`` copies. On the MicroPython unix port (CI, the
 demo)::
 
     micropython -m opmob.accessory.main --board boards/unix-sim.json --config config.json \\
@@ -24,6 +27,10 @@ import asyncio  # noqa: E402
 from opmob import compat  # noqa: E402
 
 RESTART_PAUSE_S = 5
+WIRING = "/.sim.json"
+# The sim board's settings a virtual device's wiring may set (the board file's sim keys that the
+# hardware takes as options), with their JSON type.
+_WIRING_KEYS = {"control_port": int, "mic": str, "speaker": str, "wifi_scenario": str, "battery_mv": int}
 
 _SIM_OPTIONS = {
     "--control-port": ("control_port", int),
@@ -37,6 +44,43 @@ _SIM_OPTIONS = {
 
 def _console(line):
     print(line)
+
+
+class WiringError(ValueError):
+    pass
+
+
+def load_wiring(path):
+    """The sim wiring in ``path`` as ``make_hardware`` options; {} when there is no such file.
+    WiringError names the key at fault: a technician's mistake must not look like a firmware bug."""
+    import json
+
+    try:
+        f = open(path)
+    except OSError:
+        return {}
+    try:
+        try:
+            doc = json.load(f)
+        except ValueError:
+            raise WiringError("%s is not JSON" % path)
+    finally:
+        f.close()
+    if not isinstance(doc, dict):
+        raise WiringError("%s: expected an object of sim settings" % path)
+    options = {}
+    for key in sorted(doc):
+        want = _WIRING_KEYS.get(key)
+        if want is None:
+            raise WiringError("%s: unknown key %r (known: %s)" % (path, key, ", ".join(sorted(_WIRING_KEYS))))
+        v = doc[key]
+        # bool is an int to CPython: a port of true is a mistake, not 1.
+        if not isinstance(v, want) or isinstance(v, bool):
+            raise WiringError("%s: %s: expected %s" % (path, key, "a number" if want is int else "text"))
+        if key == "control_port" and not 0 < v <= 65535:
+            raise WiringError("%s: control_port: expected a TCP port 1..65535" % path)
+        options[key] = v
+    return options
 
 
 def _code_heap():
@@ -53,8 +97,12 @@ def _code_heap():
     return None
 
 
-def run(board_path="/board.json", config_path="/config.json", state_dir="/state", **options):
-    """Boot and run; returns the exit code (0 after ``quit``; 2 for a board file to fix)."""
+def run(
+    board_path="/board.json", config_path="/config.json", state_dir="/state", wiring_path=WIRING, **options
+):
+    """Boot and run; returns the exit code (0 after ``quit``; 2 for a board or wiring file to fix).
+    On a sim board, ``wiring_path`` (if it exists) overrides the board's sim section; ``options``
+    override both."""
     from opmob.accessory import board as bd
 
     heap_code = _code_heap()
@@ -67,6 +115,23 @@ def run(board_path="/board.json", config_path="/config.json", state_dir="/state"
     if _safe_mode(board):
         _console("opmob accessory: SAFE MODE (PTT held at power-on): the app is not started; REPL free")
         return 0
+    if board.is_sim and wiring_path:
+        try:
+            wiring = load_wiring(wiring_path)
+        except WiringError as e:
+            _console("opmob accessory: SIM WIRING REJECTED: %s" % e)
+            _console(
+                "opmob accessory: start the virtual device again with valid options (docs/technician.md)"
+            )
+            return 2
+        if wiring:
+            _console(
+                "opmob accessory: sim wiring %s: %s"
+                % (wiring_path, ", ".join("%s %s" % (k, wiring[k]) for k in sorted(wiring)))
+            )
+        for k in wiring:
+            if k not in options:
+                options[k] = wiring[k]
     from opmob.accessory.app import App, where
     from opmob.accessory.hw import make_hardware
 
@@ -144,7 +209,7 @@ def main(argv):
         i += 2
     if None in paths.values():
         return _usage()
-    return run(paths["--board"], paths["--config"], paths["--state"], **options)
+    return run(paths["--board"], paths["--config"], paths["--state"], None, **options)
 
 
 if __name__ == "__main__":
