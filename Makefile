@@ -47,7 +47,7 @@ apt:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(STAMPS)/venv: requirements.txt pyproject.toml | apt
+$(STAMPS)/venv: requirements.txt pyproject.toml setup.py | apt
 	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(VPY) -m pip install -q --disable-pip-version-check --no-deps -e .

@@ -292,12 +292,9 @@ class LinkPlane:
         if msg.is_response:
             return self._on_link_response(now, addr, link, msg)
         peer = link.pid
-        cached = self._cache.lookup(now, peer, msg.txid)
-        if cached is txn.PENDING:
-            raise Drop("sig_in_progress")
-        if cached is not None:
-            self.counters["sig_retransmits"] += 1
-            return [(addr, cached)]
+        again = self._retransmitted(now, addr, peer, msg.txid)
+        if again is not None:
+            return again
         if msg.type == sig.LINK_AUTH:
             return self._on_link_auth(now, addr, link, h.session, msg)
         if link.sid != h.session or not link.up:
@@ -307,16 +304,7 @@ class LinkPlane:
         link.window.accept(msg.txid)
         link.last_seen = now
         link.addr = addr
-        self._cache.begin(now, peer, msg.txid)
-        try:
-            resp, extra = self._link_request_in(now, link, msg)
-        except Drop:
-            self._cache.forget(peer, msg.txid)
-            raise
-        self._cache.store(now, peer, msg.txid, resp)
-        out = [(addr, resp)]
-        out.extend(extra)
-        return out
+        return self._answer_once(now, addr, peer, msg.txid, self._link_request_in, link, msg)
 
     def _on_link_hello(self, now, addr, data):
         try:
@@ -491,7 +479,7 @@ class LinkPlane:
                 del link.att[t.ctx]  # tried again at the next keep-alive tick
         return out
 
-    def _link_request_in(self, now, link, msg):
+    def _link_request_in(self, now, addr, link, msg):
         t = msg.type
         if t == sig.KEEPALIVE:
             link.counters["keepalives"] += 1

@@ -59,24 +59,37 @@ class SigPlane:
         if not h.protected:
             s = None  # an open message proves nothing about a session
         peer = h.session if h.protected else addr
-        cached = self._cache.lookup(now, peer, msg.txid)
-        if cached is txn.PENDING:
-            raise Drop("sig_in_progress")
-        if cached is not None:
-            self.counters["sig_retransmits"] += 1
-            return [(addr, cached)]
+        again = self._retransmitted(now, addr, peer, msg.txid)
+        if again is not None:
+            return again
         if s is not None:
             if not s.window.fresh(msg.txid):
                 raise Drop("sig_replayed")
             s.window.accept(msg.txid)
             self._seen(s, now, addr)
-        self._cache.begin(now, peer, msg.txid)
+        return self._answer_once(now, addr, peer, msg.txid, self._request, s, msg)
+
+    def _retransmitted(self, now, addr, peer, txid):
+        """The cached answer (as datagrams) when ``txid`` from ``peer`` was answered before, else
+        None; a request still being answered is dropped."""
+        cached = self._cache.lookup(now, peer, txid)
+        if cached is txn.PENDING:
+            raise Drop("sig_in_progress")
+        if cached is not None:
+            self.counters["sig_retransmits"] += 1
+            return [(addr, cached)]
+        return None
+
+    def _answer_once(self, now, addr, peer, txid, handle, s, msg):
+        """``handle(now, addr, s, msg) -> (response, other datagrams)`` for a new request, its
+        response cached so that a retransmission gets the same bytes and never a second action."""
+        self._cache.begin(now, peer, txid)
         try:
-            resp, extra = self._request(now, addr, s, msg)
+            resp, extra = handle(now, addr, s, msg)
         except Drop:
-            self._cache.forget(peer, msg.txid)
+            self._cache.forget(peer, txid)
             raise
-        self._cache.store(now, peer, msg.txid, resp)
+        self._cache.store(now, peer, txid, resp)
         out = [(addr, resp)]
         out.extend(extra)
         return out
