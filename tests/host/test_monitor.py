@@ -4,6 +4,7 @@ the frame renderer on a busy status; a relay that cannot be reached."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -49,10 +50,13 @@ def test_once_shows_a_live_relay(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A test run started in the background (nohup ... &) inherits SIGINT ignored, and Python
+            # then never raises KeyboardInterrupt: give the monitor the terminal's default.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         time.sleep(2)
-        live.send_signal(2)
-        stdout, _ = live.communicate(10)
+        live.send_signal(signal.SIGINT)
+        stdout, _ = live.communicate(timeout=10)
         assert live.returncode == 130 and stdout.count("DEVICES") >= 2
         proc.terminate()
         proc.wait(20)
