@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import serial
 from opmob_host.vaccessory import MICROPYTHON, SPEECH, Attached, Fleet, segment_ncc
-from virtualdev import Virtual, opmob, running
+from virtualdev import Virtual, opmob, running, write_inventory
 
 pytestmark = pytest.mark.slow
 GROUP = "fire-1@no"
@@ -116,13 +116,7 @@ def test_deploy_provision_verify_then_group_call_on_the_devices(
         pytest.fail(f"{SPEECH} missing: install Debian's codec2-examples (make setup)")
     t_start = time.monotonic()
     fleet = ExportedFleet(tmp_path / "relay", ["alice@no", "bob@no"])  # a free UDP port, the SSID
-    inv = tmp_path / "fleet.toml"
-    inv.write_text(
-        'format = "opmob-fleet"\nversion = 1\nsystem = "no"\n\n'
-        '[defaults]\nboard = "unix-sim"\ngroups = ["fire-1@no"]\nceiling = 100\n\n'
-        f'[[relays]]\nidentity = "relay-1@no"\nhost = "127.0.0.1"\nport = {fleet.udp}\nssid = "{fleet.ssid(0)}"\n\n'
-        '[[groups]]\nidentity = "fire-1@no"\npolicy = "members"\npriority = 100\n'
-    )
+    inv = write_inventory(tmp_path / "fleet.toml", fleet.udp, fleet.ssid(0))
     scenario = tmp_path / "bob-wifi.json"
     scenario.write_text(json.dumps({"networks": [{"ssid": fleet.ssid(0), "rssi": -60}]}))
     outputs: list[str] = []  # every opmob command's output: none may show a secret
@@ -227,13 +221,7 @@ def test_mpremote_reset_starts_the_provisioned_firmware_with_its_wiring(tmp_path
     the control port and writes the speaker file that ``opmob virtual`` was given."""
     if not MICROPYTHON.exists():
         pytest.fail("MicroPython unix port not installed: run `make setup`")
-    inv = tmp_path / "fleet.toml"
-    inv.write_text(
-        'format = "opmob-fleet"\nversion = 1\nsystem = "no"\n\n'
-        '[defaults]\nboard = "unix-sim"\ngroups = ["fire-1@no"]\nceiling = 100\n\n'
-        '[[relays]]\nidentity = "relay-1@no"\nhost = "127.0.0.1"\nport = 9\nssid = "opmob-none"\n\n'
-        '[[groups]]\nidentity = "fire-1@no"\npolicy = "members"\npriority = 100\n'
-    )
+    inv = write_inventory(tmp_path / "fleet.toml")
     speaker = tmp_path / "out" / "ada.wav"
     speaker.parent.mkdir()
     with running(tmp_path / "dev", "--speaker", str(speaker)) as dev:

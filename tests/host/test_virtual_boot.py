@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import serial
 from opmob_host.vaccessory import MICROPYTHON
-from virtualdev import opmob, running
+from virtualdev import opmob, running, write_inventory
 
 pytestmark = pytest.mark.slow
 
@@ -61,13 +61,7 @@ def test_a_main_that_never_returns_is_interrupted_by_mpremote(tmp_path: Path) ->
 
 
 def test_deployed_and_provisioned_device_boots_the_accessory(tmp_path: Path) -> None:
-    inv = tmp_path / "fleet.toml"
-    inv.write_text(
-        'format = "opmob-fleet"\nversion = 1\nsystem = "no"\n\n'
-        '[defaults]\nboard = "unix-sim"\ngroups = ["fire-1@no"]\nceiling = 100\n\n'
-        '[[relays]]\nidentity = "relay-1@no"\nhost = "127.0.0.1"\nport = 9\nssid = "opmob-none"\n\n'
-        '[[groups]]\nidentity = "fire-1@no"\npolicy = "members"\npriority = 100\n'
-    )
+    inv = write_inventory(tmp_path / "fleet.toml")
     state = tmp_path / "dev"
     with running(state) as dev:
         assert opmob("deploy", "--port", dev.port, "--board", "unix-sim").returncode == 0

@@ -12,6 +12,18 @@ ROOT = Path(__file__).resolve().parents[2]
 MPREMOTE = ROOT / ".venv" / "bin" / "mpremote"
 
 
+def write_inventory(path: Path, port: int = 9, ssid: str = "opmob-none") -> Path:
+    """A fleet inventory (docs/technician.md) of unix-sim devices in fire-1@no, served by one relay
+    at 127.0.0.1:``port`` that the devices find as WiFi ``ssid`` (the defaults: no relay)."""
+    path.write_text(
+        'format = "opmob-fleet"\nversion = 1\nsystem = "no"\n\n'
+        '[defaults]\nboard = "unix-sim"\ngroups = ["fire-1@no"]\nceiling = 100\n\n'
+        f'[[relays]]\nidentity = "relay-1@no"\nhost = "127.0.0.1"\nport = {port}\nssid = "{ssid}"\n\n'
+        '[[groups]]\nidentity = "fire-1@no"\npolicy = "members"\npriority = 100\n'
+    )
+    return path
+
+
 def opmob(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "opmob_host.cli", *args],
