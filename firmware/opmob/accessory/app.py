@@ -216,12 +216,19 @@ class App:
 
         self.state = State(self.state_dir, self.log)
         self.groups = Groups(cfg.talk_groups, cfg.scan_groups, self.state)
-        self.cap = audio.CapturePath(ssrc=0, seq=self._rand_int(2), ts=self._rand_int(4) & 0x3FFFFFFF)
+        self.cap = audio.CapturePath(ssrc=0, seq=self._first_seq(), ts=self._rand_int(4) & 0x3FFFFFFF)
         self.mode = RUNNING
         self.log(
             "opmob accessory: %s on board %s, talk group %s, scan %s"
             % (cfg.identity, self.board.name, self.groups.selected, "on" if self.groups.scan_on else "off")
         )
+
+    def _first_seq(self):
+        # Random (RFC 3550), but below 2^15, as WebRTC does: the relay's SRTP context takes ROC 0
+        # at the first packet it gets, so a stream that wrapped before any packet reached it (the
+        # first ones lost) would fail authentication to the end. Below 2^15 that takes more than
+        # 32,768 lost frames (11 minutes).
+        return self._rand_int(2) & 0x7FFF
 
     def _rand_int(self, n):
         v = 0
@@ -382,6 +389,8 @@ class App:
                 out.extend(self._floor_out(now, g, c.on_floor(now, ev[2])))
                 self._select_rx()
         elif kind == "registered":
+            # New SSRC and SRTP keys: a new RTP stream.
+            self.cap.new_stream(self._first_seq())
             was_lost = self.lost
             self.lost = False
             self.roaming = False

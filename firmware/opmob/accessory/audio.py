@@ -83,6 +83,12 @@ class CapturePath:
         p[10] = (ssrc >> 8) & 0xFF
         p[11] = ssrc & 0xFF
 
+    def new_stream(self, seq):
+        """A new SRTP context (each registration brings its own SSRC and keys): the sequence
+        numbers start again from ``seq`` (RFC 3550: a random start per SSRC)."""
+        self._seq = seq & 0xFFFF
+        self._marker = True
+
     def _add_ts(self, n):
         lo = self._ts_lo + (n & 0xFFFF)
         self._ts_hi = (self._ts_hi + ((n >> 16) & 0xFFFF) + (lo >> 16)) & 0xFFFF
