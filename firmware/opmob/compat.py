@@ -279,7 +279,11 @@ else:
 # - ``wait_readable(sock)``: awaitable that completes when ``sock`` has data, without busy polling:
 #   on MicroPython it parks the task in asyncio's own ``select.poll`` (the mechanism asyncio's
 #   streams use), so a datagram wakes the task at once and an idle relay costs no CPU.
-# - ``sleep_ms(ms)``: asyncio sleep of whole milliseconds.
+#   ``ReadWait(sock)`` is the same, awaited again and again without an object per wait.
+# - ``sleep_ms(ms)``: asyncio sleep of whole milliseconds. On MicroPython it returns asyncio's one
+#   reusable sleep object, so awaiting it allocates nothing (the audio tasks rely on that).
+# - ``ticks_ms()``: integer milliseconds for the audio paths, to be compared modulo 2^30
+#   (``accessory.jitter.tdiff``): a small int where a float time would be a heap object.
 
 if IS_MICROPYTHON:
     import time as _time
@@ -292,19 +296,34 @@ if IS_MICROPYTHON:
         _mono[0] = t
         return _mono[1] / 1000
 
+    ticks_ms = _time.ticks_ms
+
     _SENDTO_CACHE_MAX = const(64)
     _sendto_cache = {}
+
+    _recv_cache = {}
 
     def addr_from_recv(a):
         if isinstance(a, tuple):
             return a
+        # The same peers send again and again: their converted address is kept, keyed by the
+        # raw sockaddr (a dict lookup allocates nothing; converting makes a tuple and a string,
+        # 160 bytes per datagram). Bounded like the cache below.
+        addr = _recv_cache.get(a)
+        if addr is not None:
+            return addr
         import socket
 
         parts = socket.sockaddr(a)
         host = socket.inet_ntop(parts[0], parts[1])
         if len(parts) > 3:
-            return (host, parts[2], parts[3], parts[4])
-        return (host, parts[2])
+            addr = (host, parts[2], parts[3], parts[4])
+        else:
+            addr = (host, parts[2])
+        if len(_recv_cache) >= _SENDTO_CACHE_MAX:
+            _recv_cache.clear()
+        _recv_cache[a] = addr
+        return addr
 
     def addr_for_send(addr):
         raw = _sendto_cache.get(addr)
@@ -323,6 +342,33 @@ if IS_MICROPYTHON:
 
         yield asyncio.core._io_queue.queue_read(sock)
 
+    class ReadWait:
+        """``wait_readable(sock)`` as one object awaited again and again: calling a generator
+        function makes a generator object (64 bytes) per wait, which a receive loop woken 50
+        times a second in a call should not. Built as asyncio's own ``sleep_ms`` object is: it
+        parks the task in the IO queue, and when the task resumes ends with a kept
+        StopIteration. One per task (a cancelled wait leaves it armed: make a new one)."""
+
+        def __init__(self, sock):
+            import asyncio
+
+            self.queue = asyncio.core._io_queue
+            self.sock = sock
+            self.armed = False
+            self.exc = StopIteration()
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            if not self.armed:
+                self.armed = True
+                self.queue.queue_read(self.sock)
+                return None
+            self.armed = False
+            self.exc.__traceback__ = None
+            raise self.exc
+
     def sleep_ms(ms):
         import asyncio
 
@@ -332,6 +378,9 @@ else:
     import time as _time
 
     monotonic = _time.monotonic
+
+    def ticks_ms():
+        return int(_time.monotonic() * 1000)
 
     def addr_from_recv(a):
         return a
@@ -359,6 +408,15 @@ else:
         import asyncio
 
         await asyncio.sleep(ms / 1000)
+
+    class ReadWait:
+        """See the MicroPython twin: here each wait is ``wait_readable``'s coroutine."""
+
+        def __init__(self, sock):
+            self.sock = sock
+
+        def __await__(self):
+            return wait_readable(self.sock).__await__()
 
 
 # --- Files: private, durable writes ----------------------------------------------------------------

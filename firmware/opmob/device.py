@@ -292,11 +292,11 @@ class DeviceSession:
     def next_deadline(self):
         if self.state == KILLED:
             return None
-        d = self._txns.deadline()
-        for t in (self._retry_at, self._rereg_at, self._ka_at, self._probe_at):
-            if t is not None and (d is None or t < d):
-                d = t
-        return d
+        earlier = txn.earlier
+        d = earlier(self._txns.deadline(), self._retry_at)
+        d = earlier(d, self._rereg_at)
+        d = earlier(d, self._ka_at)
+        return earlier(d, self._probe_at)
 
     def _timed_out(self, now, t):
         mt = t.type

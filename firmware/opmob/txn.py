@@ -169,9 +169,11 @@ class Transactions:
     def deadline(self):
         """When ``poll`` next has something to do, or None when nothing is in flight."""
         d = None
-        for t in self._open.values():
-            if d is None or t.deadline < d:
-                d = t.deadline
+        op = self._open
+        for txid in op:  # the keys: on MicroPython .values() is a heap object per call
+            t = op[txid].deadline
+            if d is None or t < d:
+                d = t
         return d
 
     def on_response(self, txid, response_type=None):
@@ -319,3 +321,16 @@ class ReplayWindow:
             self.highest = n
         else:
             self.bitmap |= 1 << -off
+
+
+def earlier(d, t):
+    """The earlier of two deadlines, either of which may be None (no deadline).
+
+    The sessions' ``next_deadline`` run after every datagram a driver handles, so they compare
+    their timers pairwise with this rather than looping over a tuple of them: on MicroPython a
+    tuple is a heap object per call."""
+    if t is None:
+        return d
+    if d is None or t < d:
+        return t
+    return d

@@ -296,7 +296,7 @@ def _voice_apps(d):
     for ev in w.events("bob", "floor"):
         c.on_floor(w.now, ev[2])
     assert c.talker_ssrc == ann.ssrc
-    return w, a, b, rx
+    return w, a, b, rx, rx_addr
 
 
 def _close(*socks):
@@ -306,7 +306,7 @@ def _close(*socks):
 
 def test_voice_goes_between_the_session_and_the_socket_without_the_driver():
     with TempDir() as d:
-        w, a, b, rx = _voice_apps(d)
+        w, a, b, rx, _rx_addr = _voice_apps(d)
         try:
             t = [0]
             b.ticks_ms = lambda: t[0]
@@ -364,7 +364,7 @@ def test_voice_frames_allocate_nothing_beyond_the_hmac():
     hmac = _per_frame_total(lambda i: mac.digest1(view), FRAMES)
     assert hmac > 0 and hmac % FRAMES == 0, hmac  # the same bytes every time
     with TempDir() as d:
-        w, a, b, rx = _voice_apps(d)
+        w, a, b, rx, _rx_addr = _voice_apps(d)
         try:
             frames = _tone_frames()
             cap = a.cap
@@ -419,3 +419,178 @@ def test_voice_frames_allocate_nothing_beyond_the_hmac():
             del buf
         finally:
             _close(rx, a.sock)
+
+
+# --- the whole running voice path -----------------------------------------------------------------
+
+
+def _bob_packets(w, a, count):
+    """ann's frames as the relay sends them to bob (the relay is not what is measured here)."""
+    n = 12 + 84
+    got = []
+    baddr = w.addr["bob"]
+    w.tap = lambda src, dst, data: got.append(data) if dst == baddr and data[0] == 0x80 else None
+    w.lose = lambda src, dst, data: dst == baddr and data[0] == 0x80
+    cap = a.cap
+    cap.start_burst(0)
+    pcm = _tone_frames()[0]
+    for _ in range(count):
+        cap.frame(pcm)
+        m = w.devs["ann"].send_voice_into(None, cap.buf, n)
+        w.act("ann", [(RELAY, bytes(cap.buf[:m]))])
+    w.tap = w.lose = None
+    assert len(got) == count, len(got)
+    return got
+
+
+class _NullCore:
+    """A core that takes every datagram and answers nothing: the driver's own cost."""
+
+    def on_datagram(self, now, addr, data):
+        return ()
+
+    def next_deadline(self):
+        return None
+
+
+def _driver_cost(relay, relay_addr, count):
+    """Heap allocated per datagram by relay_uasyncio.Driver itself (recvfrom, asyncio's wake-up,
+    the time of arrival) around a core that does nothing, one datagram per wake-up."""
+    import asyncio
+
+    from opmob.relay_uasyncio import Driver, open_udp
+
+    sock = open_udp("127.0.0.1", 0)
+    drv = Driver(_NullCore(), sock)
+    sink = bytearray(2048)
+    while relay.readinto(sink) is not None:
+        pass
+    sock.sendto(b"hello", compat.addr_for_send(relay_addr))
+    _hello, raw = relay.recvfrom(64)
+    pkt = bytes(106)
+    res = {}
+
+    async def main():
+        task = asyncio.create_task(drv._rx())
+        for _ in range(20):
+            relay.sendto(pkt, raw)
+            await asyncio.sleep_ms(2)
+        gc.collect()
+        gc.disable()
+        before = gc.mem_alloc()
+        for _ in range(count):
+            relay.sendto(pkt, raw)
+            await asyncio.sleep_ms(2)
+        res["used"] = gc.mem_alloc() - before
+        gc.enable()
+        task.cancel()
+        await asyncio.sleep_ms(0)
+
+    try:
+        asyncio.run(main())
+    finally:
+        sock.close()
+    assert drv.counters["datagrams_in"] == count + 20, drv.counters
+    return res["used"] // count
+
+
+def _run_call(a, b, relay, relay_addr, got, warm, frames):
+    """ann's capture task sending to ``relay`` (a stand-in socket), bob's receive (the driver)
+    and playback tasks hearing ``got`` from it every 20 ms; what the heap gained while bob
+    received ``frames`` packets after ``warm``, the collector off, and the counts."""
+    import asyncio
+
+    from opmob.relay_uasyncio import Driver, open_udp
+
+    b.sock = open_udp("127.0.0.1", 0)
+    b.drv = Driver(appmod._Core(b), b.sock)
+    b.dev.relay_addr = relay_addr
+    b._wire_voice()
+    b.sock.sendto(b"hello", compat.addr_for_send(relay_addr))
+    _hello, bob_raw = relay.recvfrom(64)  # where bob is (the unix port has no getsockname)
+    sink = bytearray(2048)
+    res = {}
+
+    async def feed():
+        # The relay's side, allocating nothing itself: bob's packets every 20 ms, ann's drained.
+        for i in range(len(got)):
+            relay.sendto(got[i], bob_raw)
+            await asyncio.sleep_ms(20)
+            while relay.readinto(sink) is not None:
+                pass
+
+    async def main():
+        tasks = [
+            asyncio.create_task(b.drv._rx()),
+            asyncio.create_task(b._playback_task()),
+            asyncio.create_task(a._capture_task()),
+            asyncio.create_task(feed()),
+        ]
+        a._set_transmit(True)
+        dev = b.dev.counters
+        while dev["voice_rx"] < warm:
+            await asyncio.sleep_ms(20)
+        r0 = dev["voice_rx"]
+        s0 = a.drv.counters["datagrams_out"]
+        p0 = b.pb.jitter.counters["played"]
+        gc.collect()
+        gc.disable()
+        before = gc.mem_alloc()
+        while dev["voice_rx"] < warm + frames:
+            await asyncio.sleep_ms(5)
+        used = gc.mem_alloc() - before
+        res["received"] = dev["voice_rx"] - r0
+        res["sent"] = a.drv.counters["datagrams_out"] - s0
+        gc.enable()
+        res["used"] = used
+        res["played"] = b.pb.jitter.counters["played"] - p0
+        a._set_transmit(False)
+        for t in tasks:
+            t.cancel()
+        await asyncio.sleep_ms(0)
+
+    asyncio.run(main())
+    return res
+
+
+def test_the_running_tasks_allocate_only_the_hmac_and_the_socket():
+    # The whole voice path as the running app executes it, in real time: ann's capture task
+    # (the sim mic's frame clock, CapturePath, SRTP, sendto), bob's receive (the driver's
+    # wake-up and recvfrom, the session's SRTP, voice_sink, the PTT client, the jitter buffer,
+    # the driver re-arming its timer from the cores' deadlines) and bob's playback task (jitter
+    # buffer, DVI4, tones, the sim speaker), every loop iteration included, FRAMES packets each
+    # way with the collector off. Allowed: one HMAC-SHA1 of hashlib per packet protected or
+    # unprotected, and per packet received what relay_uasyncio.Driver costs around a core that
+    # does nothing (recvfrom's bytes and address, asyncio's wake-up, the float time of arrival),
+    # each measured here on this runtime; 2 KB in all for one-off growth (asyncio's queues). So
+    # anything else allocating 16 bytes a frame fails.
+    if not IS_MICROPYTHON:
+        raise SkipTest(
+            "allocation is measured on MicroPython only (CPython's numbers say nothing of the ESP32)"
+        )
+    mac = compat.HmacSha1(bytes(range(20)))
+    view = memoryview(bytearray(110))[:100]
+    mac.digest1(view)
+    hmac = _per_frame_total(lambda i: mac.digest1(view), FRAMES) // FRAMES
+    warm = 25
+    with TempDir() as d:
+        w, a, b, relay, relay_addr = _voice_apps(d)
+        try:
+            driver = _driver_cost(relay, relay_addr, 200)
+            got = _bob_packets(w, a, FRAMES + 3 * warm)
+            a._voice_dest = compat.addr_for_send(relay_addr)
+            res = _run_call(a, b, relay, relay_addr, got, warm, FRAMES)
+        finally:
+            _close(relay, a.sock)
+            if b.sock is not None:
+                b.sock.close()
+    sent, received = res["sent"], res["received"]
+    assert received == FRAMES and sent >= FRAMES - 25, res  # both directions ran all along
+    assert res["played"] >= FRAMES - 10, res  # and playback at the packets' pace
+    allowed = sent * hmac + received * (hmac + driver)
+    print(
+        "running call: %d B allocated for %d frames sent and %d received; per frame sent one "
+        "HMAC (%d B), per frame received one HMAC and the driver's own %d B; left over %d B"
+        % (res["used"], sent, received, hmac, driver, res["used"] - allowed)
+    )
+    assert (sent + received) * hmac <= res["used"] <= allowed + 2048, (res, hmac, driver, allowed)

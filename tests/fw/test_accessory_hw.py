@@ -193,8 +193,7 @@ def test_sim_mic_reads_a_file_then_silence_and_reports():
         pcm = bytes([1, 2]) * 200  # 200 samples
         write_bytes(d + "/m.raw", pcm)
         mic = hw_sim.SimMic(ctl, d + "/m.raw")
-        mic.clock = hw_sim.FrameClock(clock=lambda: 0.0)  # never waits
-        mic.clock.start = -100.0
+        mic.clock = hw_sim.FrameClock(ticks=lambda: 0)  # 20 ms a frame: 40 ms in all
         buf = bytearray(320)
 
         async def two():

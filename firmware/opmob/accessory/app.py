@@ -38,13 +38,13 @@ import gc
 import json
 import os
 import sys
-import time
 
 from opmob import compat, sig
 from opmob.accessory import hw as hwmod
 from opmob.accessory.audio import PACKET_LEN
 from opmob.accessory.jitter import tdiff
 from opmob.accessory.link import Backoff, RelaySelector
+from opmob.txn import earlier
 
 IS_MP = compat.IS_MICROPYTHON
 UNPROVISIONED = "unprovisioned"
@@ -64,11 +64,7 @@ ERR_LOG_MAX = 10  # task error lines per minute; the rest are counted
 LOW_BATTERY_HYSTERESIS = 5  # percent
 
 
-def ticks_ms():
-    """Integer milliseconds for the audio paths (a small int: no heap object on a device)."""
-    if IS_MP:
-        return time.ticks_ms()
-    return int(time.monotonic() * 1000)
+ticks_ms = compat.ticks_ms  # integer milliseconds for the audio paths (no heap object per call)
 
 
 def where(e):
@@ -116,10 +112,9 @@ class _Core:
     def next_deadline(self):
         app = self.app
         d = app.dev.next_deadline()
-        for c in app.clients.values():
-            t = c.next_deadline()
-            if t is not None and (d is None or t < d):
-                d = t
+        clients = app.clients
+        for g in clients:  # the keys: .values() would be a heap object per call
+            d = earlier(d, clients[g].next_deadline())
         return d
 
 
@@ -786,17 +781,20 @@ class App:
         buf = bytearray(320)
         cap = self.cap
         while True:
-            await self._tx_event.wait()
+            await self._tx_event.wait()  # once a burst: a coroutine here costs nothing per frame
             self._fault("capture")
             mic.start()
             cap.start_burst(self.ticks_ms())
             try:
                 while self.transmitting:
-                    await mic.readinto(buf)
+                    # Per frame only the mic's wait() awaitable, which allocates nothing: an
+                    # awaited coroutine would be a new generator object every 20 ms.
+                    await mic.wait()
                     if not self.transmitting:
                         break
-                    cap.frame(buf)
-                    self._send_frame()
+                    if mic.read(buf):
+                        cap.frame(buf)
+                        self._send_frame()
             finally:
                 mic.stop()
 
@@ -854,7 +852,10 @@ class App:
         while True:
             self._fault("playback")
             pb.next_frame(self.ticks_ms(), out)
-            await spk.write(out)
+            # As capture: the speaker's wait() awaitable, not a coroutine per frame.
+            await spk.wait()
+            while not spk.put(out):
+                await spk.wait()
             beat["playback"] = self.ticks_ms()  # an int: a float time is a heap object per frame
 
     # --- link -------------------------------------------------------------------------------------------

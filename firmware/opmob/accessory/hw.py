@@ -203,8 +203,14 @@ class Hardware:
       ``await wait_button_edge(timeout_s)`` returns when a key's level may have changed, or after
       the timeout
     - ``leds``: ``set_pattern(name, now)``, ``update(now)`` -> next change time or None
-    - ``mic``: ``start()``, ``stop()``, ``await readinto(buf)`` one 20 ms frame of 16-bit PCM
-    - ``speaker``: ``start()``, ``stop()``, ``await write(buf)`` one 20 ms frame; paced by the device
+    - ``mic``: ``start()``, ``stop()``; per frame ``await mic.wait()`` then ``mic.read(buf)``, True
+      when ``buf`` holds the next 20 ms of 16-bit PCM (False: part of it, wait again). ``wait()``
+      returns an awaitable that allocates nothing (MicroPython's ``asyncio.sleep_ms`` object),
+      not a new coroutine: the capture task must not allocate per frame.
+      ``await readinto(buf)`` does both, for code that does not mind a coroutine per frame
+    - ``speaker``: ``start()``, ``stop()``; per frame ``await speaker.wait()`` (room for it: the
+      device's pace) then ``speaker.put(buf)``, True when all of it was taken (False: wait, put
+      again). ``await write(buf)`` does both
     - ``battery``: ``read_mv()``
     - ``wifi``: ``active(on)``, ``scan()`` -> [(ssid, rssi)] (blocks for a second or two on a
       device), ``connect(ssid, psk)`` -> bool, ``isconnected()``, ``disconnect()``, ``rssi()``

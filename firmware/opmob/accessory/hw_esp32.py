@@ -7,17 +7,20 @@ still compile with ``mpy-cross -march=xtensawin``, which the tests check.
   button task sleeps until something happens (debounce and long press are ``hw.Button``'s).
 - LEDs: GPIO outputs driven from ``hw.LedPlayer``.
 - Microphone: ``machine.I2S`` receive (an INMP441 sends 24-bit samples in 32-bit slots: they are
-  narrowed to 16 bits here, with the board's ``gain_shift``), read through asyncio's stream so
-  the DMA's own clock paces capture.
-- Speaker: ``machine.I2S`` transmit to a MAX98357A, 16-bit mono, written through asyncio's
-  stream (``drain`` waits for DMA room: the I2S clock paces playback); the amplifier's enable pin
-  is switched off when idle.
+  narrowed to 16 bits here, with the board's ``gain_shift``), looked for with a ``select.poll`` of
+  its own (``_Ready``: no StreamReader coroutine per frame, no registration per wake-up) and
+  asyncio's ``sleep_ms``, so the DMA's own clock paces capture.
+- Speaker: ``machine.I2S`` transmit to a MAX98357A, 16-bit mono, written when its own poller
+  says the DMA has room (``_Ready``: the I2S clock paces playback; no StreamWriter, whose
+  ``write`` keeps what does not fit in a new bytes object); the amplifier's
+  enable pin is switched off when idle.
 - Battery: ``machine.ADC`` on an ADC1 pin (ADC2 is unusable while WiFi runs), averaged.
 - WiFi: ``network.WLAN`` station with scan.
 - Watchdog: ``machine.WDT``: once started it cannot be stopped, as intended.
 """
 
 import asyncio
+import select
 
 import machine
 import network
@@ -27,6 +30,30 @@ from opmob.compat import micropython, ptr8
 
 FRAME_SAMPLES = 160
 FRAME_BYTES = 320
+I2S_POLL_MS = 2  # how often a frame that is not ready yet is looked for again
+
+
+class _Ready:
+    """Whether an I2S object can be read (or written) now, from a ``select.poll`` of its own in
+    which it stays registered: ``ipoll(0)`` allocates nothing, while asyncio's StreamReader would
+    make a coroutine per frame and its poller a registration per wake-up. The first poll also
+    puts the I2S object in its non-blocking (asyncio) mode, as a StreamReader would."""
+
+    def __init__(self, i2s, write):
+        self.poll = select.poll()
+        self.mask = select.POLLOUT if write else select.POLLIN
+        self.poll.register(i2s, self.mask)
+        self.now()
+
+    def now(self):
+        for _obj, ev in self.poll.ipoll(0):
+            if ev & self.mask:
+                return True
+        return False
+
+    def wait(self):
+        """An awaitable that allocates nothing: at once when ready, else a short sleep."""
+        return asyncio.sleep_ms(0 if self.now() else I2S_POLL_MS)
 
 
 @micropython.viper
@@ -79,12 +106,13 @@ class Esp32Mic:
     def __init__(self, spec):
         self.spec = spec
         self.i2s = None
-        self._sr = None
+        self._wait = None
         self._slot = spec["slot_bits"]
         self._raw = bytearray(FRAME_SAMPLES * self._slot // 8)
         self._shift = spec["gain_shift"]
         self._mv = None
         self._mv_of = None
+        self._got = 0  # bytes of the frame read so far
 
     def start(self):
         if self.i2s is not None:
@@ -101,38 +129,56 @@ class Esp32Mic:
             rate=s["rate"],
             ibuf=len(self._raw) * 4,
         )
-        self._sr = asyncio.StreamReader(self.i2s)
+        self._wait = _Ready(self.i2s, False)
+        self._got = 0
 
     def stop(self):
         if self.i2s is not None:
             self.i2s.deinit()
             self.i2s = None
-            self._sr = None
+            self._wait = None
 
-    async def readinto(self, buf):
-        if self._sr is None:
+    def wait(self):
+        if self.i2s is None:
             self.start()
+        return self._wait.wait()
+
+    def read(self, buf):
+        """What the DMA has, up to the rest of the frame; True once the frame is whole (then
+        narrowed into ``buf``). The I2S clock paces capture."""
         raw = self._raw if self._slot == 32 else buf
         mv = self._mv
         if raw is not self._mv_of:
             # Kept while the capture task passes the same buffer: no view made per frame.
             mv = self._mv = memoryview(raw)
             self._mv_of = raw
-        want = len(raw)
-        got = await self._sr.readinto(mv) or 0
-        while got < want:  # a short read: the rest, through a slice (rare)
-            n = await self._sr.readinto(mv[got:])
-            got += n or 0
+            self._got = 0
+        got = self._got
+        n = self.i2s.readinto(mv if got == 0 else mv[got:])  # a slice only after a short read
+        got += n or 0
+        if got < len(raw):
+            self._got = got
+            return False
+        self._got = 0
         if self._slot == 32:
             _narrow32(raw, buf, FRAME_SAMPLES, self._shift)
-        return FRAME_BYTES
+        return True
+
+    async def readinto(self, buf):
+        while True:
+            await self.wait()
+            if self.read(buf):
+                return FRAME_BYTES
 
 
 class Esp32Speaker:
     def __init__(self, spec):
         self.spec = spec
         self.i2s = None
-        self._sw = None
+        self._wait = None
+        self._mv = None
+        self._mv_of = None
+        self._put = 0  # bytes of the frame the DMA has taken
         self.enable = None
         if spec.get("enable") is not None:
             self.enable = machine.Pin(spec["enable"], machine.Pin.OUT, value=0)
@@ -152,7 +198,8 @@ class Esp32Speaker:
             rate=s["rate"],
             ibuf=FRAME_BYTES * 4,
         )
-        self._sw = asyncio.StreamWriter(self.i2s)
+        self._wait = _Ready(self.i2s, True)
+        self._put = 0
         if self.enable is not None:
             self.enable.value(1)
 
@@ -162,13 +209,34 @@ class Esp32Speaker:
         if self.i2s is not None:
             self.i2s.deinit()
             self.i2s = None
-            self._sw = None
+            self._wait = None
+
+    def wait(self):
+        """Until the DMA has room: the I2S clock paces playback."""
+        if self.i2s is None:
+            self.start()
+        return self._wait.wait()
+
+    def put(self, buf):
+        mv = self._mv
+        if buf is not self._mv_of:
+            mv = self._mv = memoryview(buf)
+            self._mv_of = buf
+            self._put = 0
+        done = self._put
+        n = self.i2s.write(mv if done == 0 else mv[done:])  # a slice only after a short write
+        done += n or 0
+        if done < len(buf):
+            self._put = done
+            return False
+        self._put = 0
+        return True
 
     async def write(self, buf):
-        if self._sw is None:
-            self.start()
-        self._sw.write(buf)
-        await self._sw.drain()
+        while True:
+            await self.wait()
+            if self.put(buf):
+                return
 
 
 class Esp32Battery:

@@ -29,13 +29,18 @@ import time
 
 from opmob import compat
 from opmob.accessory import hw
+from opmob.accessory.jitter import tdiff
 
 FRAME_SAMPLES = 160  # 20 ms at 8 kHz
 FRAME_BYTES = 320
 FRAME_S = 0.020
+FRAME_MS = 20
+FAR_BEHIND_MS = 500
+T_MASK = 0x3FFFFFFF  # the audio paths' ticks are compared modulo 2^30 (jitter.tdiff)
 RATE = 8000
 CLIENT_BACKLOG = 4000  # report lines held for a slow client before it is dropped
 MAX_LINE = 512
+WAV_HEADER_LEN = 44
 
 
 def wall_time():
@@ -48,14 +53,18 @@ def wall_time():
 
 def wav_header(nbytes):
     """A RIFF/WAVE header for ``nbytes`` of 16-bit mono PCM at 8 kHz."""
-    return (
-        b"RIFF"
-        + struct.pack("<I", 36 + nbytes)
-        + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, RATE, RATE * 2, 2, 16)
-        + b"data"
-        + struct.pack("<I", nbytes)
-    )
+    h = bytearray(WAV_HEADER_LEN)
+    _pack_wav_header(h, nbytes)
+    return bytes(h)
+
+
+def _pack_wav_header(h, nbytes):
+    h[0:4] = b"RIFF"
+    struct.pack_into("<I", h, 4, 36 + nbytes)
+    h[8:16] = b"WAVEfmt "
+    struct.pack_into("<IHHIIHH", h, 16, 16, 1, 1, RATE, RATE * 2, 2, 16)
+    h[36:40] = b"data"
+    struct.pack_into("<I", h, 40, nbytes)
 
 
 def wav_data_offset(f):
@@ -89,30 +98,30 @@ def wav_data_offset(f):
 
 
 class FrameClock:
-    """A 20 ms cadence that does not drift: frame n is due at start + n * 20 ms."""
+    """A 20 ms cadence that does not drift: frame n is due at start + n * 20 ms.
 
-    def __init__(self, clock=compat.monotonic):
-        self.clock = clock
-        self.start = None
-        self.n = 0
+    In integer milliseconds (``compat.ticks_ms``, modulo 2^30), and ``wait()`` returns
+    ``compat.sleep_ms``'s awaitable: the audio tasks await it every frame, and a float time or a
+    coroutine would be a heap object per frame on MicroPython."""
+
+    def __init__(self, ticks=compat.ticks_ms):
+        self.ticks = ticks
+        self.due = None  # when the frame just waited for fell due
 
     def reset(self):
-        self.start = self.clock()
-        self.n = 0
+        self.due = self.ticks() & T_MASK
 
-    async def tick(self):
-        if self.start is None:
+    def wait(self):
+        """An awaitable that ends when the next frame falls due."""
+        if self.due is None:
             self.reset()
-        self.n += 1
-        due = self.start + self.n * FRAME_S
-        now = self.clock()
-        if due - now > 0.0005:
-            await compat.sleep_ms(int((due - now) * 1000 + 0.5))
-        elif now - due > 0.5:
+        due = self.due = (self.due + FRAME_MS) & T_MASK
+        d = tdiff(due, self.ticks())
+        if d < -FAR_BEHIND_MS:
             # Far behind (the process was stopped): start a fresh cadence, do not burst.
-            self.start = now
-            self.n = 0
-        return due
+            self.reset()
+            d = 0
+        return compat.sleep_ms(d if d > 0 else 0)
 
 
 # --- peripherals --------------------------------------------------------------------------------------
@@ -189,9 +198,12 @@ class SimMic:
             self.running = False
             self.control.report("mic stop %d" % self._pos)
 
-    async def readinto(self, buf):
-        """Wait for the end of the next 20 ms frame and fill ``buf`` (320 bytes) with it."""
-        await self.clock.tick()
+    def wait(self):
+        """What the capture task awaits each frame (hw.Hardware): the end of the next frame."""
+        return self.clock.wait()
+
+    def read(self, buf):
+        """The frame that just ended into ``buf`` (320 bytes); True (a file gives whole frames)."""
         n = 0
         if self._f is not None:
             n = self._f.readinto(buf) or 0
@@ -201,6 +213,12 @@ class SimMic:
         for i in range(n, FRAME_BYTES):
             buf[i] = 0
         self._pos += FRAME_SAMPLES
+        return True
+
+    async def readinto(self, buf):
+        """``wait()`` and ``read(buf)`` in one, for code that does not mind a coroutine per frame."""
+        await self.wait()
+        self.read(buf)
         return FRAME_BYTES
 
 
@@ -212,6 +230,7 @@ class SimSpeaker:
         self.path = path
         self.clock = FrameClock()
         self._f = None
+        self._hdr = bytearray(WAV_HEADER_LEN)
         self._bytes = 0
         self._frames = 0
         self.started_at = None
@@ -233,15 +252,25 @@ class SimSpeaker:
             self._f.close()
             self._f = None
 
-    async def write(self, buf):
-        await self.clock.tick()
+    def wait(self):
+        """What the playback task awaits before each frame: the 20 ms pace of the amplifier."""
+        return self.clock.wait()
+
+    def put(self, buf):
+        """Play the 20 ms frame ``buf``; True: all of it was taken."""
         if self._f is None:
-            return
+            return True
         self._f.write(buf)
         self._bytes += len(buf)
         self._frames += 1
         if self._frames % 50 == 0:
             self.flush()
+        return True
+
+    async def write(self, buf):
+        """``wait()`` and ``put(buf)`` in one."""
+        await self.wait()
+        self.put(buf)
 
     def flush(self):
         """Bring the WAV header up to date, so the file reads as a whole WAV now."""
@@ -249,7 +278,10 @@ class SimSpeaker:
         if f is None:
             return
         f.seek(0)
-        f.write(wav_header(self._bytes))
+        # Once a second while playing: the header is packed into a kept buffer, so that the
+        # sim's recording allocates nothing the board's speaker would not.
+        _pack_wav_header(self._hdr, self._bytes)
+        f.write(self._hdr)
         f.seek(44 + self._bytes)
         if hasattr(f, "flush"):
             f.flush()

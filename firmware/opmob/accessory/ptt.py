@@ -54,6 +54,7 @@ by ``link_up``, as is a call whose PTT is still held.
 
 from opmob import mcpt
 from opmob.mcpt import FloorMsg
+from opmob.txn import earlier
 
 START_STOP = "Start-stop"
 U_NO_PERMISSION = "U: has no permission"
@@ -207,7 +208,8 @@ class PttClient:
         self._request = None  # the Floor Request being repeated
         self._t100 = self._t101 = self._t104 = None
         self._c100 = self._c101 = self._c104 = 0
-        self._media_at = None  # last voice heard (T103 runs from it)
+        self._media_at = None  # last voice heard (T103 runs from it) ...
+        self._t103_at = None  # ... and when T103 is next looked at (see _fire_due)
         self._taken = False  # the server says someone else holds the floor
         self._lost = False
         self._flash_until = None
@@ -235,7 +237,7 @@ class PttClient:
         self._set_transmit(False)
         self._held = self._latched = self._repress = False
         self._taken = False
-        self._media_at = None
+        self._media_at = self._t103_at = None
         self.queue_position = None
         self._enter(START_STOP)
         self._show()
@@ -347,8 +349,11 @@ class PttClient:
         return out
 
     def on_media(self, now):
-        """Voice heard in this group (any talker). Restarts T103. Allocates nothing."""
+        """Voice heard in this group (any talker). Restarts T103. Allocates nothing (but at the
+        first packet of a burst, which arms T103)."""
         self._media_at = now
+        if self._t103_at is None:
+            self._t103_at = now + self.cfg.t103
         if self._lost or self.led != LED_RECEIVING:
             self._lost = False
             self._show()
@@ -567,7 +572,7 @@ class PttClient:
         self._stop_timers()
         self._set_transmit(False)
         self._taken = False
-        self._media_at = None
+        self._media_at = self._t103_at = None
         self.queue_position = None
         self._repress = False
         if self.state != START_STOP:
@@ -620,12 +625,10 @@ class PttClient:
     # --- timers -------------------------------------------------------------------------------------
 
     def next_deadline(self):
-        d = None
-        t103 = self._media_at + self.cfg.t103 if self._media_at is not None else None
-        for t in (self._t100, self._t101, self._t104, t103, self._flash_until):
-            if t is not None and (d is None or t < d):
-                d = t
-        return d
+        d = earlier(self._t100, self._t101)
+        d = earlier(d, self._t104)
+        d = earlier(d, self._flash_until)
+        return earlier(d, self._t103_at)
 
     def poll(self, now):
         return self._fire_due(now)
@@ -645,8 +648,14 @@ class PttClient:
             elif self._flash_until is not None and self._flash_until <= d:
                 self._flash_until = None
             else:
-                # T103: no voice for t103 seconds: the talker has gone, whatever was last said.
-                self._media_at = None
+                # T103 is moved on here rather than at every packet: a deadline computed per
+                # packet would be a float, a heap object, 50 times a second on MicroPython.
+                due = self._media_at + self.cfg.t103
+                if due > d:
+                    self._t103_at = due
+                    continue
+                # No voice for t103 seconds: the talker has gone, whatever was last said.
+                self._media_at = self._t103_at = None
                 self._taken = False
                 self.talker = None
                 self.talker_ssrc = None
