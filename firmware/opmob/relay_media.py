@@ -36,13 +36,25 @@ SEQ_JUMP = 0x4000  # a talker further ahead than this of what a listener last go
 def _follow(streams, ssrc, plain, ext):
     """``plain`` as the listener gets it. ``ext`` is the packet's 48-bit SRTP index on the uplink.
 
-    Unchanged, unless the talker has moved on by SEQ_JUMP or more since the last packet this
-    listener got from it: then its sequence numbers towards this listener are shifted to carry on
-    from that last one, so the listener's SRTP context (and the relay's) can place them."""
+    Its sequence number starts below 2^15 towards each listener (see below) and carries on from
+    there. If the talker has moved on by SEQ_JUMP or more since the last packet this listener got
+    from it, its sequence numbers towards this listener are shifted to carry on from that last
+    one, so the listener's SRTP context (and the relay's) can place them."""
     st = streams.get(ssrc)
     if st is None:
-        streams[ssrc] = [0, ext]
-        return plain
+        # A new stream towards this listener starts below 2^15: the talker's sequence number
+        # with its top bit cleared. The listener's SRTP context takes ROC 0 at the first packet
+        # it gets; had the talker's numbers been near the wrap, and every packet before the
+        # wrap been lost on the way, it would never authenticate one. This way that takes more
+        # than 32,768 lost packets (the accessory starts its own streams the same way).
+        seq = ext & 0xFFFF
+        off = ((seq & 0x7FFF) - seq) & 0xFFFF
+        streams[ssrc] = [off, ext]
+        if off == 0:
+            return plain
+        b = bytearray(plain)
+        b[2] = (seq & 0x7FFF) >> 8
+        return b
     off = st[0]
     delta = ext - st[1]
     if delta >= SEQ_JUMP:

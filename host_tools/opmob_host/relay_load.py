@@ -368,7 +368,9 @@ class LoadGen:
         self.res = LoadResult(cfg)
         self.rng = random.Random(cfg.seed)
         self.payloads = speech_payloads()
-        self.sent: dict[int, dict[int, float]] = {}  # talker SSRC -> seq -> when sent
+        # talker SSRC -> RTP timestamp -> when sent. Copies are matched by timestamp, which the
+        # relay forwards as sent; the sequence number it may shift per listener (relay_media).
+        self.sent: dict[int, dict[int, float]] = {}
         self.measuring = False
         self.workdir: Path | None = None
         self.relay: RelayProcess | None = None
@@ -376,10 +378,10 @@ class LoadGen:
     def heard(self, plain: bytes, t: float) -> None:
         if not self.measuring:
             return
-        by_seq = self.sent.get(int.from_bytes(plain[8:12], "big"))
-        if by_seq is None:
+        by_ts = self.sent.get(int.from_bytes(plain[8:12], "big"))
+        if by_ts is None:
             return
-        t0 = by_seq.get((plain[2] << 8) | plain[3])
+        t0 = by_ts.get(int.from_bytes(plain[4:8], "big"))
         if t0 is not None:
             self.res.voice_received += 1
             self.res.e2e_ms.append((t - t0) * 1000)
@@ -411,7 +413,7 @@ class LoadGen:
                 continue
             res.floor_access_ms.append((t1 - t0) * 1000)
             ssrc = dev.ssrc
-            by_seq = self.sent.setdefault(ssrc, {})
+            by_ts = self.sent.setdefault(ssrc, {})
             tick = loop.time()
             for k in range(cfg.burst_packets):
                 seq = (seq + 1) & 0xFFFF
@@ -421,8 +423,8 @@ class LoadGen:
                         rtp.RtpHeader(rtp.PT_DVI4_8K, seq, ts, 0, marker=k == 0), self.payloads[k % 50]
                     )
                 )
-                by_seq[seq] = time.perf_counter()
-                by_seq.pop((seq - 500) & 0xFFFF, None)
+                by_ts[ts] = time.perf_counter()
+                by_ts.pop((ts - 500 * 160) & 0xFFFFFFFF, None)
                 ep.act(functools.partial(_send_voice, dev, pkt), "voice")
                 res.voice_sent += 1
                 res.voice_expected += cfg.listeners

@@ -729,8 +729,31 @@ def test_listener_keeps_hearing_a_talker_who_spoke_at_length_elsewhere():
     sent = w.talk("ann", 2)
     got = w.heard("bob")
     assert len(got) == 2 and w.relay.counters["voice_protect_failed"] == 0
-    # Re-based to carry on from the last one bob got; everything else as sent.
-    assert [(p[2] << 8) | p[3] for p in got] == [40002, 40003]
+    # Re-based to carry on from the last one bob got (bob's stream began at 40000 with its top
+    # bit cleared, 7232); everything else as sent.
+    assert [(p[2] << 8) | p[3] for p in got] == [7234, 7235]
+    for p, q in zip(sent, got):
+        assert p[4:8] == q[4:8] and p[12:] == q[12:]
+    w.check_counters()
+
+
+def test_a_listener_that_missed_the_start_of_a_stream_at_the_wrap_still_hears_it():
+    # A talker whose sequence numbers are near the wrap (a partner's device may start anywhere),
+    # and bob loses every packet until after it: bob's SRTP context takes ROC 0 at the first
+    # packet it gets, so the relay starts each stream towards a listener below 2^15.
+    w = trio()
+    w.request("ann")
+    w.clear()
+    w.rtp_seq["ann"] = 0xFFF0
+    baddr = w.addr["bob"]
+    w.lose = lambda src, dst, data: dst == baddr and data[1] < 128
+    w.talk("ann", 40)  # ann's numbers wrap after 16
+    w.lose = None
+    assert len(w.heard("cat")) == 40 and w.heard("bob") == []
+    sent = w.talk("ann", 5)
+    got = w.heard("bob")
+    assert len(got) == 5, w.devs["bob"].counters
+    assert [(p[2] << 8) | p[3] for p in got] == [0x7FF0 + 40 + k for k in range(5)]
     for p, q in zip(sent, got):
         assert p[4:8] == q[4:8] and p[12:] == q[12:]
     w.check_counters()
