@@ -476,17 +476,22 @@ def _driver_cost(relay, relay_addr, count):
     pkt = bytes(106)
     res = {}
 
+    c = drv.counters
+
     async def main():
         task = asyncio.create_task(drv._rx())
-        for _ in range(20):
+        before = 0
+        for k in range(20 + count):
+            if k == 20:  # warmed up
+                gc.collect()
+                gc.disable()
+                before = gc.mem_alloc()
+            # The next datagram only once the driver has taken the last: one per wake-up,
+            # however busy the machine (inline: a coroutine called here would allocate).
+            want = c["datagrams_in"] + 1
             relay.sendto(pkt, raw)
-            await asyncio.sleep_ms(2)
-        gc.collect()
-        gc.disable()
-        before = gc.mem_alloc()
-        for _ in range(count):
-            relay.sendto(pkt, raw)
-            await asyncio.sleep_ms(2)
+            while c["datagrams_in"] < want:
+                await asyncio.sleep_ms(1)
         res["used"] = gc.mem_alloc() - before
         gc.enable()
         task.cancel()
@@ -584,7 +589,7 @@ def test_the_running_tasks_allocate_only_the_hmac_and_the_socket():
             if b.sock is not None:
                 b.sock.close()
     sent, received = res["sent"], res["received"]
-    assert received == FRAMES and sent >= FRAMES - 25, res  # both directions ran all along
+    assert received >= FRAMES and sent >= FRAMES - 25, res  # both directions ran all along
     assert res["played"] >= FRAMES - 10, res  # and playback at the packets' pace
     allowed = sent * hmac + received * (hmac + driver)
     print(
