@@ -9,6 +9,7 @@ import time
 
 if False:  # type checkers only: MicroPython has no typing module
     from collections.abc import Callable, Iterable, Iterator
+    from typing import Any
 
     from opmob.store import MemoryStore
 
@@ -491,7 +492,90 @@ def _accessory_rows(scale: int) -> "Iterator[tuple[str, float, str, float | None
             "heap allocated per played frame (gc off, mean of %d): one HMAC-SHA1's hashlib objects, nothing else; "
             "the socket's receive (in the driver) is not part of it" % n,
         )
+        left = held[state[0] :]
+        k = min(n, len(left) - 10)
+        yield (
+            "accessory.receive_alloc_bytes",
+            _receive_alloc_per_packet(ann, left[: k + 10], k),
+            "B",
+            None,
+            "heap allocated per voice packet received (gc off, mean of %d, one datagram per wake-up): "
+            "relay_uasyncio.Driver (asyncio's wake-up, recvfrom, the time of arrival) + DeviceSession "
+            "(SRTP unprotect: one HMAC-SHA1) + voice_sink + PlaybackPath.on_voice, over a loopback socket"
+            % k,
+        )
     assert pb.jitter.counters["played"] >= 5 * n - 10, pb.jitter.counters
+
+
+class _SessionCore:
+    """A DeviceSession as relay_uasyncio.Driver's core (what the accessory's app core adds, the
+    PTT clients, allocates nothing more per packet: tests/fw/test_accessory_app.py)."""
+
+    def __init__(self, dev: "Any") -> None:
+        self.dev = dev
+
+    def on_datagram(self, now: float, addr: "Any", data: bytes) -> "Any":
+        return self.dev.on_datagram(now, addr, data)
+
+    def poll(self, now: float) -> "Any":
+        return self.dev.poll(now)
+
+    def next_deadline(self) -> "float | None":
+        return self.dev.next_deadline()
+
+
+def _receive_alloc_per_packet(dev: "Any", packets: "list[bytes]", n: int) -> float:
+    """Bytes allocated per packet as ``dev`` hears the last ``n`` of ``packets`` through the
+    driver on loopback sockets, the collector off (MicroPython only)."""
+    import asyncio
+    import gc
+
+    from opmob import compat
+    from opmob.relay_uasyncio import Driver, open_udp
+
+    relay = relay_addr = None
+    for port in range(47100, 47200):  # the unix port has no getsockname: a free port, tried
+        try:
+            relay = open_udp("127.0.0.1", port)
+            relay_addr = ("127.0.0.1", port)
+            break
+        except OSError:
+            pass
+    assert relay is not None, "no free UDP port on 127.0.0.1"
+    sock = open_udp("127.0.0.1", 0)
+    res = [0]
+    try:
+        dev.relay_addr = relay_addr
+        drv = Driver(_SessionCore(dev), sock)
+        c = drv.counters
+        sock.sendto(b"hello", compat.addr_for_send(relay_addr))
+        _hello, raw = relay.recvfrom(64)
+        warm = len(packets) - n
+
+        async def main() -> None:
+            task = asyncio.create_task(drv._rx())
+            before = 0
+            for k in range(len(packets)):
+                if k == warm:
+                    gc.collect()
+                    gc.disable()
+                    before = gc.mem_alloc()  # type: ignore[attr-defined]
+                # The next one once the driver has taken the last: one datagram per wake-up.
+                want = c["datagrams_in"] + 1
+                relay.sendto(packets[k], raw)
+                while c["datagrams_in"] < want:
+                    await asyncio.sleep_ms(1)  # type: ignore[attr-defined]
+            res[0] = gc.mem_alloc() - before  # type: ignore[attr-defined]
+            gc.enable()
+            task.cancel()
+            await asyncio.sleep_ms(0)  # type: ignore[attr-defined]
+
+        asyncio.run(main())
+    finally:
+        sock.close()
+        relay.close()
+    assert dev.counters["voice_rx"] > 0
+    return float(res[0]) / n
 
 
 def _alloc_per_call(fn: "Callable[[], object]", n: int) -> float:
