@@ -64,7 +64,10 @@ def _narrow32(src, dst, n: int, shift: int):
     i = 0
     while i < n:
         o = i * 4
-        v = (s[o + 3] << 24) | (s[o + 2] << 16) | (s[o + 1] << 8) | s[o]
+        hi = s[o + 3]
+        if hi > 127:
+            hi -= 256  # the sample's sign, whatever the width of the integers here
+        v = (hi << 24) | (s[o + 2] << 16) | (s[o + 1] << 8) | s[o]
         v = v >> (16 - shift)
         if v > 32767:
             v = 32767
@@ -102,6 +105,34 @@ class Esp32Leds(hw.Leds):
             p.value((1 - level) if self.active_low[led] else level)
 
 
+class _Frame:
+    """One 20 ms frame moved through an I2S object in as many calls as its DMA needs: in
+    asyncio mode ``readinto``/``write`` move what fits now. The view of the frame's buffer is
+    kept, and a slice is made only after a short transfer (rare)."""
+
+    def __init__(self):
+        self._mv = None
+        self._of = None
+        self.done = 0  # bytes of the frame moved so far
+
+    def step(self, i2s, buf, write):
+        """Move more of ``buf``; True once all of it has been moved (then ready for the next)."""
+        mv = self._mv
+        if buf is not self._of:
+            mv = self._mv = memoryview(buf)
+            self._of = buf
+            self.done = 0
+        done = self.done
+        part = mv if done == 0 else mv[done:]
+        n = i2s.write(part) if write else i2s.readinto(part)
+        done += n or 0
+        if done < len(buf):
+            self.done = done
+            return False
+        self.done = 0
+        return True
+
+
 class Esp32Mic:
     def __init__(self, spec):
         self.spec = spec
@@ -110,9 +141,7 @@ class Esp32Mic:
         self._slot = spec["slot_bits"]
         self._raw = bytearray(FRAME_SAMPLES * self._slot // 8)
         self._shift = spec["gain_shift"]
-        self._mv = None
-        self._mv_of = None
-        self._got = 0  # bytes of the frame read so far
+        self._frame = _Frame()
 
     def start(self):
         if self.i2s is not None:
@@ -130,7 +159,7 @@ class Esp32Mic:
             ibuf=len(self._raw) * 4,
         )
         self._wait = _Ready(self.i2s, False)
-        self._got = 0
+        self._frame = _Frame()
 
     def stop(self):
         if self.i2s is not None:
@@ -147,19 +176,8 @@ class Esp32Mic:
         """What the DMA has, up to the rest of the frame; True once the frame is whole (then
         narrowed into ``buf``). The I2S clock paces capture."""
         raw = self._raw if self._slot == 32 else buf
-        mv = self._mv
-        if raw is not self._mv_of:
-            # Kept while the capture task passes the same buffer: no view made per frame.
-            mv = self._mv = memoryview(raw)
-            self._mv_of = raw
-            self._got = 0
-        got = self._got
-        n = self.i2s.readinto(mv if got == 0 else mv[got:])  # a slice only after a short read
-        got += n or 0
-        if got < len(raw):
-            self._got = got
+        if not self._frame.step(self.i2s, raw, False):
             return False
-        self._got = 0
         if self._slot == 32:
             _narrow32(raw, buf, FRAME_SAMPLES, self._shift)
         return True
@@ -176,9 +194,7 @@ class Esp32Speaker:
         self.spec = spec
         self.i2s = None
         self._wait = None
-        self._mv = None
-        self._mv_of = None
-        self._put = 0  # bytes of the frame the DMA has taken
+        self._frame = _Frame()
         self.enable = None
         if spec.get("enable") is not None:
             self.enable = machine.Pin(spec["enable"], machine.Pin.OUT, value=0)
@@ -199,7 +215,7 @@ class Esp32Speaker:
             ibuf=FRAME_BYTES * 4,
         )
         self._wait = _Ready(self.i2s, True)
-        self._put = 0
+        self._frame = _Frame()
         if self.enable is not None:
             self.enable.value(1)
 
@@ -218,19 +234,8 @@ class Esp32Speaker:
         return self._wait.wait()
 
     def put(self, buf):
-        mv = self._mv
-        if buf is not self._mv_of:
-            mv = self._mv = memoryview(buf)
-            self._mv_of = buf
-            self._put = 0
-        done = self._put
-        n = self.i2s.write(mv if done == 0 else mv[done:])  # a slice only after a short write
-        done += n or 0
-        if done < len(buf):
-            self._put = done
-            return False
-        self._put = 0
-        return True
+        """Give the DMA more of the frame ``buf``; True once it has taken all of it."""
+        return self._frame.step(self.i2s, buf, True)
 
     async def write(self, buf):
         while True:
