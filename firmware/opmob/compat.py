@@ -298,17 +298,23 @@ if IS_MICROPYTHON:
 
     ticks_ms = _time.ticks_ms
 
-    _SENDTO_CACHE_MAX = const(64)
+    _ADDR_CACHE_MAX = const(64)
     _sendto_cache = {}
-
     _recv_cache = {}
+
+    def _remember(cache, key, value):
+        # Bounded: peers come from the network, so the caches must not grow with them.
+        if len(cache) >= _ADDR_CACHE_MAX:
+            cache.clear()
+        cache[key] = value
+        return value
 
     def addr_from_recv(a):
         if isinstance(a, tuple):
             return a
         # The same peers send again and again: their converted address is kept, keyed by the
         # raw sockaddr (a dict lookup allocates nothing; converting makes a tuple and a string,
-        # 160 bytes per datagram). Bounded like the cache below.
+        # 160 bytes per datagram).
         addr = _recv_cache.get(a)
         if addr is not None:
             return addr
@@ -317,24 +323,17 @@ if IS_MICROPYTHON:
         parts = socket.sockaddr(a)
         host = socket.inet_ntop(parts[0], parts[1])
         if len(parts) > 3:
-            addr = (host, parts[2], parts[3], parts[4])
-        else:
-            addr = (host, parts[2])
-        if len(_recv_cache) >= _SENDTO_CACHE_MAX:
-            _recv_cache.clear()
-        _recv_cache[a] = addr
-        return addr
+            return _remember(_recv_cache, a, (host, parts[2], parts[3], parts[4]))
+        return _remember(_recv_cache, a, (host, parts[2]))
 
     def addr_for_send(addr):
         raw = _sendto_cache.get(addr)
         if raw is None:
             import socket
 
-            raw = socket.getaddrinfo(addr[0], addr[1], 0, socket.SOCK_DGRAM)[0][-1]
-            # Bounded: peers come from the network, so the cache must not grow with them.
-            if len(_sendto_cache) >= _SENDTO_CACHE_MAX:
-                _sendto_cache.clear()
-            _sendto_cache[addr] = raw
+            raw = _remember(
+                _sendto_cache, addr, socket.getaddrinfo(addr[0], addr[1], 0, socket.SOCK_DGRAM)[0][-1]
+            )
         return raw
 
     def wait_readable(sock):

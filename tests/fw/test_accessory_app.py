@@ -387,19 +387,7 @@ def test_voice_frames_allocate_nothing_beyond_the_hmac():
             assert sent <= hmac, (sent // FRAMES, hmac // FRAMES)
             assert a.drv.counters["datagrams_out"] == FRAMES + 4
             # bob's side: ann's packets as the relay sends them to bob, kept from bob's session.
-            n = 12 + 84
-            got = []
-            baddr = w.addr["bob"]
-            w.tap = lambda src, dst, data: got.append(data) if dst == baddr and data[0] == 0x80 else None
-            w.lose = lambda src, dst, data: dst == baddr and data[0] == 0x80
-            buf = bytearray(n + 10)
-            pcm = frames[0]
-            for k in range(FRAMES + 4):
-                cap.frame(pcm)
-                m = w.devs["ann"].send_voice_into(None, cap.buf, n)
-                w.act("ann", [(RELAY, bytes(cap.buf[:m]))])
-                w.pump()
-            w.tap = w.lose = None
+            got = _bob_packets(w, a, FRAMES + 4)
             assert len(got) == FRAMES + 4, len(got)
             t = [0]
             b.ticks_ms = lambda: t[0]
@@ -422,7 +410,6 @@ def test_voice_frames_allocate_nothing_beyond_the_hmac():
             heard = _per_frame_total(playback, FRAMES)
             assert heard <= hmac, (heard // FRAMES, hmac // FRAMES)
             assert pb.jitter.counters["played"] >= FRAMES and b.dev.counters["voice_rx"] == FRAMES + 4
-            del buf
         finally:
             _close(rx, a.sock)
 

@@ -115,6 +115,10 @@ class _Frame:
         self._of = None
         self.done = 0  # bytes of the frame moved so far
 
+    def reset(self):
+        """Forget a frame half moved (the I2S object was started again)."""
+        self.done = 0
+
     def step(self, i2s, buf, write):
         """Move more of ``buf``; True once all of it has been moved (then ready for the next)."""
         mv = self._mv
@@ -159,7 +163,7 @@ class Esp32Mic:
             ibuf=len(self._raw) * 4,
         )
         self._wait = _Ready(self.i2s, False)
-        self._frame = _Frame()
+        self._frame.reset()
 
     def stop(self):
         if self.i2s is not None:
@@ -215,7 +219,7 @@ class Esp32Speaker:
             ibuf=FRAME_BYTES * 4,
         )
         self._wait = _Ready(self.i2s, True)
-        self._frame = _Frame()
+        self._frame.reset()
         if self.enable is not None:
             self.enable.value(1)
 

@@ -29,14 +29,12 @@ import time
 
 from opmob import compat
 from opmob.accessory import hw
-from opmob.accessory.jitter import tdiff
+from opmob.accessory.jitter import FRAME_MS, tadd, tdiff
 
 FRAME_SAMPLES = 160  # 20 ms at 8 kHz
 FRAME_BYTES = 320
 FRAME_S = 0.020
-FRAME_MS = 20
 FAR_BEHIND_MS = 500
-T_MASK = 0x3FFFFFFF  # the audio paths' ticks are compared modulo 2^30 (jitter.tdiff)
 RATE = 8000
 CLIENT_BACKLOG = 4000  # report lines held for a slow client before it is dropped
 MAX_LINE = 512
@@ -100,7 +98,7 @@ def wav_data_offset(f):
 class FrameClock:
     """A 20 ms cadence that does not drift: frame n is due at start + n * 20 ms.
 
-    In integer milliseconds (``compat.ticks_ms``, modulo 2^30), and ``wait()`` returns
+    In integer milliseconds (``compat.ticks_ms``, modulo 2^30: jitter.tadd/tdiff), and ``wait()`` returns
     ``compat.sleep_ms``'s awaitable: the audio tasks await it every frame, and a float time or a
     coroutine would be a heap object per frame on MicroPython."""
 
@@ -109,13 +107,13 @@ class FrameClock:
         self.due = None  # when the frame just waited for fell due
 
     def reset(self):
-        self.due = self.ticks() & T_MASK
+        self.due = tadd(self.ticks(), 0)
 
     def wait(self):
         """An awaitable that ends when the next frame falls due."""
         if self.due is None:
             self.reset()
-        due = self.due = (self.due + FRAME_MS) & T_MASK
+        due = self.due = tadd(self.due, FRAME_MS)
         d = tdiff(due, self.ticks())
         if d < -FAR_BEHIND_MS:
             # Far behind (the process was stopped): start a fresh cadence, do not burst.

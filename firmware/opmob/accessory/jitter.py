@@ -110,6 +110,12 @@ def tdiff(a, b):
     return ((a - b + _T_HALF) & _T_MASK) - _T_HALF
 
 
+def tadd(a, d):
+    """a + d for times modulo 2^30 (a small int on every port, where ticks_ms's own period may
+    be longer)."""
+    return (a + d) & _T_MASK
+
+
 def sdiff(a, b):
     """a - b for 16-bit sequence numbers, in -32768..32767."""
     return ((a - b + 0x8000) & 0xFFFF) - 0x8000
