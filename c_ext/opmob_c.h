@@ -11,6 +11,8 @@
  *   a caller error (Python ValueError); CRYPTO and NOMEM are failures of libcrypto or malloc.
  * - Nothing allocates after set-up: sessions, codecs and transcoders allocate everything when
  *   they are made (*_new, *_open) and the per-packet and per-frame calls only use that memory.
+ *   The one exception is inside libcodec2: its 700C encoder mallocs and frees four small blocks
+ *   per frame (tests/host/test_cext_noalloc.py counts it and everything else).
  * - An object is not thread-safe: one thread at a time per object (the Python wrapper locks).
  * - Batch calls ("many packets, many streams, one call") share one calling convention:
  *     objs, nobj   the object for item i is objs[nobj == 1 ? 0 : i]; nobj is 1 or n;
@@ -54,8 +56,10 @@ enum {
 enum {
     OPMOB_MAX_PACKET = 1500,          /* rtp.MAX_PACKET */
     OPMOB_SRTP_MAX_PAYLOAD = 1088,    /* srtp.MAX_PAYLOAD: bytes under encryption */
-    OPMOB_SRTP_TAG_LEN = 10,
-    OPMOB_SRTCP_TRAILER_LEN = 14,
+    OPMOB_SRTP_TAG_LEN = 10,          /* AES_CM_128_HMAC_SHA1_80 */
+    OPMOB_SRTCP_TRAILER_LEN = 14,     /* E flag and index, then the tag */
+    OPMOB_SRTP_GCM_TAG_LEN = 16,      /* AEAD_AES_128_GCM */
+    OPMOB_SRTCP_GCM_TRAILER_LEN = 20, /* the tag, then E flag and index */
     OPMOB_SRTP_MAX_STREAMS = 65536,   /* per direction, per session */
     OPMOB_DVI4_HEADER_LEN = 4,
     OPMOB_DVI4_FRAME_SAMPLES = 160,
@@ -64,6 +68,12 @@ enum {
     OPMOB_CODEC2_MAX_SAMPLES = 320,   /* per frame, the 40 ms modes */
     OPMOB_CODEC2_MAX_BYTES = 8,       /* per frame */
     OPMOB_TC_MAX_STREAMS = 65536
+};
+
+/* SRTP protection profiles: the DTLS-SRTP protection profile ids (RFC 5764, RFC 7714). */
+enum {
+    OPMOB_SRTP_AES_CM_128_HMAC_SHA1_80 = 1,  /* RFC 3711: master salt 14 bytes, tag 10 */
+    OPMOB_SRTP_AEAD_AES_128_GCM = 7          /* RFC 7714: master salt 12 bytes, tag 16 */
 };
 
 /* Batch operations. */
@@ -114,11 +124,17 @@ int32_t opmob_dvi4_batch(int32_t op, void *const *objs, size_t nobj,
                          const uint8_t *in, size_t in_size, const uint32_t *in_len, size_t n,
                          uint8_t *out, size_t out_size, uint32_t *out_len, int32_t *status);
 
-/* ---- SRTP / SRTCP, AES_CM_128_HMAC_SHA1_80 on libcrypto (twin: opmob.srtp) ------------------ */
+/* ---- SRTP / SRTCP, AES_CM_128_HMAC_SHA1_80 and AEAD_AES_128_GCM on libcrypto (twin: opmob.srtp) */
 
 typedef struct opmob_srtp opmob_srtp;
 
-/* master key 16 bytes, salt 14; replay_window 64..32767; max_streams 1..65536 per direction. */
+/* profile: OPMOB_SRTP_AES_CM_128_HMAC_SHA1_80 (master salt 14 bytes) or OPMOB_SRTP_AEAD_AES_128_GCM
+   (master salt 12); master key 16 bytes; replay_window 64..32767; max_streams 1..65536 per
+   direction. */
+int32_t opmob_srtp_new_profile(int32_t profile, const uint8_t *master_key, size_t key_len,
+                               const uint8_t *master_salt, size_t salt_len, uint32_t replay_window,
+                               uint32_t max_streams, opmob_srtp **out);
+/* opmob_srtp_new_profile with OPMOB_SRTP_AES_CM_128_HMAC_SHA1_80. */
 int32_t opmob_srtp_new(const uint8_t *master_key, size_t key_len, const uint8_t *master_salt,
                        size_t salt_len, uint32_t replay_window, uint32_t max_streams,
                        opmob_srtp **out);
@@ -143,7 +159,8 @@ int32_t opmob_srtp_stream_state(const opmob_srtp *s, uint32_t ssrc, int32_t outb
                                 uint32_t *roc, uint32_t *seq, uint32_t *rtcp_index,
                                 uint64_t *bits, uint64_t *rtcp_bits, size_t words);
 void opmob_srtp_remove_stream(opmob_srtp *s, uint32_t ssrc);
-/* The RFC 3711 4.3.1 key derivation (rate 0), for tests. */
+/* The RFC 3711 4.3.1 key derivation (rate 0), for tests. A 12-byte master salt (GCM) is
+   zero-padded to 14, as libsrtp does. */
 int32_t opmob_srtp_kdf(const uint8_t *master_key, size_t key_len, const uint8_t *master_salt,
                        size_t salt_len, uint32_t label, uint8_t *out, size_t out_len);
 /* HMAC-SHA1 (RFC 2104) of msg under key (any length) as the SRTP tags compute it, for tests:

@@ -1,9 +1,11 @@
 /*
- * opmob_srtp.c - SRTP / SRTCP with AES_CM_128_HMAC_SHA1_80 (RFC 3711) on OpenSSL's libcrypto,
- * byte-for-byte and decision-for-decision the twin of firmware/opmob/srtp.py (which mirrors
- * libsrtp 2): an "any SSRC" session, streams made per SSRC and direction on the first good
- * packet and never evicted, libsrtp's ROC estimate, a replay window on both sides, SRTCP always
- * encrypted (E = 0 refused), the tag checked before any state moves.
+ * opmob_srtp.c - SRTP / SRTCP with AES_CM_128_HMAC_SHA1_80 (RFC 3711) or AEAD_AES_128_GCM
+ * (RFC 7714) on OpenSSL's libcrypto, byte-for-byte and decision-for-decision the twin of
+ * firmware/opmob/srtp.py (which mirrors libsrtp 2): an "any SSRC" session, streams made per SSRC
+ * and direction on the first good packet and never evicted, libsrtp's ROC estimate, a replay
+ * window on both sides, SRTCP always encrypted (E = 0 refused), the tag checked before any state
+ * moves. The profile changes only the crypto and the tag's size and place; streams, index
+ * estimate, replay windows and the order of the checks are the same for both.
  *
  * Crypto, all of it libcrypto's primitives; nothing here is a home-made cipher or hash:
  * - AES-128-CTR (RFC 3711 4.1.1) as AES-128-ECB, through one EVP_CIPHER_CTX per key (keyed once,
@@ -21,13 +23,22 @@
  *   whole tag. tests/host/test_cext_srtp.py checks opmob_hmac_sha1 against the RFC 2202
  *   vectors and against OpenSSL's HMAC(). The SHA1_* calls are deprecated in OpenSSL 3 (not
  *   removed): the deprecation warnings are silenced for this file only, below.
+ * - AEAD_AES_128_GCM: EVP_aes_128_gcm, one EVP_CIPHER_CTX per kind (SRTP, SRTCP) keyed once
+ *   when the session is made; per packet only the 12-byte IV is set (EVP_CipherInit_ex with no
+ *   cipher and no key), the AAD, payload and tag run through the same context. OpenSSL 3.0's
+ *   GCM provider allocates nothing on that path (counted with CRYPTO_set_mem_functions over
+ *   5,000 rounds of protect, forged and genuine unprotect, SRTCP both ways: none). Session keys
+ *   come from the same AES-CM KDF with the 12-byte master salt zero-padded to 14, the session
+ *   salt being the first 12 bytes of label 2 (5 for SRTCP): what libsrtp does, checked against
+ *   it in tests/host/test_cext_srtp_gcm.py. There is no auth key; labels 1 and 4 go unused.
  * - AES-128-ECB once per session for the key derivation; CRYPTO_memcmp for tags.
  *
  * Memory: everything (stream table, replay bitmaps, contexts) is allocated by opmob_srtp_new;
- * the packet calls allocate nothing, here or in libcrypto (an ECB update on a keyed context and
- * SHA-1 on a stack SHA_CTX never allocate). Key-derived state (the ECB context, the keyed SHA-1
- * states, the salt) lives in the session and is cleansed when it is freed; per packet, the stack
- * keeps only the packet's keystream and digests, which reveal nothing beyond that packet.
+ * the packet calls allocate nothing, here or in libcrypto (an ECB update on a keyed context,
+ * SHA-1 on a stack SHA_CTX and re-IVing a keyed GCM context never allocate). Key-derived state
+ * (the cipher contexts, the keyed SHA-1 states, the salt) lives in the session and is cleansed
+ * or freed with it; per packet, the stack keeps only the packet's keystream and digests, which
+ * reveal nothing beyond that packet.
  */
 #define OPENSSL_SUPPRESS_DEPRECATED /* SHA1_Init/Update/Final: see the header comment */
 
@@ -46,6 +57,10 @@
 #define SESSION_SALT_LEN 14u
 #define AUTH_KEY_LEN 20u
 #define TAG_LEN 10u
+#define GCM_MASTER_SALT_LEN 12u
+#define GCM_SALT_LEN 12u
+#define GCM_IV_LEN 12u
+#define GCM_TAG_LEN 16u
 #define SHA1_LEN 20u
 #define MAX_ROC 0xFFFFFFFFu
 #define MAX_SRTCP_INDEX 0x7FFFFFFFu
@@ -82,14 +97,18 @@ typedef struct {
 } hmac_key_t;
 
 typedef struct {
-    EVP_CIPHER_CTX *ecb;
-    hmac_key_t mac;
-    uint8_t salt[SESSION_SALT_LEN];
+    EVP_CIPHER_CTX *ecb; /* AES_CM: the CTR keystream */
+    EVP_CIPHER_CTX *gcm; /* GCM: keyed once, re-IVed per packet */
+    hmac_key_t mac;      /* AES_CM only */
+    uint8_t salt[SESSION_SALT_LEN]; /* GCM: the first 12 bytes */
 } kind_t;
 
 struct opmob_srtp {
     kind_t rtp;
     kind_t rtcp;
+    int gcm;
+    uint32_t tag_len;     /* TAG_LEN or GCM_TAG_LEN */
+    uint32_t trailer_len; /* SRTCP: tag_len + 4 (E flag and index) */
     uint32_t window;
     uint32_t words;
     table_t tx;
@@ -271,16 +290,19 @@ int32_t opmob_srtp_kdf(const uint8_t *master_key, size_t key_len, const uint8_t 
                        size_t salt_len, uint32_t label, uint8_t *out, size_t out_len)
 {
     /* key_id = label || r with r = 0: the label lands on byte 7 of the 14-byte salt. At most 32
-       bytes are ever derived (an auth key is 20), two blocks. */
+       bytes are ever derived (an auth key is 20), two blocks. A GCM master salt is 12 bytes;
+       libsrtp runs the same 14-byte PRF on it with two zero bytes after it. */
     uint8_t iv[2 * 16];
     uint8_t ks[2 * 16];
     size_t j;
     int32_t rc;
     if (master_key == NULL || master_salt == NULL || out == NULL || key_len != MASTER_KEY_LEN ||
-        salt_len != MASTER_SALT_LEN || label > 255u || out_len > sizeof(ks))
+        (salt_len != MASTER_SALT_LEN && salt_len != GCM_MASTER_SALT_LEN) || label > 255u ||
+        out_len > sizeof(ks))
         return OPMOB_E_ARG;
     for (j = 0; j < 2; j++) {
-        memcpy(iv + 16 * j, master_salt, MASTER_SALT_LEN);
+        memset(iv + 16 * j, 0, 16);
+        memcpy(iv + 16 * j, master_salt, salt_len);
         iv[16 * j + 7] ^= (uint8_t)label;
         iv[16 * j + 14] = 0;
         iv[16 * j + 15] = (uint8_t)j;
@@ -353,6 +375,27 @@ int32_t opmob_hmac_sha1(const uint8_t *key, size_t key_len, const uint8_t *msg, 
     return rc == OPMOB_OK ? (int32_t)SHA1_LEN : rc;
 }
 
+/* GCM: the session key and the 12-byte session salt; the context keyed here for good. */
+static int32_t kind_init_gcm(kind_t *k, const uint8_t *mk, const uint8_t *ms, uint32_t label_enc,
+                             uint32_t label_salt)
+{
+    uint8_t key[SESSION_KEY_LEN];
+    int32_t rc;
+    rc = opmob_srtp_kdf(mk, MASTER_KEY_LEN, ms, GCM_MASTER_SALT_LEN, label_enc, key, sizeof(key));
+    if (rc == OPMOB_OK)
+        rc = opmob_srtp_kdf(mk, MASTER_KEY_LEN, ms, GCM_MASTER_SALT_LEN, label_salt, k->salt,
+                            GCM_SALT_LEN);
+    if (rc == OPMOB_OK) {
+        k->gcm = EVP_CIPHER_CTX_new();
+        rc = k->gcm == NULL ? OPMOB_E_NOMEM : OPMOB_E_CRYPTO;
+        if (k->gcm != NULL && EVP_EncryptInit_ex(k->gcm, EVP_aes_128_gcm(), NULL, key, NULL) == 1 &&
+            EVP_CIPHER_CTX_get_iv_length(k->gcm) == (int)GCM_IV_LEN)
+            rc = OPMOB_OK;
+    }
+    OPENSSL_cleanse(key, sizeof(key));
+    return rc;
+}
+
 static int32_t kind_init(kind_t *k, const uint8_t *mk, const uint8_t *ms, uint32_t label_enc,
                          uint32_t label_auth, uint32_t label_salt)
 {
@@ -382,8 +425,25 @@ static int32_t kind_init(kind_t *k, const uint8_t *mk, const uint8_t *ms, uint32
 static void kind_free(kind_t *k)
 {
     EVP_CIPHER_CTX_free(k->ecb);
+    EVP_CIPHER_CTX_free(k->gcm);
     OPENSSL_cleanse(&k->mac, sizeof(k->mac));
     OPENSSL_cleanse(k->salt, sizeof(k->salt));
+}
+
+/* p[0..10) ^= SSRC || the 48-bit index hi * 2^16 + lo, big-endian: the part of the IV that both
+   profiles build alike, at a different offset. */
+static void xor_ssrc_index(uint8_t *p, uint32_t ssrc, uint32_t hi, uint32_t lo)
+{
+    p[0] ^= (uint8_t)(ssrc >> 24);
+    p[1] ^= (uint8_t)(ssrc >> 16);
+    p[2] ^= (uint8_t)(ssrc >> 8);
+    p[3] ^= (uint8_t)ssrc;
+    p[4] ^= (uint8_t)(hi >> 24);
+    p[5] ^= (uint8_t)(hi >> 16);
+    p[6] ^= (uint8_t)(hi >> 8);
+    p[7] ^= (uint8_t)hi;
+    p[8] ^= (uint8_t)(lo >> 8);
+    p[9] ^= (uint8_t)lo;
 }
 
 /* IV = salt * 2^16 XOR SSRC * 2^64 XOR index * 2^16 for the 48-bit index hi * 2^16 + lo. */
@@ -392,16 +452,59 @@ static void make_iv(const kind_t *k, uint32_t ssrc, uint32_t hi, uint32_t lo, ui
     memcpy(iv, k->salt, SESSION_SALT_LEN);
     iv[14] = 0;
     iv[15] = 0;
-    iv[4] ^= (uint8_t)(ssrc >> 24);
-    iv[5] ^= (uint8_t)(ssrc >> 16);
-    iv[6] ^= (uint8_t)(ssrc >> 8);
-    iv[7] ^= (uint8_t)ssrc;
-    iv[8] ^= (uint8_t)(hi >> 24);
-    iv[9] ^= (uint8_t)(hi >> 16);
-    iv[10] ^= (uint8_t)(hi >> 8);
-    iv[11] ^= (uint8_t)hi;
-    iv[12] ^= (uint8_t)(lo >> 8);
-    iv[13] ^= (uint8_t)lo;
+    xor_ssrc_index(iv + 4, ssrc, hi, lo);
+}
+
+/* RFC 7714 8.1 and 9.1: IV = (00 00 || SSRC || index) XOR the 12-byte salt, the index being
+   ROC || SEQ for SRTP and 00 00 || 0 || 31-bit index for SRTCP: both hi * 2^16 + lo in 48 bits. */
+static void gcm_iv(const kind_t *k, uint32_t ssrc, uint32_t hi, uint32_t lo, uint8_t iv[GCM_IV_LEN])
+{
+    memcpy(iv, k->salt, GCM_SALT_LEN);
+    xor_ssrc_index(iv + 2, ssrc, hi, lo);
+}
+
+/* out[0..n) = AES-GCM of in[0..n) under iv, authenticating aad || aad2 (aad2 may be empty), and
+   the 16-byte tag into tag. out == in allowed. */
+static int32_t gcm_seal(const kind_t *k, const uint8_t iv[GCM_IV_LEN], const uint8_t *aad,
+                        size_t aad_len, const uint8_t *aad2, size_t aad2_len, const uint8_t *in,
+                        uint8_t *out, size_t n, uint8_t *tag)
+{
+    EVP_CIPHER_CTX *c = k->gcm;
+    uint8_t t[GCM_TAG_LEN];
+    int outl = 0;
+    if (EVP_EncryptInit_ex(c, NULL, NULL, NULL, iv) != 1 ||
+        EVP_EncryptUpdate(c, NULL, &outl, aad, (int)aad_len) != 1 ||
+        (aad2_len != 0 && EVP_EncryptUpdate(c, NULL, &outl, aad2, (int)aad2_len) != 1) ||
+        (n != 0 && (EVP_EncryptUpdate(c, out, &outl, in, (int)n) != 1 || (size_t)outl != n)) ||
+        EVP_EncryptFinal_ex(c, out + n, &outl) != 1 || outl != 0 ||
+        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, (int)GCM_TAG_LEN, t) != 1)
+        return OPMOB_E_CRYPTO;
+    memcpy(tag, t, GCM_TAG_LEN);
+    return OPMOB_OK;
+}
+
+/* The inverse of gcm_seal: AUTH_FAILED when the tag does not match, and then out[0..n) is
+   zeroed, so no unauthenticated plaintext is left behind. out == in allowed. */
+static int32_t gcm_open(const kind_t *k, const uint8_t iv[GCM_IV_LEN], const uint8_t *aad,
+                        size_t aad_len, const uint8_t *aad2, size_t aad2_len, const uint8_t *in,
+                        uint8_t *out, size_t n, const uint8_t *tag)
+{
+    EVP_CIPHER_CTX *c = k->gcm;
+    uint8_t t[GCM_TAG_LEN];
+    int outl = 0, ok;
+    memcpy(t, tag, GCM_TAG_LEN); /* SET_TAG takes a non-const pointer */
+    if (EVP_DecryptInit_ex(c, NULL, NULL, NULL, iv) != 1 ||
+        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, (int)GCM_TAG_LEN, t) != 1 ||
+        EVP_DecryptUpdate(c, NULL, &outl, aad, (int)aad_len) != 1 ||
+        (aad2_len != 0 && EVP_DecryptUpdate(c, NULL, &outl, aad2, (int)aad2_len) != 1) ||
+        (n != 0 && (EVP_DecryptUpdate(c, out, &outl, in, (int)n) != 1 || (size_t)outl != n)))
+        return OPMOB_E_CRYPTO;
+    ok = EVP_DecryptFinal_ex(c, out + n, &outl);
+    if (ok != 1) {
+        memset(out, 0, n);
+        return OPMOB_E_AUTH_FAILED;
+    }
+    return OPMOB_OK;
 }
 
 #define CTR_BLOCKS ((OPMOB_SRTP_MAX_PAYLOAD + 15) / 16)
@@ -438,18 +541,21 @@ static int32_t ctr_xor(const kind_t *k, const uint8_t iv[16], const uint8_t *in,
 
 /* ---- session ------------------------------------------------------------------------------- */
 
-int32_t opmob_srtp_new(const uint8_t *master_key, size_t key_len, const uint8_t *master_salt,
-                       size_t salt_len, uint32_t replay_window, uint32_t max_streams, opmob_srtp **out)
+int32_t opmob_srtp_new_profile(int32_t profile, const uint8_t *master_key, size_t key_len,
+                               const uint8_t *master_salt, size_t salt_len, uint32_t replay_window,
+                               uint32_t max_streams, opmob_srtp **out)
 {
     opmob_srtp *s;
     int32_t rc;
     uint32_t words;
+    int gcm = profile == OPMOB_SRTP_AEAD_AES_128_GCM;
     if (out == NULL)
         return OPMOB_E_ARG;
     *out = NULL;
-    if (master_key == NULL || master_salt == NULL || key_len != MASTER_KEY_LEN ||
-        salt_len != MASTER_SALT_LEN || replay_window < MIN_WINDOW || replay_window > MAX_WINDOW ||
-        max_streams < 1u || max_streams > OPMOB_SRTP_MAX_STREAMS)
+    if ((profile != OPMOB_SRTP_AES_CM_128_HMAC_SHA1_80 && !gcm) || master_key == NULL ||
+        master_salt == NULL || key_len != MASTER_KEY_LEN ||
+        salt_len != (gcm ? GCM_MASTER_SALT_LEN : MASTER_SALT_LEN) || replay_window < MIN_WINDOW ||
+        replay_window > MAX_WINDOW || max_streams < 1u || max_streams > OPMOB_SRTP_MAX_STREAMS)
         return OPMOB_E_ARG;
     words = (replay_window + 63u) / 64u;
     if ((uint64_t)max_streams * 2u * 2u * words * sizeof(uint64_t) > MAX_BITMAP_BYTES)
@@ -459,9 +565,18 @@ int32_t opmob_srtp_new(const uint8_t *master_key, size_t key_len, const uint8_t 
         return OPMOB_E_NOMEM;
     s->window = replay_window;
     s->words = words;
-    rc = kind_init(&s->rtp, master_key, master_salt, 0, 1, 2);
-    if (rc == OPMOB_OK)
-        rc = kind_init(&s->rtcp, master_key, master_salt, 3, 4, 5);
+    s->gcm = gcm;
+    s->tag_len = gcm ? GCM_TAG_LEN : TAG_LEN;
+    s->trailer_len = s->tag_len + 4u;
+    if (gcm) {
+        rc = kind_init_gcm(&s->rtp, master_key, master_salt, 0, 2);
+        if (rc == OPMOB_OK)
+            rc = kind_init_gcm(&s->rtcp, master_key, master_salt, 3, 5);
+    } else {
+        rc = kind_init(&s->rtp, master_key, master_salt, 0, 1, 2);
+        if (rc == OPMOB_OK)
+            rc = kind_init(&s->rtcp, master_key, master_salt, 3, 4, 5);
+    }
     if (rc == OPMOB_OK)
         rc = table_init(&s->tx, max_streams, words);
     if (rc == OPMOB_OK)
@@ -472,6 +587,13 @@ int32_t opmob_srtp_new(const uint8_t *master_key, size_t key_len, const uint8_t 
     }
     *out = s;
     return OPMOB_OK;
+}
+
+int32_t opmob_srtp_new(const uint8_t *master_key, size_t key_len, const uint8_t *master_salt,
+                       size_t salt_len, uint32_t replay_window, uint32_t max_streams, opmob_srtp **out)
+{
+    return opmob_srtp_new_profile(OPMOB_SRTP_AES_CM_128_HMAC_SHA1_80, master_key, key_len, master_salt,
+                                  salt_len, replay_window, max_streams, out);
 }
 
 void opmob_srtp_free(opmob_srtp *s)
@@ -526,7 +648,7 @@ static void commit_rtp(const opmob_srtp *s, table_t *t, stream_t *st, int is_new
 int32_t opmob_srtp_protect(opmob_srtp *s, const uint8_t *in, size_t n, uint8_t *out, size_t out_cap)
 {
     int32_t h, rc;
-    size_t hlen;
+    size_t hlen, tag_len;
     uint32_t seq, ssrc, roc = 0;
     int64_t d = 0;
     stream_t *st;
@@ -534,13 +656,14 @@ int32_t opmob_srtp_protect(opmob_srtp *s, const uint8_t *in, size_t n, uint8_t *
     uint8_t iv[16], mac[SHA1_LEN];
     if (s == NULL || in == NULL || out == NULL)
         return OPMOB_E_ARG;
+    tag_len = s->tag_len;
     h = opmob_rtp_header_length(in, n);
     if (h < 0)
         return h;
     hlen = (size_t)h;
-    if (n - hlen > OPMOB_SRTP_MAX_PAYLOAD || n + TAG_LEN > OPMOB_MAX_PACKET)
+    if (n - hlen > OPMOB_SRTP_MAX_PAYLOAD || n + tag_len > OPMOB_MAX_PACKET)
         return OPMOB_E_OVERSIZED;
-    if (out_cap < n + TAG_LEN)
+    if (out_cap < n + tag_len)
         return OPMOB_E_ARG;
     seq = opmob_be16(in + 2);
     ssrc = opmob_be32(in + 8);
@@ -552,6 +675,15 @@ int32_t opmob_srtp_protect(opmob_srtp *s, const uint8_t *in, size_t n, uint8_t *
     if (rc != OPMOB_OK)
         return rc;
     memcpy(out, in, hlen);
+    if (s->gcm) {
+        /* AAD: the whole header, CSRCs and extension included. */
+        gcm_iv(&s->rtp, ssrc, roc, seq, iv);
+        rc = gcm_seal(&s->rtp, iv, in, hlen, NULL, 0, in + hlen, out + hlen, n - hlen, out + n);
+        if (rc != OPMOB_OK)
+            return rc;
+        commit_rtp(s, &s->tx, st, is_new, roc, seq, d);
+        return (int32_t)(n + tag_len);
+    }
     make_iv(&s->rtp, ssrc, roc, seq, iv);
     rc = ctr_xor(&s->rtp, iv, in + hlen, out + hlen, n - hlen);
     /* The tag covers packet || ROC: the ROC goes where the tag will, for one MAC update. */
@@ -582,9 +714,9 @@ int32_t opmob_srtp_unprotect(opmob_srtp *s, const uint8_t *in, size_t n, uint8_t
     if (h < 0)
         return h;
     hlen = (size_t)h;
-    if (n < hlen + TAG_LEN)
+    if (n < hlen + s->tag_len)
         return OPMOB_E_TRUNCATED;
-    end = n - TAG_LEN;
+    end = n - s->tag_len;
     if (end - hlen > OPMOB_SRTP_MAX_PAYLOAD)
         return OPMOB_E_OVERSIZED;
     if (out_cap < end)
@@ -598,6 +730,15 @@ int32_t opmob_srtp_unprotect(opmob_srtp *s, const uint8_t *in, size_t n, uint8_t
         rc = window_check(s, st->bits, d);
     if (rc != OPMOB_OK)
         return rc;
+    if (s->gcm) {
+        memcpy(out, in, hlen);
+        gcm_iv(&s->rtp, ssrc, roc, seq, iv);
+        rc = gcm_open(&s->rtp, iv, in, hlen, NULL, 0, in + hlen, out + hlen, end - hlen, in + end);
+        if (rc != OPMOB_OK)
+            return rc;
+        commit_rtp(s, &s->rx, st, is_new, roc, seq, d);
+        return (int32_t)end;
+    }
     if (out_cap >= end + 4u) {
         /* packet || ROC laid out in out for one MAC update, then decrypted there in place. */
         memcpy(out, in, end);
@@ -635,9 +776,9 @@ int32_t opmob_srtp_protect_rtcp(opmob_srtp *s, const uint8_t *in, size_t n, uint
         return OPMOB_E_TRUNCATED;
     if ((in[0] >> 6) != 2)
         return OPMOB_E_BAD_VERSION;
-    if (n - OPMOB_RTCP_HEADER_LEN > OPMOB_SRTP_MAX_PAYLOAD || n + OPMOB_SRTCP_TRAILER_LEN > OPMOB_MAX_PACKET)
+    if (n - OPMOB_RTCP_HEADER_LEN > OPMOB_SRTP_MAX_PAYLOAD || n + s->trailer_len > OPMOB_MAX_PACKET)
         return OPMOB_E_OVERSIZED;
-    if (out_cap < n + OPMOB_SRTCP_TRAILER_LEN)
+    if (out_cap < n + s->trailer_len)
         return OPMOB_E_ARG;
     ssrc = opmob_be32(in + 4);
     rc = table_get(s, &s->tx, ssrc, &st, &is_new);
@@ -647,6 +788,19 @@ int32_t opmob_srtp_protect_rtcp(opmob_srtp *s, const uint8_t *in, size_t n, uint
         return OPMOB_E_KEY_EXPIRED;
     index = st->rtcp_index + 1u;
     memcpy(out, in, OPMOB_RTCP_HEADER_LEN);
+    if (s->gcm) {
+        /* header | ciphertext | tag | E + index; AAD: header || E + index. */
+        uint8_t *word = out + n + GCM_TAG_LEN;
+        opmob_put_be32(word, E_FLAG | index);
+        gcm_iv(&s->rtcp, ssrc, index >> 16, index & 0xFFFFu, iv);
+        rc = gcm_seal(&s->rtcp, iv, in, OPMOB_RTCP_HEADER_LEN, word, 4u, in + OPMOB_RTCP_HEADER_LEN,
+                      out + OPMOB_RTCP_HEADER_LEN, n - OPMOB_RTCP_HEADER_LEN, out + n);
+        if (rc != OPMOB_OK)
+            return rc;
+        st->rtcp_index = index;
+        table_commit(&s->tx, st, is_new);
+        return (int32_t)(n + s->trailer_len);
+    }
     make_iv(&s->rtcp, ssrc, index >> 16, index & 0xFFFFu, iv);
     rc = ctr_xor(&s->rtcp, iv, in + OPMOB_RTCP_HEADER_LEN, out + OPMOB_RTCP_HEADER_LEN,
                  n - OPMOB_RTCP_HEADER_LEN);
@@ -675,16 +829,17 @@ int32_t opmob_srtp_unprotect_rtcp(opmob_srtp *s, const uint8_t *in, size_t n, ui
         return OPMOB_E_ARG;
     if (n > OPMOB_MAX_PACKET)
         return OPMOB_E_OVERSIZED;
-    if (n < OPMOB_RTCP_HEADER_LEN + OPMOB_SRTCP_TRAILER_LEN)
+    if (n < OPMOB_RTCP_HEADER_LEN + s->trailer_len)
         return OPMOB_E_TRUNCATED;
     if ((in[0] >> 6) != 2)
         return OPMOB_E_BAD_VERSION;
-    end = n - OPMOB_SRTCP_TRAILER_LEN;
+    end = n - s->trailer_len;
     if (end - OPMOB_RTCP_HEADER_LEN > OPMOB_SRTP_MAX_PAYLOAD)
         return OPMOB_E_OVERSIZED;
     if (out_cap < end)
         return OPMOB_E_ARG;
-    word = opmob_be32(in + end);
+    /* AES_CM: E + index, then the tag; GCM: the tag, then E + index. */
+    word = opmob_be32(s->gcm ? in + n - 4u : in + end);
     if (!(word & E_FLAG))
         return OPMOB_E_BAD_VALUE;
     index = word & MAX_SRTCP_INDEX;
@@ -694,16 +849,25 @@ int32_t opmob_srtp_unprotect_rtcp(opmob_srtp *s, const uint8_t *in, size_t n, ui
         return rc;
     d = (int64_t)index - (int64_t)st->rtcp_index;
     rc = window_check(s, st->rtcp_bits, d);
-    if (rc == OPMOB_OK)
-        rc = hmac2(&s->rtcp.mac, in, end + 4u, NULL, 0, mac);
     if (rc != OPMOB_OK)
         return rc;
-    if (CRYPTO_memcmp(mac, in + end + 4u, TAG_LEN) != 0)
-        return OPMOB_E_AUTH_FAILED;
-    memcpy(out, in, OPMOB_RTCP_HEADER_LEN);
-    make_iv(&s->rtcp, ssrc, index >> 16, index & 0xFFFFu, iv);
-    rc = ctr_xor(&s->rtcp, iv, in + OPMOB_RTCP_HEADER_LEN, out + OPMOB_RTCP_HEADER_LEN,
-                 end - OPMOB_RTCP_HEADER_LEN);
+    if (s->gcm) {
+        memcpy(out, in, OPMOB_RTCP_HEADER_LEN);
+        gcm_iv(&s->rtcp, ssrc, index >> 16, index & 0xFFFFu, iv);
+        rc = gcm_open(&s->rtcp, iv, in, OPMOB_RTCP_HEADER_LEN, in + n - 4u, 4u,
+                      in + OPMOB_RTCP_HEADER_LEN, out + OPMOB_RTCP_HEADER_LEN,
+                      end - OPMOB_RTCP_HEADER_LEN, in + end);
+    } else {
+        rc = hmac2(&s->rtcp.mac, in, end + 4u, NULL, 0, mac);
+        if (rc != OPMOB_OK)
+            return rc;
+        if (CRYPTO_memcmp(mac, in + end + 4u, TAG_LEN) != 0)
+            return OPMOB_E_AUTH_FAILED;
+        memcpy(out, in, OPMOB_RTCP_HEADER_LEN);
+        make_iv(&s->rtcp, ssrc, index >> 16, index & 0xFFFFu, iv);
+        rc = ctr_xor(&s->rtcp, iv, in + OPMOB_RTCP_HEADER_LEN, out + OPMOB_RTCP_HEADER_LEN,
+                     end - OPMOB_RTCP_HEADER_LEN);
+    }
     if (rc != OPMOB_OK)
         return rc;
     window_add(s, st->rtcp_bits, d);

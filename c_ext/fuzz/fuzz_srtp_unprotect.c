@@ -4,15 +4,18 @@
  * The first input byte picks the case: unprotect / unprotect_rtcp of the rest as it is (the
  * network's view: nothing may crash, leak or read out of bounds), or protect then unprotect of
  * the rest (what one side protected, the other must give back exactly; a damaged copy must be
- * refused). Sessions live across inputs, so stream tables fill and replay windows move, and are
- * made anew every 4096 inputs. Built by `make fuzz` with clang -fsanitize=fuzzer,address,undefined.
+ * refused). Its bit 0x40 picks the profile: AES_CM_128_HMAC_SHA1_80 or AEAD_AES_128_GCM, each
+ * with its own sessions, so both tag sizes and SRTCP layouts meet the same inputs. Sessions live
+ * across inputs, so stream tables fill and replay windows move, and are made anew every 4096
+ * inputs. Built by `make fuzz` with clang -fsanitize=fuzzer,address,undefined.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "opmob_c.h"
 
-static opmob_srtp *tx, *rx, *rx2;
+/* [0]: AES_CM, [1]: GCM. */
+static opmob_srtp *txs[2], *rxs[2], *rx2s[2];
 static unsigned long inputs;
 
 static void fail(void) { abort(); }
@@ -23,12 +26,18 @@ static void fresh(void)
                                     0xd6, 0x4f, 0xa3, 0x2c, 0x06, 0xde, 0x41, 0x39};
     static const uint8_t salt[14] = {0x0e, 0xc6, 0x75, 0xad, 0x49, 0x8a, 0xfe,
                                      0xeb, 0xb6, 0x96, 0x0b, 0x3a, 0xab, 0xe6};
-    opmob_srtp_free(tx);
-    opmob_srtp_free(rx);
-    opmob_srtp_free(rx2);
-    if (opmob_srtp_new(key, 16, salt, 14, 128, 16, &tx) != 0 || opmob_srtp_new(key, 16, salt, 14, 128, 16, &rx) != 0 ||
-        opmob_srtp_new(key, 16, salt, 14, 200, 3, &rx2) != 0)
-        fail();
+    static const int32_t profiles[2] = {OPMOB_SRTP_AES_CM_128_HMAC_SHA1_80, OPMOB_SRTP_AEAD_AES_128_GCM};
+    static const size_t salt_len[2] = {14, 12};
+    int p;
+    for (p = 0; p < 2; p++) {
+        opmob_srtp_free(txs[p]);
+        opmob_srtp_free(rxs[p]);
+        opmob_srtp_free(rx2s[p]);
+        if (opmob_srtp_new_profile(profiles[p], key, 16, salt, salt_len[p], 128, 16, &txs[p]) != 0 ||
+            opmob_srtp_new_profile(profiles[p], key, 16, salt, salt_len[p], 128, 16, &rxs[p]) != 0 ||
+            opmob_srtp_new_profile(profiles[p], key, 16, salt, salt_len[p], 200, 3, &rx2s[p]) != 0)
+            fail();
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -43,10 +52,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int32_t status[3];
     uint32_t out_len[3];
     opmob_srtp *objs[1];
+    opmob_srtp *tx, *rx, *rx2;
     if (inputs++ % 4096 == 0)
         fresh();
     if (size == 0)
         return 0;
+    tx = txs[(data[0] >> 6) & 1];
+    rx = rxs[(data[0] >> 6) & 1];
+    rx2 = rx2s[(data[0] >> 6) & 1];
     /* The rest in a buffer of its own size, so ASan sees any read past its end. */
     copy = malloc(size - 1 ? size - 1 : 1);
     if (copy == NULL)

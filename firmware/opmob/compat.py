@@ -16,6 +16,9 @@ Everything else in ``opmob`` imports these names and stays runtime-neutral:
   ValueError). CPython uses OpenSSL through ``cryptography``; MicroPython builds CTR on
   ``cryptolib.aes`` in ECB mode (the port has no CTR mode);
 - ``AesEcb``: single-block AES encryption, for key derivation;
+- ``AesGcm``: AES-128-GCM with a 12-byte IV and a 16-byte tag (SRTP's AEAD_AES_128_GCM profile),
+  ``cryptography``'s AESGCM on CPython; None on MicroPython, whose ``cryptolib`` has no GCM (and a
+  GHASH of our own is not vetted crypto);
 - ``HmacSha1``, ``HmacSha256``: HMAC (RFC 2104). MicroPython has no ``hmac`` module, so they
   are built on ``hashlib``;
 - ``xor_into``: ``dst[i] ^= src[i]``, in viper on MicroPython.
@@ -61,6 +64,8 @@ if IS_MICROPYTHON:
             c[o + 14] = v >> 8
             c[o + 15] = v & 0xFF
             b += 1
+
+    AesGcm = None
 
     class AesEcb:
         def __init__(self, key):
@@ -171,7 +176,9 @@ else:
     import hashlib
     import hmac
 
+    from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     def const(x):
         return x
@@ -236,6 +243,25 @@ else:
             if n < 0 or soff + n > len(src) or doff + n > len(dst):
                 raise ValueError("AesCtr: range outside the buffer")
             dst[doff : doff + n] = self.xor(iv, bytes(src[soff : soff + n]), bytearray(n))
+
+    class AesGcm:
+        """AES-GCM, 12-byte IV, 16-byte tag appended to the ciphertext."""
+
+        TAG_LEN = 16
+
+        def __init__(self, key):
+            self._aead = AESGCM(bytes(key))
+
+        def seal(self, iv, data, aad):
+            """ciphertext || tag."""
+            return self._aead.encrypt(bytes(iv), bytes(data), bytes(aad))
+
+        def open(self, iv, sealed, aad):
+            """The plaintext of ciphertext || tag, or None when the tag does not match."""
+            try:
+                return self._aead.decrypt(bytes(iv), bytes(sealed), bytes(aad))
+            except InvalidTag:
+                return None
 
     class HmacSha1:
         def __init__(self, key):

@@ -1,4 +1,4 @@
-"""SRTP and SRTCP with AES_CM_128_HMAC_SHA1_80 (RFC 3711), sans-I/O.
+"""SRTP and SRTCP with AES_CM_128_HMAC_SHA1_80 (RFC 3711) or AEAD_AES_128_GCM (RFC 7714), sans-I/O.
 
 An ``SrtpSession`` is one crypto context for one master key, like a libsrtp session whose policy
 is "any SSRC": a stream is made per SSRC when first used, outbound streams (``protect``) apart from
@@ -21,11 +21,22 @@ creates no stream. Streams are never evicted, since an evicted stream forgets it
 its old packets would play again; once ``max_streams`` SSRCs are known in a direction, a new SSRC
 gets ``UnknownStream``. As only an authentic packet creates an inbound stream, only a key holder
 can fill the table.
+
+The profile is chosen per session (``profile=``, the DTLS-SRTP protection profile ids):
+``PROFILE_AES_CM_128_HMAC_SHA1_80`` (the default: 14-byte master salt, 10-byte tag) or
+``PROFILE_AEAD_AES_128_GCM`` (3GPP TS 33.180's own; 12-byte master salt, 16-byte tag). GCM keeps
+everything above (streams, index estimate, windows, order of checks) and changes the crypto, as
+libsrtp does: session key and 12-byte salt from the same AES-CM KDF with the master salt
+zero-padded to 14 bytes; IV = (00 00 || SSRC || ROC || SEQ) XOR salt, the whole RTP header as
+AAD, the tag after the payload; SRTCP IV = (00 00 || SSRC || 00 00 || 0 || index) XOR salt, AAD =
+header || E + index, laid out header | ciphertext | tag | E + index. GCM runs on CPython only
+(``cryptography``'s AESGCM): MicroPython's ``cryptolib`` has no GCM, and the constructor says so.
+The AES_CM paths, the accessory's, are the same code with or without GCM around.
 """
 
 import struct
 
-from opmob.compat import IS_MICROPYTHON, AesCtr, AesEcb, HmacSha1
+from opmob.compat import IS_MICROPYTHON, AesCtr, AesEcb, AesGcm, HmacSha1
 
 if IS_MICROPYTHON:
     from uctypes import addressof
@@ -45,6 +56,14 @@ MAX_ROC = 0xFFFFFFFF
 MAX_SRTCP_INDEX = 0x7FFFFFFF
 DEFAULT_REPLAY_WINDOW = 128
 
+# Protection profiles: their DTLS-SRTP protection profile ids (RFC 5764 §4.1.2, RFC 7714 §14.2).
+PROFILE_AES_CM_128_HMAC_SHA1_80 = 1
+PROFILE_AEAD_AES_128_GCM = 7
+GCM_MASTER_SALT_LEN = 12
+GCM_SESSION_SALT_LEN = 12
+GCM_TAG_LEN = 16
+GCM_SRTCP_TRAILER_LEN = GCM_TAG_LEN + 4  # the tag, then the E flag and 31-bit index
+
 # Key derivation labels (RFC 3711 §4.3.1, §4.3.2).
 LABEL_RTP_ENCRYPTION = 0
 LABEL_RTP_AUTH = 1
@@ -63,13 +82,15 @@ class KeyExpired(BadValue):
 
 
 def kdf(master_key, master_salt, label, length):
-    """The AES-CM key derivation PRF of RFC 3711 §4.3.1 with key derivation rate 0."""
-    if len(master_key) != MASTER_KEY_LEN or len(master_salt) != MASTER_SALT_LEN:
-        raise ValueError("SRTP master key must be 16 bytes and master salt 14")
+    """The AES-CM key derivation PRF of RFC 3711 §4.3.1 with key derivation rate 0. A 12-byte
+    master salt (GCM) is zero-padded to 14 bytes, as libsrtp does."""
+    n = len(master_salt)
+    if len(master_key) != MASTER_KEY_LEN or (n != MASTER_SALT_LEN and n != GCM_MASTER_SALT_LEN):
+        raise ValueError("SRTP master key must be 16 bytes and master salt 14 (12 for GCM)")
     if not 0 <= label <= 255:
         raise ValueError("SRTP key derivation label out of range")
     # key_id = label || r with r = 0 (rate 0): the label lands on byte 7 of the 14-byte salt.
-    iv = bytearray(master_salt) + b"\x00\x00"
+    iv = bytearray(master_salt) + bytes(16 - n)
     iv[7] ^= label
     ecb = AesEcb(master_key)
     out = b""
@@ -115,6 +136,31 @@ class SessionCrypto:
 
     def tag(self, *parts):
         return self.mac.digest(*parts)[:TAG_LEN]
+
+
+def master_salt_len(profile):
+    """The master salt length of ``profile``; ValueError for a profile we do not have."""
+    if profile == PROFILE_AES_CM_128_HMAC_SHA1_80:
+        return MASTER_SALT_LEN
+    if profile == PROFILE_AEAD_AES_128_GCM:
+        return GCM_MASTER_SALT_LEN
+    raise ValueError("unknown SRTP profile %r" % (profile,))
+
+
+class GcmCrypto:
+    """The session key and 12-byte salt of one kind (SRTP or SRTCP) under AEAD_AES_128_GCM."""
+
+    def __init__(self, key, salt):
+        if len(key) != SESSION_KEY_LEN or len(salt) != GCM_SESSION_SALT_LEN:
+            raise ValueError("SRTP GCM session key must be 16 bytes and session salt 12")
+        self.aead = AesGcm(key)
+        self._salt = bytes(salt)
+
+    def iv(self, ssrc, index_hi, index_lo):
+        """IV = (00 00 || SSRC || 48-bit index) XOR salt (RFC 7714 §8.1, §9.1), the index being
+        ``index_hi * 2^16 + index_lo``: ROC || SEQ, or 00 00 || 0 || the SRTCP index."""
+        v = struct.pack(">HIIH", 0, ssrc, index_hi, index_lo)
+        return bytes(a ^ b for a, b in zip(v, self._salt))
 
 
 class _Stream:
@@ -207,22 +253,55 @@ def _u32(buf, off):
 class SrtpSession:
     """One SRTP/SRTCP crypto context for one master key, any SSRC (see the module docstring)."""
 
-    def __init__(self, master_key, master_salt, replay_window=DEFAULT_REPLAY_WINDOW, max_streams=64):
+    def __init__(
+        self,
+        master_key,
+        master_salt,
+        replay_window=DEFAULT_REPLAY_WINDOW,
+        max_streams=64,
+        profile=PROFILE_AES_CM_128_HMAC_SHA1_80,
+    ):
         # libsrtp's bounds: RFC 3711 §3.3.2 asks for at least 64, and at 2^15 the window would
         # reach indices whose ROC the estimate cannot tell apart.
         if not 64 <= replay_window < 0x8000:
             raise ValueError("SRTP replay window must be 64..32767")
         if max_streams < 1:
             raise ValueError("SRTP session needs room for at least one stream")
-        keys = derive_session_keys(master_key, master_salt)
+        salt_len = master_salt_len(profile)
+        gcm = profile == PROFILE_AEAD_AES_128_GCM
+        if gcm and AesGcm is None:
+            raise ValueError(
+                "SRTP profile AEAD_AES_128_GCM is not available on MicroPython (cryptolib has no "
+                "AES-GCM): use AES_CM_128_HMAC_SHA1_80"
+            )
+        if len(master_key) != MASTER_KEY_LEN or len(master_salt) != salt_len:
+            raise ValueError("SRTP master key must be 16 bytes and master salt %d" % salt_len)
         self.replay_window = replay_window
         self.max_streams = max_streams
+        self.profile = profile
         cap = 64
         while cap < replay_window:
             cap <<= 1
         self._mask = cap - 1
-        self._rtp = SessionCrypto(keys[0], keys[1], keys[2])
-        self._rtcp = SessionCrypto(keys[3], keys[4], keys[5])
+        self._gcm = gcm
+        if gcm:
+            # No auth keys: the GCM tag is the cipher's own (labels 1 and 4 go unused).
+            self._rtp = GcmCrypto(
+                kdf(master_key, master_salt, LABEL_RTP_ENCRYPTION, SESSION_KEY_LEN),
+                kdf(master_key, master_salt, LABEL_RTP_SALT, GCM_SESSION_SALT_LEN),
+            )
+            self._rtcp = GcmCrypto(
+                kdf(master_key, master_salt, LABEL_RTCP_ENCRYPTION, SESSION_KEY_LEN),
+                kdf(master_key, master_salt, LABEL_RTCP_SALT, GCM_SESSION_SALT_LEN),
+            )
+            self.tag_len = GCM_TAG_LEN
+            self._trailer = GCM_SRTCP_TRAILER_LEN
+        else:
+            keys = derive_session_keys(master_key, master_salt)
+            self._rtp = SessionCrypto(keys[0], keys[1], keys[2])
+            self._rtcp = SessionCrypto(keys[3], keys[4], keys[5])
+            self.tag_len = TAG_LEN
+            self._trailer = SRTCP_TRAILER_LEN
         self._tx = {}
         self._rx = {}
         # Per-packet scratch: the ROC of the last estimate, a saved tag, and a view of the
@@ -325,16 +404,18 @@ class SrtpSession:
     def protect(self, rtp):
         """The SRTP packet for the RTP packet ``rtp``."""
         n = len(rtp)
-        out = bytearray(n + TAG_LEN)
+        out = bytearray(n + self.tag_len)
         out[:n] = rtp
         self.protect_into(out, n)
         self._auth_buf = self._auth_view = None
         return bytes(out)
 
     def protect_into(self, buf, n):
-        """Protect in place the RTP packet in ``buf[:n]``; ``buf`` must have TAG_LEN bytes of room
-        after it. Returns the SRTP packet's length (n + TAG_LEN). On error neither ``buf`` nor the
-        session changes. Allocates only what hashlib makes (see HmacSha1.digest1)."""
+        """Protect in place the RTP packet in ``buf[:n]``; ``buf`` must have ``tag_len`` bytes of
+        room after it. Returns the SRTP packet's length (n + tag_len). On error neither ``buf`` nor
+        the session changes. AES_CM allocates only what hashlib makes (see HmacSha1.digest1)."""
+        if self._gcm:
+            return self._gcm_protect_into(buf, n)
         hlen = _rtp_header_length(buf, n)
         if n - hlen > MAX_PAYLOAD or n + TAG_LEN > MAX_PACKET:
             raise Oversized("RTP packet too large to protect")
@@ -375,6 +456,8 @@ class SrtpSession:
         """Unprotect in place the SRTP packet in ``buf[:n]``; returns the RTP packet's length
         (``buf[:length]`` is then the RTP packet). Raises a WireError if it is not one; then the
         session is unchanged, and so is ``buf``. The tag is checked before any state moves."""
+        if self._gcm:
+            return self._gcm_unprotect_into(buf, n)
         if n > MAX_PACKET:
             raise Oversized("SRTP packet larger than %d bytes" % MAX_PACKET)
         hlen = _rtp_header_length(buf, n)
@@ -409,6 +492,56 @@ class SrtpSession:
         self._commit_rtp(table, ssrc, st, new, roc, seq, d)
         return end
 
+    # -- SRTP, AEAD_AES_128_GCM (CPython only: allocation is no concern here) -----------------------
+
+    def _index(self, table, ssrc, seq):
+        # (stream, is_new, d) with the ROC in self._est_roc; the AES_CM paths inline this, since
+        # the tuple would be an allocation per packet on MicroPython.
+        st = table.get(ssrc)
+        new = st is None
+        if new:
+            st = self._new_stream(table)
+        d = self._estimate(st, seq)
+        _check_window(st.bits, self._mask, st.seq, d, self.replay_window)
+        return st, new, d
+
+    def _gcm_protect_into(self, buf, n):
+        hlen = _rtp_header_length(buf, n)
+        if n - hlen > MAX_PAYLOAD or n + GCM_TAG_LEN > MAX_PACKET:
+            raise Oversized("RTP packet too large to protect")
+        if n + GCM_TAG_LEN > len(buf):
+            raise ValueError("SRTP protect_into: no room for the tag")
+        seq = (buf[2] << 8) | buf[3]
+        ssrc = _u32(buf, 8)
+        st, new, d = self._index(self._tx, ssrc, seq)
+        roc = self._est_roc
+        c = self._rtp
+        # AAD: the whole header, CSRCs and extension included (RFC 7714 §8.2).
+        buf[hlen : n + GCM_TAG_LEN] = c.aead.seal(c.iv(ssrc, roc, seq), buf[hlen:n], buf[:hlen])
+        self._commit_rtp(self._tx, ssrc, st, new, roc, seq, d)
+        return n + GCM_TAG_LEN
+
+    def _gcm_unprotect_into(self, buf, n):
+        if n > MAX_PACKET:
+            raise Oversized("SRTP packet larger than %d bytes" % MAX_PACKET)
+        hlen = _rtp_header_length(buf, n)
+        end = n - GCM_TAG_LEN
+        if end < hlen:
+            raise Truncated("SRTP packet too short for its header and tag")
+        if end - hlen > MAX_PAYLOAD:
+            raise Oversized("SRTP payload too large")
+        seq = (buf[2] << 8) | buf[3]
+        ssrc = _u32(buf, 8)
+        st, new, d = self._index(self._rx, ssrc, seq)
+        roc = self._est_roc
+        c = self._rtp
+        plain = c.aead.open(c.iv(ssrc, roc, seq), buf[hlen:n], buf[:hlen])
+        if plain is None:
+            raise AuthFailed("SRTP authentication tag mismatch")
+        buf[hlen:end] = plain
+        self._commit_rtp(self._rx, ssrc, st, new, roc, seq, d)
+        return end
+
     def _commit_rtp(self, table, ssrc, st, new, roc, seq, d):
         m = self._mask
         _add_to_window(st.bits, m, st.seq, d)
@@ -427,7 +560,7 @@ class SrtpSession:
             raise Truncated("RTCP packet shorter than 8 bytes")
         if rtcp[0] >> 6 != 2:
             raise BadVersion("RTCP version is not 2")
-        if n - RTCP_HEADER_LEN > MAX_PAYLOAD or n + SRTCP_TRAILER_LEN > MAX_PACKET:
+        if n - RTCP_HEADER_LEN > MAX_PAYLOAD or n + self._trailer > MAX_PACKET:
             raise Oversized("RTCP packet too large to protect")
         ssrc = struct.unpack_from(">I", rtcp, 4)[0]
         st, new = self._stream(self._tx, ssrc)
@@ -435,13 +568,22 @@ class SrtpSession:
         if index > MAX_SRTCP_INDEX:
             raise KeyExpired("SRTCP index exhausted")
         c = self._rtcp
-        out = bytearray(n + SRTCP_TRAILER_LEN)
-        out[:n] = rtcp
-        mv = memoryview(out)
-        body = mv[RTCP_HEADER_LEN:n]
-        c.ctr.xor(c.iv(ssrc, index >> 16, index & 0xFFFF), body, body)
-        struct.pack_into(">I", out, n, _E_FLAG | index)
-        out[n + 4 :] = c.tag(mv[: n + 4])
+        if self._gcm:
+            # header | ciphertext | tag | E + index, with header || E + index as the AAD.
+            head = bytes(rtcp[:RTCP_HEADER_LEN])
+            word = struct.pack(">I", _E_FLAG | index)
+            sealed = c.aead.seal(
+                c.iv(ssrc, index >> 16, index & 0xFFFF), rtcp[RTCP_HEADER_LEN:n], head + word
+            )
+            out = head + sealed + word
+        else:
+            out = bytearray(n + SRTCP_TRAILER_LEN)
+            out[:n] = rtcp
+            mv = memoryview(out)
+            body = mv[RTCP_HEADER_LEN:n]
+            c.ctr.xor(c.iv(ssrc, index >> 16, index & 0xFFFF), body, body)
+            struct.pack_into(">I", out, n, _E_FLAG | index)
+            out[n + 4 :] = c.tag(mv[: n + 4])
         st.rtcp_index = index
         if new:
             self._tx[ssrc] = st
@@ -452,14 +594,15 @@ class SrtpSession:
         n = len(srtcp)
         if n > MAX_PACKET:
             raise Oversized("SRTCP packet larger than %d bytes" % MAX_PACKET)
-        if n < RTCP_HEADER_LEN + SRTCP_TRAILER_LEN:
+        if n < RTCP_HEADER_LEN + self._trailer:
             raise Truncated("SRTCP packet too short for header, index and tag")
         if srtcp[0] >> 6 != 2:
             raise BadVersion("RTCP version is not 2")
-        end = n - SRTCP_TRAILER_LEN
+        end = n - self._trailer
         if end - RTCP_HEADER_LEN > MAX_PAYLOAD:
             raise Oversized("SRTCP payload too large")
-        word = struct.unpack_from(">I", srtcp, end)[0]
+        # AES_CM: E + index, then the tag; GCM: the tag, then E + index.
+        word = struct.unpack_from(">I", srtcp, n - 4 if self._gcm else end)[0]
         if not word & _E_FLAG:
             raise BadValue("SRTCP packet not encrypted (E = 0)")
         index = word & MAX_SRTCP_INDEX
@@ -470,15 +613,26 @@ class SrtpSession:
         _check_window(st.rtcp_bits, m, st.rtcp_index, d, self.replay_window)
         c = self._rtcp
         mv = memoryview(srtcp)
-        if not _tag_equal(c.tag(mv[: end + 4]), srtcp, end + 4):
-            raise AuthFailed("SRTCP authentication tag mismatch")
-        out = bytearray(end)
-        out[:RTCP_HEADER_LEN] = mv[:RTCP_HEADER_LEN]
-        c.ctr.xor(
-            c.iv(ssrc, index >> 16, index & 0xFFFF),
-            mv[RTCP_HEADER_LEN:end],
-            memoryview(out)[RTCP_HEADER_LEN:],
-        )
+        if self._gcm:
+            head = bytes(mv[:RTCP_HEADER_LEN])
+            plain = c.aead.open(
+                c.iv(ssrc, index >> 16, index & 0xFFFF),
+                mv[RTCP_HEADER_LEN : n - 4],
+                head + bytes(mv[n - 4 : n]),
+            )
+            if plain is None:
+                raise AuthFailed("SRTCP authentication tag mismatch")
+            out = head + plain
+        else:
+            if not _tag_equal(c.tag(mv[: end + 4]), srtcp, end + 4):
+                raise AuthFailed("SRTCP authentication tag mismatch")
+            out = bytearray(end)
+            out[:RTCP_HEADER_LEN] = mv[:RTCP_HEADER_LEN]
+            c.ctr.xor(
+                c.iv(ssrc, index >> 16, index & 0xFFFF),
+                mv[RTCP_HEADER_LEN:end],
+                memoryview(out)[RTCP_HEADER_LEN:],
+            )
         _add_to_window(st.rtcp_bits, m, st.rtcp_index, d)
         if d > 0:
             st.rtcp_index = index

@@ -47,6 +47,8 @@ from opmob_c._opmob_c import ffi, lib
 __all__ = [
     "Codec2",
     "CODEC2_MODES",
+    "PROFILE_AEAD_AES_128_GCM",
+    "PROFILE_AES_CM_128_HMAC_SHA1_80",
     "Dvi4Decoder",
     "Dvi4Encoder",
     "SrtpSession",
@@ -62,6 +64,9 @@ __all__ = [
 Buffer = bytes | bytearray | memoryview
 
 MAX_PACKET = int(lib.OPMOB_MAX_PACKET)
+#: SRTP protection profiles, the twin's constants (DTLS-SRTP protection profile ids).
+PROFILE_AES_CM_128_HMAC_SHA1_80 = _srtp.PROFILE_AES_CM_128_HMAC_SHA1_80
+PROFILE_AEAD_AES_128_GCM = _srtp.PROFILE_AEAD_AES_128_GCM
 FRAME_SAMPLES = _dvi4.FRAME_SAMPLES
 MAX_SAMPLES = _dvi4.MAX_SAMPLES
 HEADER_LEN = _dvi4.HEADER_LEN
@@ -275,8 +280,9 @@ def _wire_results(res: list[bytes], status: list[int] | None, what: str) -> list
 class SrtpSession:
     """``opmob.srtp.SrtpSession`` on libcrypto: same constructor, methods, bytes and errors.
 
-    ``max_streams`` is bounded here (at most 65,536 per direction), since the C session
-    allocates its stream table up front.
+    ``profile`` is ``PROFILE_AES_CM_128_HMAC_SHA1_80`` (the default; master salt 14 bytes) or
+    ``PROFILE_AEAD_AES_128_GCM`` (master salt 12 bytes). ``max_streams`` is bounded here (at most
+    65,536 per direction), since the C session allocates its stream table up front.
     """
 
     def __init__(
@@ -285,6 +291,7 @@ class SrtpSession:
         master_salt: Buffer,
         replay_window: int = _srtp.DEFAULT_REPLAY_WINDOW,
         max_streams: int = 64,
+        profile: int = PROFILE_AES_CM_128_HMAC_SHA1_80,
     ) -> None:
         if not 64 <= replay_window < 0x8000:
             raise ValueError("SRTP replay window must be 64..32767")
@@ -292,10 +299,12 @@ class SrtpSession:
             raise ValueError("SRTP session needs room for at least one stream")
         if max_streams > lib.OPMOB_SRTP_MAX_STREAMS:
             raise ValueError("SRTP session of the C extension holds at most 65536 streams")
-        if len(master_key) != _srtp.MASTER_KEY_LEN or len(master_salt) != _srtp.MASTER_SALT_LEN:
-            raise ValueError("SRTP master key must be 16 bytes and master salt 14")
+        salt_len = _srtp.master_salt_len(profile)  # ValueError for an unknown profile
+        if len(master_key) != _srtp.MASTER_KEY_LEN or len(master_salt) != salt_len:
+            raise ValueError(f"SRTP master key must be 16 bytes and master salt {salt_len}")
         p = ffi.new("opmob_srtp **")
-        rc = lib.opmob_srtp_new(
+        rc = lib.opmob_srtp_new_profile(
+            profile,
             _in(master_key),
             len(master_key),
             _in(master_salt),
@@ -310,6 +319,7 @@ class SrtpSession:
         self._objs = ffi.new("opmob_srtp *[]", [self._s])  # for batches of this session alone
         self.replay_window = replay_window
         self.max_streams = max_streams
+        self.profile = profile
         self._out = ffi.new("uint8_t[]", MAX_PACKET)
         self._outbuf = ffi.buffer(self._out)
         self._words = int(lib.opmob_srtp_window_words(self._s))
@@ -405,9 +415,12 @@ class SrtpSession:
             lib.opmob_srtp_remove_stream(self._s, ssrc & 0xFFFFFFFF)
 
 
+# Output room per packet: the most any profile adds (GCM's 16-byte tag, its 20-byte SRTCP
+# trailer), so a fan-out may mix profiles and no session is looked at per call; the unused bytes
+# are per-thread scratch.
 _SRTP_STRIDE = {
-    int(lib.OPMOB_OP_PROTECT): lib.OPMOB_SRTP_TAG_LEN,
-    int(lib.OPMOB_OP_PROTECT_RTCP): lib.OPMOB_SRTCP_TRAILER_LEN,
+    int(lib.OPMOB_OP_PROTECT): max(lib.OPMOB_SRTP_TAG_LEN, lib.OPMOB_SRTP_GCM_TAG_LEN),
+    int(lib.OPMOB_OP_PROTECT_RTCP): max(lib.OPMOB_SRTCP_TRAILER_LEN, lib.OPMOB_SRTCP_GCM_TRAILER_LEN),
     int(lib.OPMOB_OP_UNPROTECT): 0,
     int(lib.OPMOB_OP_UNPROTECT_RTCP): 0,
 }

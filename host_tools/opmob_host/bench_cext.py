@@ -5,6 +5,8 @@
   interleaved and the best round of each kept, so a busy shared machine slows all three alike.
   c_ext goes through its batch API (1,000 packets a call: the relay's form); pylibsrtp (libsrtp 2)
   and the pure twin through a per-packet Python loop. Goal: c_ext at least 3x pylibsrtp.
+  ``srtp.pairs_per_s.{c_ext_gcm,pylibsrtp_gcm}``: the same two measurements with the
+  AEAD_AES_128_GCM profile, in the same rounds.
 - ``transcode.streams_per_core``: how many DVI4 → Codec2 3200 streams one core keeps in real time
   (50 frames a second each) through ``Transcoder.to_codec2``: every 20 ms tick, one packet of each
   stream in one call, unprotected (accessory key), decoded, encoded and protected (backhaul key).
@@ -18,6 +20,9 @@
   datagrams compared byte for byte. ``relay.cpu_per_packet_us.c_ext_batch``: the C session with
   the fan-out always in one ``protect_batch`` call (``Relay(fanout=...)``); for 10 listeners it is
   about even with per-listener calls, so ``opmob relay run`` batches from ``BATCH_FROM`` on.
+- ``relay.link_cpu_per_packet_us.{codec2_3200,codec2_1600,dvi4}``: CPU time both relays spend per
+  talker packet on the path a relay-to-relay link really takes (``link_chain``: two relay cores,
+  ``Relay.on_datagram`` on each, the transcoding one packet at a time through ``LinkTranscoder``).
 - ``quality.{pesq,stoi}.{dvi4,codec2_3200,chain}``: ``opmob_host.quality`` in a fresh process.
 """
 
@@ -42,10 +47,14 @@ def _packets(n: int, ssrc: int = 0x1234ABCD) -> list[bytes]:
     return [struct.pack(">BBHII", 0x80, 5, i & 0xFFFF, 160 * i, ssrc) + payload for i in range(n)]
 
 
-def _pairs_c(pkts: list[bytes], key: bytes) -> float:
+def _pairs_c(pkts: list[bytes], key: bytes, gcm: bool = False) -> float:
     import opmob_c
 
-    tx, rx = opmob_c.SrtpSession(key[:16], key[16:]), opmob_c.SrtpSession(key[:16], key[16:])
+    if gcm:
+        prof, ms = opmob_c.PROFILE_AEAD_AES_128_GCM, key[16:28]
+    else:
+        prof, ms = opmob_c.PROFILE_AES_CM_128_HMAC_SHA1_80, key[16:]
+    tx, rx = opmob_c.SrtpSession(key[:16], ms, profile=prof), opmob_c.SrtpSession(key[:16], ms, profile=prof)
     t0 = time.process_time()
     for i in range(0, len(pkts), 1000):
         out = rx.unprotect_batch(tx.protect_batch(pkts[i : i + 1000]))
@@ -67,10 +76,13 @@ def _pairs_loop(tx: object, rx: object, pkts: list[bytes]) -> float:
     return len(pkts) / dt
 
 
-def _pairs_pylibsrtp(pkts: list[bytes], key: bytes) -> float:
+def _pairs_pylibsrtp(pkts: list[bytes], key: bytes, gcm: bool = False) -> float:
     from pylibsrtp import Policy, Session
 
-    prof = Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    if gcm:
+        prof, key = Policy.SRTP_PROFILE_AEAD_AES_128_GCM, key[:28]
+    else:
+        prof = Policy.SRTP_PROFILE_AES128_CM_SHA1_80
     tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=prof))
     rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=prof))
     return _pairs_loop(tx, rx, pkts)
@@ -87,12 +99,15 @@ def srtp_rows(quick: bool) -> Iterator[Row]:
     n = 5_000 if quick else 40_000
     pkts = _packets(n)
     pure_pkts = pkts[: n // 20]
-    best = {"c_ext": 0.0, "pylibsrtp": 0.0, "pure": 0.0}
+    best = {"c_ext": 0.0, "pylibsrtp": 0.0, "pure": 0.0, "c_ext_gcm": 0.0, "pylibsrtp_gcm": 0.0}
     for _ in range(2 if quick else 5):
         best["c_ext"] = max(best["c_ext"], _pairs_c(pkts, key))
         best["pylibsrtp"] = max(best["pylibsrtp"], _pairs_pylibsrtp(pkts, key))
         best["pure"] = max(best["pure"], _pairs_pure(pure_pkts, key))
+        best["c_ext_gcm"] = max(best["c_ext_gcm"], _pairs_c(pkts, key, gcm=True))
+        best["pylibsrtp_gcm"] = max(best["pylibsrtp_gcm"], _pairs_pylibsrtp(pkts, key, gcm=True))
     ratio = best["c_ext"] / best["pylibsrtp"]
+    ratio_gcm = best["c_ext_gcm"] / best["pylibsrtp_gcm"]
     yield (
         "srtp.pairs_per_s.c_ext",
         best["c_ext"],
@@ -113,6 +128,20 @@ def srtp_rows(quick: bool) -> Iterator[Row]:
         "1/s",
         None,
         "opmob.srtp twin, per-packet Python loop, same run",
+    )
+    yield (
+        "srtp.pairs_per_s.c_ext_gcm",
+        best["c_ext_gcm"],
+        "1/s",
+        None,
+        f"AEAD_AES_128_GCM, batch API as c_ext; {ratio_gcm:.2f}x pylibsrtp_gcm; same packets, same run",
+    )
+    yield (
+        "srtp.pairs_per_s.pylibsrtp_gcm",
+        best["pylibsrtp_gcm"],
+        "1/s",
+        None,
+        "AEAD_AES_128_GCM, libsrtp 2.7 (pylibsrtp), per-packet Python loop, same packets, same run",
     )
     yield (
         "ratio.srtp.c_ext_over_pylibsrtp",
@@ -366,7 +395,7 @@ def quality_rows() -> Iterator[Row]:
     what = {
         "dvi4": "DVI4 alone (accessory link)",
         "codec2_3200": "Codec2 3200 alone (backhaul)",
-        "chain": "DVI4 -> Codec2 3200 -> DVI4 through two relays' Transcoders, SRTP on every hop",
+        "chain": "DVI4 -> Codec2 3200 -> DVI4 through two relay cores and their link (link_chain), SRTP on every hop",
     }
     for cond, text in what.items():
         yield (f"quality.pesq.{cond}", q[cond]["pesq"], "MOS-LQO", None, f"PESQ-NB, {text}; {where}")
@@ -384,4 +413,7 @@ def run(quick: bool = False) -> Iterator[Row]:
     yield from srtp_rows(quick)
     yield from transcode_rows(quick)
     yield from relay_rows(quick)
+    from opmob_host.link_chain import link_rows
+
+    yield from link_rows(quick)
     yield from quality_rows()

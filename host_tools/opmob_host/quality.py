@@ -1,7 +1,8 @@
 """Voice quality of the relay's codecs on real speech: PESQ narrow band (ITU-T P.862, ``pesq``)
 and STOI (``pystoi``), for DVI4 alone, Codec2 3200 alone, and the whole chain accessory → relay →
-backhaul → relay → accessory (DVI4 → Codec2 3200 → DVI4 through ``opmob_c.Transcoder``, SRTP on
-every hop).
+backhaul → relay → accessory: ann's DVI4 RTP through two relay cores joined by a Codec2 3200 link
+(``link_chain``: registration, floor, SRTP on every hop, the relays built as ``opmob relay run``
+builds them) to bob's DVI4 decoder.
 
     .venv/bin/python -m opmob_host.quality          # one JSON object on stdout
 
@@ -17,7 +18,6 @@ figures that a test compares with a floor.
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,45 +52,10 @@ def _codec2(pcm: bytes) -> bytes:
 
 
 def _chain(pcm: bytes) -> bytes:
-    """Accessory A → relay A → backhaul → relay B → accessory B, as the relays run it."""
-    import opmob_c
-    from opmob import rtp
-    from opmob.srtp import SrtpSession as PureSession
+    """Accessory A -> relay A -> backhaul -> relay B -> accessory B through two relay cores."""
+    from opmob_host.link_chain import through_relays
 
-    rng = random.Random(1)
-    acc_a, back, acc_b = (rng.randbytes(30) for _ in range(3))
-    relay_a, relay_b = opmob_c.Transcoder(1), opmob_c.Transcoder(1)
-    relay_a.open(
-        0,
-        codec2_ssrc=0xB1,
-        dvi4_ssrc=0,
-        dvi4_rx=opmob_c.SrtpSession(acc_a[:16], acc_a[16:]),
-        codec2_tx=opmob_c.SrtpSession(back[:16], back[16:]),
-    )
-    relay_b.open(
-        0,
-        codec2_ssrc=0,
-        dvi4_ssrc=0xB2,
-        codec2_rx=opmob_c.SrtpSession(back[:16], back[16:]),
-        dvi4_tx=opmob_c.SrtpSession(acc_b[:16], acc_b[16:]),
-    )
-    talker, listener = PureSession(acc_a[:16], acc_a[16:]), PureSession(acc_b[:16], acc_b[16:])
-    enc, dec = opmob_c.Dvi4Encoder(), opmob_c.Dvi4Decoder()
-    sent = [
-        talker.protect(
-            rtp.encode(rtp.RtpHeader(5, f, 160 * f, 0xA1), enc.encode(pcm[f * FRAME : (f + 1) * FRAME]))
-        )
-        for f in range(len(pcm) // FRAME)
-    ]
-    out = []
-    for r in relay_a.to_codec2([(0, p) for p in sent]):
-        if not isinstance(r, list):
-            raise RuntimeError(f"relay A dropped a packet: {r!r}")
-        for q in relay_b.to_dvi4([(0, p) for p in r]):
-            if not isinstance(q, list):
-                raise RuntimeError(f"relay B dropped a packet: {q!r}")
-            out += [bytes(dec.decode(rtp.decode(listener.unprotect(p))[1])) for p in q]
-    return b"".join(out)
+    return through_relays(pcm, "codec2_3200")[0]
 
 
 #: The fixed delay of each condition's output, in samples (DVI4 has none).

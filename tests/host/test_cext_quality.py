@@ -1,13 +1,15 @@
 """Voice quality on real speech, guarded: PESQ narrow band and STOI for DVI4 alone, Codec2 3200
 alone and the whole chain accessory → relay → backhaul → relay → accessory (``opmob_host.quality``,
-run in a fresh process so libcodec2's decoder randomness is the same on every run).
+run in a fresh process so libcodec2's decoder randomness is the same on every run). The chain runs
+through two relay cores joined by a Codec2 3200 link (``opmob_host.link_chain``), the path
+`opmob relay run` takes: registration, floor, SRTP on every hop.
 
 Measured (codec2-examples, 9 recordings, 51 s; this machine, libcodec2 1.0.5):
     DVI4          PESQ-NB 3.79  STOI 0.960
     Codec2 3200   PESQ-NB 3.09  STOI 0.852
     chain         PESQ-NB 2.56  STOI 0.794
-The floors sit a little under those figures: a regression in a codec, in the pipeline's framing or
-in its SRTP shows up here, a change of a few hundredths from another libcodec2 build does not.
+The floors sit a little under those figures: a regression in a codec, in the framing or in the
+relays' link path shows up here, a change of a few hundredths from another libcodec2 build does not.
 """
 
 from __future__ import annotations

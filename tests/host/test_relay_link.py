@@ -184,6 +184,9 @@ async def _a_to_b(codec: str) -> None:
             ncc = envelope_ncc(pcm, decode_heard(cat.heard()))
             assert ncc >= ENV_NCC_MIN, f"{codec}: envelope NCC {ncc:.3f} < {ENV_NCC_MIN}"
             sa = await p.a.astatus()
+            # The transcoding and every hop's SRTP ran on the C extension in both relay processes.
+            assert sa["driver"]["accel"] == "c", sa["driver"]
+            assert (await p.b.astatus())["driver"]["accel"] == "c"
             lc = link_counters(sa)
             # Once per link (not per remote member), in Codec2-sized packets.
             per_packet = 2 if codec == "codec2_1600" else 1
