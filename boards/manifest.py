@@ -39,6 +39,7 @@ package(  # noqa: F821
         "accessory/link.py",
         "accessory/main.py",
         "accessory/ptt.py",
+        "accessory/selftest.py",  # opmob verify's check of the peripherals
         "accessory/tones.py",
     ),
     base_path="../firmware",

@@ -71,7 +71,8 @@ def build(pkg: Path, board_name: str, arch: str, out: Path) -> dict[str, bytes]:
 
 
 def read_manifest(dev: Device) -> dict[str, str]:
-    raw = dev.read(MANIFEST)
+    with dev.during(f"reading {MANIFEST}"):
+        raw = dev.read(MANIFEST)
     if raw is None:
         return {}
     try:
@@ -91,15 +92,16 @@ def write_manifest(dev: Device, board: str, arch: str, files: dict[str, str]) ->
 
 def device_board(dev: Device) -> str:
     """The board named by the device's /board.json, or unix-sim for the unix port."""
-    raw = dev.read("/board.json")
-    if raw is not None:
-        try:
-            name = json.loads(raw)["name"]
-            if isinstance(name, str):
-                return name
-        except (ValueError, KeyError, TypeError):
-            pass
-    platform = dev.exec("import sys\nprint(sys.platform)").decode().strip()
+    with dev.during("reading its board"):
+        raw = dev.read("/board.json")
+        if raw is not None:
+            try:
+                name = json.loads(raw)["name"]
+                if isinstance(name, str):
+                    return name
+            except (ValueError, KeyError, TypeError):
+                pass
+        platform = dev.exec("import sys\nprint(sys.platform)").decode().strip()
     if platform == "linux":
         return "unix-sim"
     raise TechnicianError(
@@ -127,7 +129,8 @@ def deploy(dev: Device, board_name: str | None, pkg: Path, force: bool = False) 
     for path in changed:
         parent = path.rsplit("/", 1)[0]
         if parent and parent not in made:
-            dev.makedirs(parent)
+            with dev.during(f"making {parent}"):
+                dev.makedirs(parent)
             made.add(parent)
         dev.write_atomic(path, files[path])
     for path in stale:

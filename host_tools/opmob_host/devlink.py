@@ -1,14 +1,19 @@
 """The link to a device's REPL for ``deploy``, ``provision`` and ``verify``: mpremote's own serial
-transport (raw REPL, raw-paste), with its failures turned into sentences for the technician."""
+transport (raw REPL, raw-paste mode), with its failures turned into sentences for the technician."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import stat
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import serial
@@ -19,10 +24,113 @@ CHUNK = 512
 # Tests only: a pause before each command sent to the device, so that a test can kill a
 # provision at every point of its run (tests/host/test_provision.py).
 STEP_DELAY_S = float(os.environ.get("OPMOB_TEST_STEP_DELAY", "0"))
+# What a vanished device raises out of mpremote: pyserial's SerialException is an OSError, and a
+# raw-paste header cut short is a struct.error.
+LINK_ERRORS = (TransportError, OSError, struct.error)
 
 
 class TechnicianError(Exception):
     """A problem the technician can act on; the message says what and what to do."""
+
+
+def lost(port: str, step: str) -> TechnicianError:
+    return TechnicianError(
+        f"the device on {port} stopped answering (unplugged or reset?) during {step}; "
+        "nothing was left half-written: run the same command again"
+    )
+
+
+def holders(port: str) -> list[tuple[int, str]]:
+    """(pid, command name) of the other processes that have ``port`` open, from /proc as fuser
+    finds them: a program that opened it without pyserial's exclusive lock (screen, cat) would
+    otherwise eat the device's answers. The process that holds the master side of a
+    pseudo-terminal is the device itself (a virtual device), not a competitor."""
+    try:
+        target = os.path.realpath(port)
+    except OSError:
+        return []
+    pts = target.rsplit("/", 1)[1] if target.startswith("/dev/pts/") else None
+    found: list[tuple[int, str]] = []
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        fd_dir = f"/proc/{entry.name}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:  # another user's process, or gone
+            continue
+        holds = device_side = False
+        for fd in fds:
+            try:
+                link = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if link == target:
+                holds = True
+            elif pts is not None and link in ("/dev/ptmx", "/dev/pts/ptmx"):
+                device_side = device_side or _ptmx_index(entry.name, fd) in (pts, None)
+        if holds and not device_side:
+            try:
+                comm = Path(f"/proc/{entry.name}/comm").read_text().strip()
+            except OSError:
+                comm = "?"
+            found.append((int(entry.name), comm))
+    return found
+
+
+def _ptmx_index(pid: str, fd: str) -> str | None:
+    """The pseudo-terminal a master fd drives (None: the kernel does not say, so it may be ours)."""
+    try:
+        for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
+            if line.startswith("tty-index:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        return ""  # gone: drives nothing
+    return None
+
+
+def _tty_driver(rdev: int) -> bool:
+    """Whether a character device is a terminal, by the kernel's list of tty drivers (major,
+    minors), without opening it: an open can reset a board. True when the list is unreadable."""
+    major, minor = os.major(rdev), os.minor(rdev)
+    try:
+        lines = Path("/proc/tty/drivers").read_text().splitlines()
+    except OSError:
+        return True
+    for line in lines:
+        f = line.split()
+        try:
+            lo, _, hi = f[3].partition("-")
+            if int(f[2]) == major and int(lo) <= minor <= int(hi or lo):
+                return True
+        except (IndexError, ValueError):
+            continue
+    return False
+
+
+def check_port(port: str) -> None:
+    """What can be told about ``port`` without opening it: a TechnicianError when it is absent,
+    not a serial device, or held by another program."""
+    try:
+        st = os.stat(port)
+    except FileNotFoundError:
+        raise TechnicianError(_port_problem(port)) from None
+    except OSError as e:
+        raise TechnicianError(f"port {port} cannot be used: {e.strerror}") from None
+    if not stat.S_ISCHR(st.st_mode) or not _tty_driver(st.st_rdev):
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(st.st_mode)
+            else "a device that is not a terminal"
+            if stat.S_ISCHR(st.st_mode)
+            else "a file"
+        )
+        raise TechnicianError(f"{port} is not a serial port ({kind}): opmob ports lists the serial ports")
+    busy = holders(port)
+    if busy:
+        who = ", ".join(f"{comm} (pid {pid})" for pid, comm in busy)
+        raise TechnicianError(f"port {port} is busy: open in {who}; close it first")
 
 
 def _port_problem(port: str) -> str:
@@ -36,6 +144,8 @@ def _port_problem(port: str) -> str:
             return f"port {port} is busy: another program has it open (mpremote, a terminal, a monitor)"
         if isinstance(e.__context__, PermissionError) or "Permission denied" in str(e):
             return f"port {port}: permission denied (add yourself to the dialout group)"
+        if "Inappropriate ioctl" in str(e):  # ENOTTY: a character device, but no terminal
+            return f"{port} is not a serial port: opmob ports lists the serial ports"
         return f"port {port} cannot be opened: {e}"
     s.close()
     return f"port {port} cannot be opened"
@@ -47,18 +157,30 @@ class Device:
     def __init__(self, port: str, transport: SerialTransport) -> None:
         self.port = port
         self.t = transport
+        self.step = "a command"
+
+    @contextmanager
+    def during(self, step: str) -> Iterator[None]:
+        """Name what is being done, for the message if the device vanishes meanwhile."""
+        outer, self.step = self.step, step
+        try:
+            yield
+        finally:
+            self.step = outer
 
     def exec(self, code: str) -> bytes:
         if STEP_DELAY_S:
             time.sleep(STEP_DELAY_S)
         try:
-            out: bytes = self.t.exec(code)
+            # mpremote prints what it got when the raw REPL misbehaves: ours is the message.
+            with contextlib.redirect_stdout(io.StringIO()):
+                out: bytes = self.t.exec(code)
         except TransportExecError as e:
             raise TechnicianError(
                 f"the device on {self.port} failed a command: {e.error_output.strip().splitlines()[-1:]}"
             ) from None
-        except TransportError as e:
-            raise TechnicianError(f"the device on {self.port} stopped answering ({e})") from None
+        except LINK_ERRORS:
+            raise lost(self.port, self.step) from None
         return out
 
     def eval_json(self, expr: str) -> Any:
@@ -96,42 +218,53 @@ class Device:
         """Write ``path`` whole or not at all: a temporary file, checked by hash, then renamed over
         the old one (littlefs and the unix port rename atomically)."""
         tmp = path + ".tmp"
-        self.exec(f"f=open({tmp!r},'wb')\nw=f.write")
-        for i in range(0, len(data), CHUNK):
-            self.exec(f"w({data[i : i + CHUNK]!r})")
-        self.exec("f.close()")
-        got = self.sha256(tmp)
-        if got != hashlib.sha256(data).hexdigest():
-            self.exec(f"import os\ntry:\n os.remove({tmp!r})\nexcept OSError:\n pass")
-            raise TechnicianError(f"{path}: the copy on the device does not match (hash differs); try again")
-        self.exec(f"import os\nos.rename({tmp!r},{path!r})")
+        with self.during(f"writing {path}"):
+            self.exec(f"f=open({tmp!r},'wb')\nw=f.write")
+            for i in range(0, len(data), CHUNK):
+                self.exec(f"w({data[i : i + CHUNK]!r})")
+            self.exec("f.close()")
+            got = self.sha256(tmp)
+            if got != hashlib.sha256(data).hexdigest():
+                self.exec(f"import os\ntry:\n os.remove({tmp!r})\nexcept OSError:\n pass")
+                raise TechnicianError(
+                    f"{path}: the copy on the device does not match (hash differs); try again"
+                )
+            self.exec(f"import os\nos.rename({tmp!r},{path!r})")
 
     def remove(self, path: str) -> None:
-        self.exec(f"import os\ntry:\n os.remove({path!r})\nexcept OSError:\n pass")
+        with self.during(f"removing {path}"):
+            self.exec(f"import os\ntry:\n os.remove({path!r})\nexcept OSError:\n pass")
 
 
 @contextmanager
-def connect(port: str, soft_reset: bool = True) -> Iterator[Device]:
-    """The device on ``port`` in its raw REPL (after a soft reset, for a clean interpreter)."""
-    if not os.path.exists(port):
-        raise TechnicianError(_port_problem(port))
+def connect(port: str, soft_reset: bool = True, run_after: bool = False) -> Iterator[Device]:
+    """The device on ``port`` in its raw REPL (after a soft reset, for a clean interpreter).
+    ``run_after``: leave it with a soft reset from the friendly REPL, which starts /main.py (the
+    app) again, as a board's reset would."""
+    check_port(port)
     try:
         t = SerialTransport(port, baudrate=115200, timeout=3)
     except TransportError:
         raise TechnicianError(_port_problem(port)) from None
     try:
         try:
-            t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=5)
+            with contextlib.redirect_stdout(io.StringIO()):  # mpremote's prints of what it got
+                t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=5)
         except TransportError:
             raise TechnicianError(
                 f"the device on {port} does not answer: no MicroPython REPL there "
                 "(is MicroPython flashed? opmob flash), or the wrong port"
             ) from None
+        except LINK_ERRORS:
+            raise lost(port, "connecting") from None
         yield Device(port, t)
         try:
             t.exit_raw_repl()
-        except (OSError, TransportError):
-            pass
+            if run_after:
+                t.serial.write(b"\x04")
+                t.read_until(1, b"soft reboot", timeout=1)
+        except LINK_ERRORS:
+            pass  # all was done; the next command finds the device as it is
     finally:
         try:
             t.close()

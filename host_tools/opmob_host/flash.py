@@ -18,7 +18,6 @@ In order, each step before anything is written:
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 import subprocess
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from opmob_host.deploy import load_board
-from opmob_host.devlink import TechnicianError, _port_problem
+from opmob_host.devlink import TechnicianError, _port_problem, check_port
 
 # The board file's mcu -> esptool's --chip and the chip name esptool reports (image and device).
 CHIPS = {"esp32": "ESP32", "esp32s3": "ESP32-S3"}
@@ -67,8 +66,15 @@ def flash_plan(board_name: str) -> tuple[str, int, int]:
 def check_image(image: Path, mcu: str, runner: Runner = _capture) -> str:
     """The chip an image is built for, by ``esptool image-info``; a TechnicianError when it is missing,
     not an ESP image, corrupt, or for another chip than ``mcu``."""
-    if not image.is_file():
+    if image.is_dir():
+        raise TechnicianError(
+            f"firmware image {image} is a directory: give the image file itself (a .bin, such as "
+            "ESP32_GENERIC_S3.bin)"
+        )
+    if not image.exists():
         raise TechnicianError(f"firmware image {image} does not exist")
+    if not image.is_file():
+        raise TechnicianError(f"firmware image {image} is not a regular file: give the image file (a .bin)")
     if image.stat().st_size < 24:
         raise TechnicianError(f"firmware image {image} is too short to be an ESP image")
     proc = runner([*esptool_prefix(), "image-info", str(image)])
@@ -167,8 +173,7 @@ def run(args: argparse.Namespace, detector: Detector = detect_chip, runner: Runn
         if args.print_command:
             print(shlex.join(cmd))
             return 0
-        if not os.path.exists(args.port):
-            raise TechnicianError(_port_problem(args.port))
+        check_port(args.port)
         found = detector(args.port, args.connect_attempts)
         if found != CHIPS[mcu]:
             raise TechnicianError(

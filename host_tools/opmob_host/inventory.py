@@ -3,6 +3,7 @@ and devices; ``opmob provision`` records each device's secret and configuration 
 
 It holds secrets: it is written with mode 0600, whole or not at all (a temporary file in the same
 directory, synced, renamed over the old one), under a lock file so two provisions never interleave.
+An inventory holding secrets that other users can read is refused until it is mode 0600.
 Every field is checked and unknown fields are errors, as in the registry export.
 """
 
@@ -11,6 +12,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
+import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -209,7 +213,9 @@ def check(doc: dict[str, Any], where: str) -> None:
 
 def load(path: Path) -> Inventory:
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            raw = f.read()
     except FileNotFoundError:
         raise TechnicianError(f"inventory {path}: no such file") from None
     except OSError as e:
@@ -220,21 +226,59 @@ def load(path: Path) -> Inventory:
         # The parser's message names a line and column, never a value.
         raise TechnicianError(f"inventory {path}: not valid TOML ({e})") from None
     check(doc, str(path))
+    # As ssh does with a private key: refused, not mended behind the technician's back, so that
+    # whoever copied it about learns that the copies hold secrets too.
+    if mode & 0o077 and any("secret" in d for d in doc.get("devices", [])):
+        raise TechnicianError(
+            f"inventory {path} holds device secrets but is open to other users (mode {mode:04o}): "
+            f"run chmod 600 {path}"
+        )
     return Inventory(path, doc)
+
+
+LOCK_WAIT_S = 60.0
 
 
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``<inventory>.lock`` for a read-modify-write of the inventory."""
+    """An exclusive lock on ``<inventory>.lock`` for a read-modify-write of the inventory; another
+    opmob holding it is waited for (up to LOCK_WAIT_S). The lock file is removed while still
+    locked, so none is left behind; whoever locked a file that has meanwhile been removed (or
+    replaced) at the path holds nothing and tries again."""
     lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    deadline = time.monotonic() + LOCK_WAIT_S
+    told = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise TechnicianError(f"inventory {path}: cannot create its lock {lock} ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise TechnicianError(f"inventory {path} is in use by another opmob (lock {lock})") from None
+            os.close(fd)
+            if time.monotonic() > deadline:
+                raise TechnicianError(
+                    f"inventory {path} is in use by another opmob (lock {lock}) for over {LOCK_WAIT_S:.0f} s: "
+                    "let it finish, then run this again"
+                ) from None
+            if not told:
+                print(f"opmob: inventory {path} is in use by another opmob: waiting", file=sys.stderr)
+                told = True
+            time.sleep(0.1)
+            continue
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)
+    try:
         yield
     finally:
+        lock.unlink(missing_ok=True)
         os.close(fd)
 
 

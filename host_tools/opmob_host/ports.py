@@ -1,6 +1,7 @@
 """``opmob ports [PORT ...] [--no-probe]``: the serial ports (pyserial's list), with what answers on
 each: a MicroPython REPL (its machine, and the board named by its ``/board.json``), else an
-Espressif bootloader (esptool's chip detection, one short attempt). Ports named on the command line
+Espressif bootloader (esptool's chip detection, one short attempt); a port another program holds
+open is shown busy, with that program, and not probed. Ports named on the command line
 (a virtual device's pseudo-terminal, say) are listed too; a named port that is absent is an error."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from serial.tools import list_ports
 
-from opmob_host.devlink import TechnicianError, connect
+from opmob_host.devlink import TechnicianError, connect, holders
 
 Prober = Callable[[str], str]
 
@@ -46,6 +47,9 @@ def probe_bootloader(port: str) -> str | None:
 
 
 def probe(port: str) -> str:
+    busy = holders(port)
+    if busy:  # whatever answered would be read by the holder too: not probed
+        return "busy: open in " + ", ".join(f"{comm} (pid {pid})" for pid, comm in busy)
     with contextlib.redirect_stdout(io.StringIO()):  # mpremote's and esptool's own chatter
         return probe_repl(port) or probe_bootloader(port) or "nothing answers"
 

@@ -103,6 +103,7 @@ def provision(inv_path: Path, identity: str, port: str, replace: bool = False) -
                 raise TechnicianError(
                     f"the device on {port} is a {board}; the inventory says {identity} is a {rec['board']}"
                 )
+            dev.step = "reading what it holds"
             if dev.read("/board.json") is None or dev.read("/opmob.manifest.json") is None:
                 raise TechnicianError(
                     f"the device on {port} has no OpMob deployed: run opmob deploy --port {port} first"
@@ -133,6 +134,7 @@ def provision(inv_path: Path, identity: str, port: str, replace: bool = False) -
             written = dev.sha256(CONFIG) != digest
             if written:
                 dev.write_atomic(CONFIG, data)
+                dev.step = f"checking {CONFIG}"
                 if dev.sha256(CONFIG) != digest:
                     raise TechnicianError(f"{CONFIG} on {port} does not match after writing: run again")
         if replace and hw is not None:

@@ -1,6 +1,9 @@
 """``opmob verify --port P [--inventory FLEET]``: what a device runs and whether it works: firmware
-version, board, identity, configuration hash, and a self-test run on the device (board definition
-and configuration checked by the firmware's own code, HMAC-SHA256 against CPython's, free heap)."""
+version, board, identity, configuration hash, and a self-test run on the device: board definition
+and configuration checked by the firmware's own code, HMAC-SHA256 against CPython's, the deployed
+files against the deploy manifest's hashes, each peripheral of the board through the firmware's
+hardware layer (firmware/opmob/accessory/selftest.py), free heap. Each check is PASS or FAIL by
+name; the app, stopped for it, is started again by a soft reset."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from opmob_host import inventory
+from opmob_host.deploy import MANIFEST
 from opmob_host.devlink import TechnicianError, connect
 
 KAT_KEY = bytes(range(16))
@@ -22,12 +26,14 @@ KAT_DATA = b"opmob verify"
 SELF_TEST = """
 import gc, json, binascii
 r = {"checks": []}
+class _Fail(Exception):
+    pass
 def _c(name, fn):
     try:
-        fn()
-        r["checks"].append([name, "ok"])
+        d = fn()
+        r["checks"].append([name, "ok"] + ([d] if d else []))
     except Exception as e:
-        r["checks"].append([name, "%s: %s" % (type(e).__name__, e)])
+        r["checks"].append([name, str(e) if type(e) is _Fail else "%s: %s" % (type(e).__name__, e)])
 def _version():
     import opmob
     r["version"] = opmob.VERSION
@@ -43,10 +49,50 @@ def _crypto():
     from opmob.authvec import prf
     if binascii.hexlify(prf(KEY, LABEL, DATA)).decode() != WANT:
         raise ValueError("HMAC-SHA256 gives a wrong result")
+def _files():
+    import hashlib
+    try:
+        f = open(MANIFEST)
+    except OSError:
+        raise _Fail("no %s: run opmob deploy" % MANIFEST)
+    try:
+        files = json.load(f)["files"]
+    except (ValueError, KeyError, TypeError):
+        raise _Fail("%s is damaged: run opmob deploy --force" % MANIFEST)
+    finally:
+        f.close()
+    bad = []
+    buf = bytearray(512)
+    for p in sorted(files):
+        try:
+            f = open(p, "rb")
+        except OSError:
+            bad.append(p + " missing")
+            continue
+        h = hashlib.sha256()
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(memoryview(buf)[:n])
+        f.close()
+        if binascii.hexlify(h.digest()).decode() != files[p]:
+            bad.append(p + " changed")
+    if bad:
+        raise _Fail("%s (not what was deployed): run opmob deploy --force" % ", ".join(bad))
+    return "%d as deployed" % len(files)
 _c("firmware", _version)
 _c("board", _board)
 _c("configuration", _config)
 _c("crypto", _crypto)
+_c("files", _files)
+try:
+    from opmob.accessory import selftest
+    r["checks"].extend(selftest.run())
+except ImportError as e:
+    r["checks"].append(["hardware", "no hardware self-test in the deployed firmware (%s): run opmob deploy" % e])
+except Exception as e:
+    r["checks"].append(["hardware", "%s: %s" % (type(e).__name__, e)])
 gc.collect()
 r["mem_free"] = gc.mem_free()
 print(json.dumps(r))
@@ -59,8 +105,14 @@ def kat() -> str:
 
 
 def verify(port: str, inv_path: Path | None = None) -> tuple[dict[str, Any], bool]:
-    code = f"KEY={KAT_KEY!r}\nLABEL={KAT_LABEL!r}\nDATA={KAT_DATA!r}\nWANT={kat()!r}\n" + SELF_TEST
-    with connect(port) as dev:
+    code = (
+        f"KEY={KAT_KEY!r}\nLABEL={KAT_LABEL!r}\nDATA={KAT_DATA!r}\nWANT={kat()!r}\nMANIFEST={MANIFEST!r}\n"
+        + SELF_TEST
+    )
+    # The app is stopped for the self-test (its peripherals are the self-test's) and started again
+    # after it, as a reset would: a verified device is left running.
+    with connect(port, run_after=True) as dev:
+        dev.step = "the self-test"
         out = dev.exec(code).decode().strip().splitlines()
         try:
             report: dict[str, Any] = json.loads(out[-1])
@@ -88,7 +140,8 @@ def add_parser(sub: Any) -> None:
         "verify",
         help="firmware version, board, configuration hash and a self-test of a device",
         description="Report the device's firmware version, board, identity and configuration hash, "
-        "and run a self-test on it. Exit 0 only when every check passes.",
+        "and run a self-test on it: deployed files against the deploy manifest, each peripheral of the "
+        "board, crypto. The app, stopped for it, is started again. Exit 0 only when every check passes.",
     )
     p.add_argument("--port", required=True, help="the device's serial port")
     p.add_argument("--inventory", help="also check the configuration against this fleet inventory")
@@ -106,7 +159,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"identity       {report.get('identity', '(not provisioned)')}")
     print(f"configuration  sha256 {report.get('config_sha256') or '(none)'}")
     print(f"free heap      {report.get('mem_free')} bytes")
-    for name, result in report["checks"]:
-        print(f"self-test      {name}: {result}")
+    for check in report["checks"]:
+        name, result = check[0], check[1]
+        if result == "ok":
+            print(f"self-test      {name}: PASS" + (f" ({check[2]})" if len(check) > 2 else ""))
+        else:
+            print(f"self-test      {name}: FAIL {result}")
     print(f"opmob verify: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1

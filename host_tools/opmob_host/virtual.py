@@ -492,6 +492,12 @@ def add_parser(sub: Any) -> None:
         "--wifi-scenario", help="host JSON file of access points (accessory.md, the unix-sim board)"
     )
     w.add_argument("--battery-mv", type=int, help="the battery's voltage at start")
+    w.add_argument(
+        "--watchdog-ms",
+        type=int,
+        help="start the app's watchdog with this timeout: when not fed, the interpreter is killed "
+        "and started again, as a board resets",
+    )
 
 
 def _port(text: str) -> int:
@@ -544,6 +550,10 @@ def write_wiring(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         if not 0 <= args.battery_mv <= 10000:
             raise WiringError(f"--battery-mv {args.battery_mv}: expected millivolts 0..10000")
         doc["battery_mv"] = args.battery_mv
+    if args.watchdog_ms is not None:
+        if not 1000 <= args.watchdog_ms <= 60000:  # a board definition's range (board.py)
+            raise WiringError(f"--watchdog-ms {args.watchdog_ms}: expected 1000..60000")
+        doc["watchdog_ms"] = args.watchdog_ms
     d = root / WIRING_DIR
     if d.is_symlink() or d.is_file():
         d.unlink()

@@ -64,6 +64,45 @@ class _Poll:
         return [(o, m) for o, m in self.objs if o.ready]
 
 
+class _WDT:
+    made = []
+
+    def __init__(self, timeout=5000):
+        self.timeout = timeout
+        self.fed = 0
+        _WDT.made.append(self)
+
+    def feed(self):
+        self.fed += 1
+
+
+class _Timer:
+    PERIODIC = 1
+    running = {}  # id -> the timer running there
+
+    def __init__(self, ident):
+        self.ident = ident
+
+    def init(self, period=0, mode=0, callback=None):
+        self.period = period
+        self.callback = callback
+        _Timer.running[self.ident] = self
+
+    def deinit(self):
+        if _Timer.running.get(self.ident) is self:
+            del _Timer.running[self.ident]
+
+
+class _RTC:
+    mem = b""  # RTC memory: kept across soft resets
+
+    def memory(self, data=None):
+        if data is None:
+            return _RTC.mem
+        _RTC.mem = bytes(data)
+        return None
+
+
 class _Module:
     pass
 
@@ -72,6 +111,9 @@ def _fakes():
     machine = _Module()
     machine.Pin = _Pin
     machine.I2S = _I2S
+    machine.WDT = _WDT
+    machine.Timer = _Timer
+    machine.RTC = _RTC
     network = _Module()
     select = _Module()
     select.POLLIN, select.POLLOUT = 1, 4
@@ -172,3 +214,50 @@ def test_ready_asks_the_i2s_objects_own_poller():
     assert r.now()
     mic.i2s.ready = False
     assert not r.now()
+
+
+def _fresh_watchdog_world(rtc=b""):
+    _WDT.made = []
+    _Timer.running = {}
+    _RTC.mem = rtc
+
+
+def test_watchdog_is_held_fed_while_the_app_is_stopped_and_handed_back_at_start():
+    hw = _hw_esp32()
+    _fresh_watchdog_world()
+    wd = hw.Esp32Watchdog()
+    wd.start(8000)
+    assert [w.timeout for w in _WDT.made] == [8000] and _Timer.running == {}
+    assert _RTC.mem == b"opmob-wdt:8000"  # for boot.py after a soft reset
+    wd.hold(True)  # the app stopped for the REPL
+    guard = _Timer.running[hw.GUARD_TIMER]
+    assert guard.period <= 8000 // 3
+    guard.callback(guard)
+    guard.callback(guard)
+    assert _WDT.made[0].fed == 2
+    wd.start(8000)  # the app again: it feeds, the timer stops, the same watchdog
+    assert _Timer.running == {} and len(_WDT.made) == 1
+    wd.hold(True)
+    wd.hold(False)
+    assert _Timer.running == {}
+
+
+def test_boot_holds_a_watchdog_started_before_the_soft_reset_until_the_app_takes_it():
+    hw = _hw_esp32()
+    _fresh_watchdog_world(b"opmob-wdt:6000")
+    held = hw.hold_after_reset()
+    assert held is not None and [w.timeout for w in _WDT.made] == [6000]
+    guard = _Timer.running[hw.GUARD_TIMER]
+    guard.callback(guard)
+    assert _WDT.made[0].fed == 1
+    # The app's own watchdog object (another instance) stops boot's timer when it starts.
+    hw.Esp32Watchdog().start(6000)
+    assert _Timer.running == {}
+
+
+def test_boot_starts_no_watchdog_without_a_valid_mark():
+    hw = _hw_esp32()
+    for mem in (b"", b"other data", b"opmob-wdt:", b"opmob-wdt:x1", b"opmob-wdt:5", b"opmob-wdt:999999"):
+        _fresh_watchdog_world(mem)
+        assert hw.hold_after_reset() is None, mem
+        assert _WDT.made == [] and _Timer.running == {}, mem

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +73,10 @@ def test_deploy_errors_speak_to_the_technician(virtual: Virtual, tmp_path: Path)
     r = opmob("deploy", "--port", "/dev/ttyNOPE0")
     assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr
 
+    r = opmob("deploy", "--port", "/dev/null")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "/dev/null is not a serial port" in r.stderr and "opmob ports" in r.stderr, r.stderr
+
     r = opmob("deploy", "--port", virtual.port, "--board", "nosuchboard")
     assert r.returncode == 1 and "unknown board 'nosuchboard'" in r.stderr and "unix-sim" in r.stderr
 
@@ -85,3 +92,32 @@ def test_deploy_errors_speak_to_the_technician(virtual: Virtual, tmp_path: Path)
         os.close(slave)
     assert r.returncode == 1 and "does not answer" in r.stderr, r.stderr
     assert not (virtual.state / "opmob.manifest.json").exists()
+
+
+def test_device_gone_mid_deploy_says_so_and_the_next_deploy_completes(tmp_path: Path) -> None:
+    """The board unplugged (the virtual device killed) while files are being copied: one sentence,
+    exit 1, no traceback; the same command on the device again completes the deploy."""
+    state = tmp_path / "device"
+    with running(state) as v:
+        cmd = [sys.executable, "-m", "opmob_host.cli", "deploy", "--port", v.port, "--board", "unix-sim"]
+        env = dict(os.environ, OPMOB_TEST_STEP_DELAY="0.02")  # slowed down: killed mid-copy
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        deadline = time.monotonic() + 30
+        while not (state / "lib" / "opmob").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        v.proc.kill()
+        v.proc.wait()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in err and "SerialException" not in err, err
+    assert f"the device on {v.port} stopped answering (unplugged or reset?) during writing /lib/" in err, err
+    assert "nothing was left half-written: run the same command again" in err
+    with running(state) as v:
+        r = opmob("deploy", "--port", v.port)
+        assert r.returncode == 0, r.stderr
+        assert copied(r.stdout), "the deploy cut short is completed"
+        r = opmob("verify", "--port", v.port)
+        assert "self-test      files: PASS" in r.stdout, r.stdout

@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import esptool.bin_image as bi
@@ -87,9 +88,17 @@ def test_exact_esptool_command(
     assert shlex.split(r.stdout.strip()) == [*ESPTOOL, *common, "--flash-size", "detect", offset, fw]
 
 
-def test_injected_detector_and_runner_see_the_same_command(images: dict[str, Path], tmp_path: Path) -> None:
-    port = tmp_path / "ttyFAKE"
-    port.touch()
+@pytest.fixture
+def fake_port() -> Iterator[str]:
+    """A terminal nobody else holds (the injected detector stands for what answers on it)."""
+    master, slave = pty.openpty()
+    yield os.ttyname(slave)
+    os.close(slave)
+    os.close(master)
+
+
+def test_injected_detector_and_runner_see_the_same_command(images: dict[str, Path], fake_port: str) -> None:
+    port = fake_port
     seen: list[list[str]] = []
 
     def runner(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -102,10 +111,9 @@ def test_injected_detector_and_runner_see_the_same_command(images: dict[str, Pat
 
 
 def test_chip_on_the_port_must_match_the_board(
-    images: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    images: dict[str, Path], fake_port: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = tmp_path / "ttyFAKE"
-    port.touch()
+    port = fake_port
     seen: list[list[str]] = []
     a = args("--board", "esp32-s3-ptt", "--port", str(port), "--firmware", str(images["merged-s3"]))
     rc = flash.run(a, detector=lambda p, n: "ESP32", runner=lambda c: seen.append(c))  # type: ignore[arg-type]
@@ -118,6 +126,7 @@ def test_chip_on_the_port_must_match_the_board(
     [
         ("esp32-devkitc", "merged-s3", "is built for ESP32-S3, the board is an ESP32"),
         ("esp32-s3-ptt", "s3-missing", "does not exist"),
+        ("esp32-s3-ptt", "a-directory", "is a directory: give the image file itself"),
         ("esp32-s3-ptt", "junk", "is not an ESP image"),
         ("unix-sim", "merged-s3", "not flashed with esptool"),
         ("no-such-board", "merged-s3", "unknown board"),
@@ -128,7 +137,8 @@ def test_wrong_or_missing_image_or_board(
 ) -> None:
     junk = tmp_path / "junk.bin"
     junk.write_bytes(os.urandom(4096).replace(b"\xe9", b"\x00"))
-    path = {"junk": junk, "s3-missing": tmp_path / "none.bin"}.get(image) or images[image]
+    special = {"junk": junk, "s3-missing": tmp_path / "none.bin", "a-directory": tmp_path}
+    path = special.get(image) or images[image]
     r = opmob("flash", "--board", board, "--port", "/dev/ttyUSB7", "--firmware", str(path), "--print-command")
     assert r.returncode == 1 and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
@@ -139,6 +149,16 @@ def test_absent_port(images: dict[str, Path]) -> None:
         "flash", "--board", "esp32-s3-ptt", "--port", "/dev/ttyNOPE9", "--firmware", str(images["merged-s3"])
     )
     assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("port", "says"),
+    [("/dev/null", "/dev/null is not a serial port"), ("/tmp", "/tmp is not a serial port (a directory)")],
+)
+def test_not_a_serial_port(images: dict[str, Path], port: str, says: str) -> None:
+    r = opmob("flash", "--board", "esp32-s3-ptt", "--port", port, "--firmware", str(images["merged-s3"]))
+    assert r.returncode == 1 and says in r.stderr and "opmob ports" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "written" not in r.stdout
 
 
 def test_fake_port_that_says_nothing(images: dict[str, Path]) -> None:

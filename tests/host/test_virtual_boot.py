@@ -72,3 +72,29 @@ def test_deployed_and_provisioned_device_boots_the_accessory(tmp_path: Path) -> 
             until(s, b"opmob accessory: ada@no on board unix-sim, talk group fire-1@no", 30)
         r = opmob("verify", "--port", dev.port, "--inventory", str(inv))  # Ctrl-C stops the app
         assert r.returncode == 0 and "opmob verify: PASS" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_running_watchdog_does_not_reset_the_device_under_a_technician(tmp_path: Path) -> None:
+    """The app's watchdog cannot be stopped once started (on a board, not even by a soft reset).
+    When a technician's tool stops the app (mpremote's Ctrl-C), the watchdog is held fed, or the
+    device would reset under any deploy or provision longer than its timeout."""
+    inv = write_inventory(tmp_path / "fleet.toml")
+    state = tmp_path / "dev"
+    with running(state) as dev:
+        assert opmob("deploy", "--port", dev.port, "--board", "unix-sim").returncode == 0
+        assert (
+            opmob("provision", "--inventory", str(inv), "--device", "ada@no", "--port", dev.port).returncode
+            == 0
+        )
+    with running(state, "--watchdog-ms", "1000") as dev:
+        with serial.Serial(dev.port, timeout=0.2) as s:
+            until(s, b"opmob accessory: ada@no on board unix-sim", 30)
+        time.sleep(1.5)  # the app feeds its watchdog
+        # resume: no soft reset, which would restart a virtual device's interpreter (and its
+        # watchdog with it), unlike a board's.
+        r = dev.mpremote("resume", "exec", "import time\ntime.sleep(3)\nprint('still here')")
+        assert r.returncode == 0 and r.stdout.strip().endswith("still here"), r.stdout + r.stderr
+        with serial.Serial(dev.port, timeout=0.2) as s:
+            s.write(b"\r\n")
+            out = until(s, b">>> ")
+        assert b"soft reboot" not in out and b"watchdog: not fed" not in out, out

@@ -214,7 +214,8 @@ class Hardware:
     - ``battery``: ``read_mv()``
     - ``wifi``: ``active(on)``, ``scan()`` -> [(ssid, rssi)] (blocks for a second or two on a
       device), ``connect(ssid, psk)`` -> bool, ``isconnected()``, ``disconnect()``, ``rssi()``
-    - ``watchdog``: ``start(timeout_ms)``, ``feed()``
+    - ``watchdog``: ``start(timeout_ms)``, ``feed()``; ``hold(on)``: fed without the app (the
+      app has stopped for a technician's REPL), until ``start`` or ``hold(False)``; ``timeout_ms``
     - ``report(line)``: state lines for whoever watches (the sim's control channel; a device's
       serial console only at debug level)
     - ``serve()``: a coroutine the app runs as a task (the sim's control channel), or None

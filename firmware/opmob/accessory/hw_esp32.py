@@ -16,7 +16,8 @@ still compile with ``mpy-cross -march=xtensawin``, which the tests check.
   enable pin is switched off when idle.
 - Battery: ``machine.ADC`` on an ADC1 pin (ADC2 is unusable while WiFi runs), averaged.
 - WiFi: ``network.WLAN`` station with scan.
-- Watchdog: ``machine.WDT``: once started it cannot be stopped, as intended.
+- Watchdog: ``machine.WDT``: once started it cannot be stopped, as intended; held fed by a
+  hardware timer while a technician has the REPL (``Esp32Watchdog``).
 """
 
 import asyncio
@@ -301,17 +302,74 @@ class Esp32Wifi:
             return None
 
 
+# RTC memory survives a soft reset and a watchdog reset (not a power cycle): it tells boot.py that
+# a watchdog is running, and its timeout.
+WDT_MARK = b"opmob-wdt:"
+GUARD_TIMER = 3  # the hardware timer that feeds a held watchdog; nothing else here uses timers
+_guard = None  # the running guard timer: one per interpreter, shared by boot.py and the app
+
+
 class Esp32Watchdog:
+    """``machine.WDT``. Once started it cannot be stopped, and it outlives MicroPython's soft
+    reset (the task stays subscribed to the ESP-IDF task watchdog). While the app runs only its
+    watchdog task feeds it. When the app has stopped for a technician (Ctrl-C from mpremote or
+    opmob: ``hold``), and after every soft reset until the app starts again (boot.py:
+    ``hold_after_reset``), a hardware timer feeds it, or the board would reset in the middle of
+    a deploy or provision that takes longer than the timeout, again at every attempt."""
+
     def __init__(self):
         self.wdt = None
+        self.timeout_ms = None
 
     def start(self, timeout_ms):
         if self.wdt is None:
             self.wdt = machine.WDT(timeout=timeout_ms)
+            self.timeout_ms = timeout_ms
+            try:
+                machine.RTC().memory(WDT_MARK + str(timeout_ms).encode())
+            except Exception:  # no RTC memory on this port: no hold after a soft reset
+                pass
+        self.hold(False)
 
     def feed(self):
         if self.wdt is not None:
             self.wdt.feed()
+
+    def hold(self, on=True):
+        """Feed from a hardware timer (on) or stop that (off: the app feeds it again)."""
+        global _guard
+        if _guard is not None:
+            _guard.deinit()
+            _guard = None
+        if on and self.wdt is not None:
+            wdt = self.wdt
+            _guard = machine.Timer(GUARD_TIMER)
+            _guard.init(
+                period=max(100, self.timeout_ms // 3),
+                mode=machine.Timer.PERIODIC,
+                callback=lambda t: wdt.feed(),
+            )
+
+
+def hold_after_reset():
+    """boot.py: if a watchdog was started since power-on, it is still running: hold it fed until
+    the app takes it over (``Esp32Watchdog.start``). The watchdog object, or None."""
+    try:
+        mark = bytes(machine.RTC().memory())
+    except Exception:
+        return None
+    if not mark.startswith(WDT_MARK):
+        return None
+    try:
+        ms = int(mark[len(WDT_MARK) :])
+    except ValueError:
+        return None
+    if not 1000 <= ms <= 60000:  # board.py's range: anything else is not our mark
+        return None
+    wd = Esp32Watchdog()
+    wd.start(ms)
+    wd.hold(True)
+    return wd
 
 
 class Esp32Hardware(hw.Hardware):

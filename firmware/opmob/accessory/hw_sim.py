@@ -172,7 +172,11 @@ class SimMic:
         self._eof_told = False
         if not path:
             return
-        f = open(path, "rb")
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            # Named, so that a missing source reads as the microphone's fault (opmob verify).
+            raise OSError("mic source %s: %s" % (path, e))
         try:
             self._data_at = wav_data_offset(f) if path.endswith(".wav") else 0
         except Exception:
@@ -376,20 +380,26 @@ class SimWatchdog:
 
     def __init__(self, log=None):
         self.timeout_ms = None
+        self.held = False
         self._last = None
         self.log = log
 
     def start(self, timeout_ms):
+        self.held = False  # the app feeds it (again)
         if self.timeout_ms is not None:
             return
         self.timeout_ms = timeout_ms
-        self._last = time.ticks_ms() if compat.IS_MICROPYTHON else int(time.monotonic() * 1000)
+        self.feed()
         import _thread
 
         _thread.start_new_thread(self._watch, ())
 
     def feed(self):
         self._last = time.ticks_ms() if compat.IS_MICROPYTHON else int(time.monotonic() * 1000)
+
+    def hold(self, on=True):
+        """Fed by the watcher itself while held, as a board's hardware timer feeds it for the REPL."""
+        self.held = on
 
     def overdue_ms(self):
         now = time.ticks_ms() if compat.IS_MICROPYTHON else int(time.monotonic() * 1000)
@@ -400,6 +410,8 @@ class SimWatchdog:
     def _watch(self):
         while True:
             time.sleep(0.1)
+            if self.held:
+                self.feed()
             late = self.overdue_ms()
             if late > self.timeout_ms:
                 sys.stderr.write("opmob watchdog: not fed for %d ms: reset\n" % late)

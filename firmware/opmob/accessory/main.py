@@ -30,7 +30,14 @@ RESTART_PAUSE_S = 5
 WIRING = "/.sim.json"
 # The sim board's settings a virtual device's wiring may set (the board file's sim keys that the
 # hardware takes as options), with their JSON type.
-_WIRING_KEYS = {"control_port": int, "mic": str, "speaker": str, "wifi_scenario": str, "battery_mv": int}
+_WIRING_KEYS = {
+    "control_port": int,
+    "mic": str,
+    "speaker": str,
+    "wifi_scenario": str,
+    "battery_mv": int,
+    "watchdog_ms": int,
+}
 
 _SIM_OPTIONS = {
     "--control-port": ("control_port", int),
@@ -148,6 +155,11 @@ def run(
         try:
             return asyncio.run(app.run())
         except KeyboardInterrupt:
+            # A technician's tool stopped the app for the REPL: a started watchdog keeps running
+            # and must not reset the board under a deploy or provision.
+            if hw.watchdog is not None and hw.watchdog.timeout_ms:
+                hw.watchdog.hold(True)
+                _console("opmob accessory: stopped for the REPL; the watchdog is held fed until reset")
             return 0
         except Exception as e:
             _console(
