@@ -246,6 +246,19 @@ def _rtp_header_length(buf, n):
     return hlen
 
 
+def _srtp_header_length(buf, n, tag_len):
+    """The RTP header's length in the SRTP packet ``buf[:n]`` with a ``tag_len``-byte tag, once the
+    packet's sizes are checked (an int: no allocation on the accessory's path)."""
+    if n > MAX_PACKET:
+        raise Oversized("SRTP packet larger than %d bytes" % MAX_PACKET)
+    hlen = _rtp_header_length(buf, n)
+    if n - tag_len < hlen:
+        raise Truncated("SRTP packet too short for its header and tag")
+    if n - tag_len - hlen > MAX_PAYLOAD:
+        raise Oversized("SRTP payload too large")
+    return hlen
+
+
 def _u32(buf, off):
     return (buf[off] << 24) | (buf[off + 1] << 16) | (buf[off + 2] << 8) | buf[off + 3]
 
@@ -458,14 +471,8 @@ class SrtpSession:
         session is unchanged, and so is ``buf``. The tag is checked before any state moves."""
         if self._gcm:
             return self._gcm_unprotect_into(buf, n)
-        if n > MAX_PACKET:
-            raise Oversized("SRTP packet larger than %d bytes" % MAX_PACKET)
-        hlen = _rtp_header_length(buf, n)
+        hlen = _srtp_header_length(buf, n, TAG_LEN)
         end = n - TAG_LEN
-        if end < hlen:
-            raise Truncated("SRTP packet too short for its header and tag")
-        if end - hlen > MAX_PAYLOAD:
-            raise Oversized("SRTP payload too large")
         seq = (buf[2] << 8) | buf[3]
         ssrc = _u32(buf, 8)
         table = self._rx
@@ -522,14 +529,8 @@ class SrtpSession:
         return n + GCM_TAG_LEN
 
     def _gcm_unprotect_into(self, buf, n):
-        if n > MAX_PACKET:
-            raise Oversized("SRTP packet larger than %d bytes" % MAX_PACKET)
-        hlen = _rtp_header_length(buf, n)
+        hlen = _srtp_header_length(buf, n, GCM_TAG_LEN)
         end = n - GCM_TAG_LEN
-        if end < hlen:
-            raise Truncated("SRTP packet too short for its header and tag")
-        if end - hlen > MAX_PAYLOAD:
-            raise Oversized("SRTP payload too large")
         seq = (buf[2] << 8) | buf[3]
         ssrc = _u32(buf, 8)
         st, new, d = self._index(self._rx, ssrc, seq)
