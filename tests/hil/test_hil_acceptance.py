@@ -3,7 +3,9 @@
     pytest tests/hil --hil-port /dev/ttyACM0 --hil-board esp32-s3-ptt [--hil-firmware firmware.bin]
 
 In order: flash (only with ``--hil-firmware``), deploy (twice: the second copies nothing), provision
-(twice: the second changes nothing), verify against the inventory, then functional checks run on the
+(twice: the second changes nothing), verify against the inventory (its self-test builds each of the
+board's peripherals through the firmware's hardware layer: every one the board declares must have
+answered), then functional checks run on the
 device by the firmware deployed to it (DVI4 codec, SRTP, board definition and configuration), whose
 results must equal CPython's for the same code. Without ``--hil-port`` every test skips and says
 why. Pointed at an ``opmob virtual`` device (``--hil-board unix-sim``) it runs the same way, which
@@ -133,6 +135,13 @@ def test_4_verify(hil: tuple[str, str], inventory: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"identity       {IDENTITY}" in r.stdout and f"board          {board}" in r.stdout
     assert "opmob verify: PASS" in r.stdout
+    # The board's own peripherals, through the firmware's hardware layer: each one the board
+    # definition declares was built and answered (buttons, LEDs, battery, I2S mic and speaker, WiFi).
+    checked = {line.split()[1].rstrip(":") for line in r.stdout.splitlines() if line.startswith("self-test")}
+    caps = json.loads((ROOT / "boards" / f"{board}.json").read_text()).get("capabilities", [])
+    for cap in ("leds", "battery", "mic", "speaker", "wifi"):
+        if cap in caps:
+            assert cap in checked, f"{cap} not checked by verify:\n{r.stdout}"
 
 
 def test_5_functional(hil: tuple[str, str]) -> None:
