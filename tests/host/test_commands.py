@@ -83,3 +83,21 @@ def test_bench_writes_rows_for_both_runtimes(tmp_path: Path) -> None:
         assert (name, "cpython") in names
         assert (name, "micropython") in names
         assert (f"ratio.micropython_over_cpython.{name}", "both") in names
+
+
+def test_the_installed_opmob_command_has_every_subcommand() -> None:
+    """`make setup` installs `opmob` into the virtual environment (pyproject's entry point): the
+    technician's command, not `python -m`, with every subcommand docs/technician.md names."""
+    exe = ROOT / ".venv" / "bin" / "opmob"
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    for sub in ("ports", "flash", "deploy", "provision", "verify", "registry", "relay", "virtual"):
+        assert re.search(rf"^\s+{sub}\s", proc.stdout, re.M), (sub, proc.stdout)
+    for sub in ("demo", "bench", "monitor", "fuzz"):
+        assert re.search(rf"^\s+{sub}\s", proc.stdout, re.M), (sub, proc.stdout)
+    export = subprocess.run(
+        [str(exe), "registry", "export", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert export.returncode == 0 and "--partner" in export.stdout and "--strict" in export.stdout, (
+        export.stdout
+    )
