@@ -1,6 +1,14 @@
 # /boot.py on an OpMob accessory: runs first at every reset. Kept to the minimum, so that a
 # technician's serial REPL is reachable whatever the app does; the app starts in /main.py.
 import gc
+import sys
+
+# What `opmob deploy` wrote to /lib runs, not a copy frozen into the image ('.frozen' comes before
+# /lib by default): the firmware a technician last deployed is the one that runs, and the one
+# `opmob verify` checks.
+if "/lib" in sys.path:
+    sys.path.remove("/lib")
+sys.path.insert(sys.path.index(".frozen") if ".frozen" in sys.path else len(sys.path), "/lib")
 
 try:
     import esp

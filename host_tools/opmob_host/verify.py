@@ -37,6 +37,7 @@ def _c(name, fn):
 def _version():
     import opmob
     r["version"] = opmob.VERSION
+    r["from"] = getattr(opmob, "__file__", "?")
 def _board():
     from opmob.accessory import board
     r["board"] = board.load("/board.json").name
@@ -80,6 +81,14 @@ def _files():
             bad.append(p + " changed")
     if bad:
         raise _Fail("%s (not what was deployed): run opmob deploy --force" % ", ".join(bad))
+    running = r.get("from", "?")
+    if running != "?" and running.lstrip("/").split("/")[0] != "lib":
+        # Another copy comes first on sys.path (one frozen into the image, or one at /): the
+        # deployed files would be checked, and something else would run.
+        raise _Fail(
+            "the firmware runs from %s, not from the deployed /lib: the /boot.py of opmob deploy puts "
+            "/lib first (run opmob deploy --force), and nothing else may hold an opmob package" % running
+        )
     return "%d as deployed" % len(files)
 _c("firmware", _version)
 _c("board", _board)
@@ -154,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"opmob verify: {e}", file=sys.stderr)
         return 1
     print(f"port           {args.port}")
-    print(f"firmware       {report.get('version', '?')}")
+    print(f"firmware       {report.get('version', '?')} (running from {report.get('from', '?')})")
     print(f"board          {report.get('board', '?')}")
     print(f"identity       {report.get('identity', '(not provisioned)')}")
     print(f"configuration  sha256 {report.get('config_sha256') or '(none)'}")

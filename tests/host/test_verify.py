@@ -4,6 +4,7 @@ FAIL by name, the exit status non-zero when any fails; the app is running again 
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -62,6 +63,17 @@ def test_verify_checks_files_and_peripherals_and_leaves_the_app_running(tmp_path
         assert opmob("deploy", "--port", dev.port, "--force").returncode == 0
         r = opmob("verify", "--port", dev.port, "--inventory", str(inv))
         assert r.returncode == 0, r.stdout + r.stderr
+        assert "firmware       0.1.0 (running from /lib/opmob/__init__.mpy)" in r.stdout, r.stdout
+
+        # Another copy ahead of /lib on sys.path (here at /, as one frozen into an image would be
+        # without the deployed boot.py): the deployed files are intact, but they are not what runs.
+        shutil.copytree(lib, dev.state / "opmob")
+        r = opmob("verify", "--port", dev.port)
+        assert r.returncode == 1, r.stdout + r.stderr
+        files = lines(r.stdout)["files"]
+        assert files.startswith(
+            "FAIL the firmware runs from opmob/__init__.mpy, not from the deployed /lib"
+        ), files
 
 
 def test_a_failing_peripheral_is_named(tmp_path: Path) -> None:

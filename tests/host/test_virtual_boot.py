@@ -98,3 +98,21 @@ def test_a_running_watchdog_does_not_reset_the_device_under_a_technician(tmp_pat
             s.write(b"\r\n")
             out = until(s, b">>> ")
         assert b"soft reboot" not in out and b"watchdog: not fed" not in out, out
+
+
+def test_boot_puts_the_deployed_lib_ahead_of_the_frozen_image() -> None:
+    """On a board, '.frozen' comes before /lib: an image with OpMob frozen in would shadow every
+    later `opmob deploy`. The deployed /boot.py turns that round (and leaves other entries alone)."""
+    import subprocess
+
+    boot = (Path(__file__).resolve().parents[2] / "boards" / "boot.py").read_text()
+    for before, after in (
+        (["", ".frozen", "/lib"], ["", "/lib", ".frozen"]),
+        (["", "/lib", ".frozen"], ["", "/lib", ".frozen"]),
+        (["", ".frozen"], ["", "/lib", ".frozen"]),
+        (["", "/x"], ["", "/x", "/lib"]),
+    ):
+        code = f"import sys\nsys.path[:] = {before!r}\n" + boot + "\nprint(repr(sys.path))\n"
+        r = subprocess.run([str(MICROPYTHON), "-c", code], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip().replace("'", '"') == repr(after).replace("'", '"'), (before, r.stdout)
