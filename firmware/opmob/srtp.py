@@ -246,6 +246,17 @@ def _rtp_header_length(buf, n):
     return hlen
 
 
+def _rtp_header_length_to_protect(buf, n, tag_len):
+    """The header's length of the RTP packet ``buf[:n]`` to protect in place with a ``tag_len``-byte
+    tag, once its sizes and the room after it are checked."""
+    hlen = _rtp_header_length(buf, n)
+    if n - hlen > MAX_PAYLOAD or n + tag_len > MAX_PACKET:
+        raise Oversized("RTP packet too large to protect")
+    if n + tag_len > len(buf):
+        raise ValueError("SRTP protect_into: no room for the tag")
+    return hlen
+
+
 def _srtp_header_length(buf, n, tag_len):
     """The RTP header's length in the SRTP packet ``buf[:n]`` with a ``tag_len``-byte tag, once the
     packet's sizes are checked (an int: no allocation on the accessory's path)."""
@@ -429,11 +440,7 @@ class SrtpSession:
         the session changes. AES_CM allocates only what hashlib makes (see HmacSha1.digest1)."""
         if self._gcm:
             return self._gcm_protect_into(buf, n)
-        hlen = _rtp_header_length(buf, n)
-        if n - hlen > MAX_PAYLOAD or n + TAG_LEN > MAX_PACKET:
-            raise Oversized("RTP packet too large to protect")
-        if n + TAG_LEN > len(buf):
-            raise ValueError("SRTP protect_into: no room for the tag")
+        hlen = _rtp_header_length_to_protect(buf, n, TAG_LEN)
         seq = (buf[2] << 8) | buf[3]
         ssrc = _u32(buf, 8)
         table = self._tx
@@ -513,11 +520,7 @@ class SrtpSession:
         return st, new, d
 
     def _gcm_protect_into(self, buf, n):
-        hlen = _rtp_header_length(buf, n)
-        if n - hlen > MAX_PAYLOAD or n + GCM_TAG_LEN > MAX_PACKET:
-            raise Oversized("RTP packet too large to protect")
-        if n + GCM_TAG_LEN > len(buf):
-            raise ValueError("SRTP protect_into: no room for the tag")
+        hlen = _rtp_header_length_to_protect(buf, n, GCM_TAG_LEN)
         seq = (buf[2] << 8) | buf[3]
         ssrc = _u32(buf, 8)
         st, new, d = self._index(self._tx, ssrc, seq)
