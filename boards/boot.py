@@ -24,4 +24,6 @@ try:
     hold_after_reset()
 except ImportError:  # not a board (a virtual device), or no firmware deployed yet
     pass
+except Exception as e:  # never stop the boot here: the REPL must stay reachable
+    print("boot: the watchdog could not be held:", repr(e))
 gc.collect()

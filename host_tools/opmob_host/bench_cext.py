@@ -225,23 +225,6 @@ def transcode_rows(quick: bool) -> Iterator[Row]:
     )
 
 
-class _Seeded:
-    """Deterministic bytes (a SHA-256 counter), so two relays built alike have the same keys."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed.to_bytes(4, "big")
-        self.n = 0
-
-    def __call__(self, n: int) -> bytes:
-        import hashlib
-
-        out = b""
-        while len(out) < n:
-            self.n += 1
-            out += hashlib.sha256(self.seed + self.n.to_bytes(8, "big")).digest()
-        return out[:n]
-
-
 RELAY_ADDR = ("10.0.0.1", 7700)
 LISTENERS = 10
 
@@ -260,7 +243,7 @@ class RelayFanout:
         from opmob.relay import Relay
         from opmob.relay_config import RelayConfig
 
-        from opmob_host.bench_core import one_group_store
+        from opmob_host.bench_core import Rand, one_group_store
 
         names = [f"d{i}" for i in range(listeners + 1)]
         store = one_group_store(names, self.GROUP)
@@ -275,14 +258,14 @@ class RelayFanout:
             }
         )
         self.now = 0.0
-        self.relay = Relay(cfg, Registry(store, "no"), store, _Seeded(7), self.now, srtp=srtp, fanout=fanout)
+        self.relay = Relay(cfg, Registry(store, "no"), store, Rand(7), self.now, srtp=srtp, fanout=fanout)
         self.addr: dict[str, tuple[str, int]] = {}
         self.devs: dict[str, Any] = {}
         self.queue: list[tuple[Any, Any, bytes]] = []
         for i, n in enumerate(names):
             a = (f"10.0.1.{i + 2}", 5000)
             d = DeviceSession(
-                n + "@no", bytes(15) + bytes((i + 1,)), RELAY_ADDR, _Seeded(100 + i), groups=[self.GROUP]
+                n + "@no", bytes(15) + bytes((i + 1,)), RELAY_ADDR, Rand(100 + i), groups=[self.GROUP]
             )
             self.addr[n] = a
             self.devs[n] = d
@@ -386,6 +369,40 @@ def relay_rows(quick: bool) -> Iterator[Row]:
     )
 
 
+def link_rows(quick: bool) -> Iterator[Row]:
+    """``relay.link_cpu_per_packet_us.<codec>``: the CPU both relays spend per talker packet on
+    the link path, best of a few bursts of real speech, each on a fresh pair of relays."""
+    import opmob_c
+
+    from opmob_host.link_chain import FRAME_BYTES, RELAY_A, RELAY_B, LinkChain
+
+    pcm = (SPEECH / "hts1a.raw").read_bytes()
+    frames = [pcm[o : o + FRAME_BYTES] for o in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)]
+    frames = frames[: 100 if quick else 150]
+    enc = opmob_c.Dvi4Encoder()
+    payloads = [bytes(enc.encode(f)) for f in frames]
+    for codec in ("codec2_3200", "codec2_1600", "dvi4"):
+        best_a = best_b = float("inf")
+        for _ in range(3 if quick else 5):
+            chain = LinkChain(codec)
+            heard = chain.talk(payloads)
+            if len(heard) != len(payloads):
+                raise RuntimeError(f"link bench ({codec}): {len(heard)} of {len(payloads)} packets heard")
+            best_a = min(best_a, chain.cpu[RELAY_A] / len(payloads))
+            best_b = min(best_b, chain.cpu[RELAY_B] / len(payloads))
+        work = ("DVI4 forwarded as is", "as is") if codec == "dvi4" else ("to Codec2", "back to DVI4")
+        yield (
+            f"relay.link_cpu_per_packet_us.{codec}",
+            (best_a + best_b) * 1e6,
+            "us",
+            None,
+            f"both relays per 20 ms talker packet over a {codec} link (link_chain, C extension): "
+            f"relay A {best_a * 1e6:.1f} us (unprotect, floor gate, {work[0]}, protect for the link), "
+            f"relay B {best_b * 1e6:.1f} us (unprotect, {work[1]}, re-protect for 1 listener); "
+            f"best of rounds, {len(payloads)} packets of real speech each",
+        )
+
+
 def quality_rows() -> Iterator[Row]:
     out = subprocess.run(
         [sys.executable, "-m", "opmob_host.quality"], check=True, capture_output=True, text=True, timeout=600
@@ -413,7 +430,5 @@ def run(quick: bool = False) -> Iterator[Row]:
     yield from srtp_rows(quick)
     yield from transcode_rows(quick)
     yield from relay_rows(quick)
-    from opmob_host.link_chain import link_rows
-
     yield from link_rows(quick)
     yield from quality_rows()

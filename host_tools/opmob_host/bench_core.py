@@ -212,8 +212,9 @@ def run(quick: bool = False) -> "Iterator[tuple[str, float, str, float | None, s
 # --- the accessory: a simulated call -------------------------------------------------------------
 
 
-class _Rand:
-    """Deterministic bytes (xorshift32) for the relay and devices of the simulated call."""
+class Rand:
+    """Deterministic bytes (xorshift32) for relays and devices built in memory by the benchmarks
+    and ``link_chain``: two built alike (same seeds) have the same keys."""
 
     def __init__(self, seed: int) -> None:
         self.s = seed or 1
@@ -247,7 +248,7 @@ class _Call:
         store = one_group_store(names, self.GROUP)
         cfg = RelayConfig.from_dict({"relay": {"identity": "relay-1@no"}, "registry": {"path": "unused"}})
         self.now = 0.0
-        self.relay = Relay(cfg, Registry(store, "no"), store, _Rand(7), self.now)
+        self.relay = Relay(cfg, Registry(store, "no"), store, Rand(7), self.now)
         self.addr = {}
         self.devs = {}
         self.queue: "list[tuple[object, object, bytes]]" = []
@@ -255,7 +256,7 @@ class _Call:
         for i, n in enumerate(names):
             a = ("10.0.1.%d" % (i + 2), 5000)
             d = DeviceSession(
-                n + "@no", bytes(15) + bytes((i + 1,)), self.RELAY, _Rand(100 + i), groups=[self.GROUP]
+                n + "@no", bytes(15) + bytes((i + 1,)), self.RELAY, Rand(100 + i), groups=[self.GROUP]
             )
             self.addr[n] = a
             self.devs[n] = d

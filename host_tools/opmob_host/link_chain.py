@@ -17,11 +17,9 @@ hop's SRTP. Time is virtual; the CPU time each relay spends on the talker's pack
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from opmob_host.bench_cext import _Seeded
-from opmob_host.bench_core import one_group_store
+from opmob_host.bench_core import Rand, one_group_store
 
 RELAY_A = ("10.0.0.1", 7700)
 RELAY_B = ("10.0.0.2", 7700)
@@ -81,7 +79,7 @@ class LinkChain:
                 cfg,
                 Registry(store, "no"),
                 store,
-                _Seeded(seed),
+                Rand(seed),
                 self.now,
                 srtp=backend.SrtpSession,
                 fanout=fanout_for(backend),
@@ -93,8 +91,8 @@ class LinkChain:
             if state != "up":
                 raise RuntimeError(f"link chain: the link at {addr} is {state}, not up")
         self.devs = {
-            "ann": DeviceSession("ann@no", bytes(15) + b"\x01", RELAY_A, _Seeded(101), groups=[GROUP]),
-            "bob": DeviceSession("bob@no", bytes(15) + b"\x02", RELAY_B, _Seeded(102), groups=[GROUP]),
+            "ann": DeviceSession("ann@no", bytes(15) + b"\x01", RELAY_A, Rand(101), groups=[GROUP]),
+            "bob": DeviceSession("bob@no", bytes(15) + b"\x02", RELAY_B, Rand(102), groups=[GROUP]),
         }
         for name, d in self.devs.items():
             self.send(self.addr[name], d.start(self.now))
@@ -153,9 +151,9 @@ class LinkChain:
 
     def talk(self, payloads: list[bytes], ssrc: int = 0xA1) -> list[bytes]:
         """Send each DVI4 payload as ann's RTP, 20 ms apart; the DVI4 payloads bob received."""
-        ann, bob = self.devs["ann"], self.devs["bob"]
         from opmob import rtp
 
+        ann, bob = self.devs["ann"], self.devs["bob"]
         heard: list[bytes] = []
         seq = 1000
         for i, payload in enumerate(payloads):
@@ -179,37 +177,3 @@ def through_relays(pcm: bytes, codec: str = "codec2_3200") -> tuple[bytes, LinkC
     if len(heard) != len(frames):
         raise RuntimeError(f"link chain: bob heard {len(heard)} of {len(frames)} packets")
     return b"".join(bytes(dec.decode(p)) for p in heard), chain
-
-
-def link_rows(quick: bool) -> Iterator[tuple[str, float, str, float | None, str]]:
-    """``relay.link_cpu_per_packet_us.<codec>``: the CPU both relays spend per talker packet on
-    the link path, best of a few bursts of real speech, each on a fresh pair of relays."""
-    import opmob_c
-
-    from opmob_host.quality import SPEECH
-
-    pcm = (SPEECH / "hts1a.raw").read_bytes()
-    frames = [pcm[o : o + FRAME_BYTES] for o in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)]
-    frames = frames[: 100 if quick else 150]
-    enc = opmob_c.Dvi4Encoder()
-    payloads = [bytes(enc.encode(f)) for f in frames]
-    for codec in ("codec2_3200", "codec2_1600", "dvi4"):
-        best_a = best_b = float("inf")
-        for _ in range(3 if quick else 5):
-            chain = LinkChain(codec)
-            heard = chain.talk(payloads)
-            if len(heard) != len(payloads):
-                raise RuntimeError(f"link bench ({codec}): {len(heard)} of {len(payloads)} packets heard")
-            best_a = min(best_a, chain.cpu[RELAY_A] / len(payloads))
-            best_b = min(best_b, chain.cpu[RELAY_B] / len(payloads))
-        work = ("DVI4 forwarded as is", "as is") if codec == "dvi4" else ("to Codec2", "back to DVI4")
-        yield (
-            f"relay.link_cpu_per_packet_us.{codec}",
-            (best_a + best_b) * 1e6,
-            "us",
-            None,
-            f"both relays per 20 ms talker packet over a {codec} link (link_chain, C extension): "
-            f"relay A {best_a * 1e6:.1f} us (unprotect, floor gate, {work[0]}, protect for the link), "
-            f"relay B {best_b * 1e6:.1f} us (unprotect, {work[1]}, re-protect for 1 listener); "
-            f"best of rounds, {len(payloads)} packets of real speech each",
-        )
