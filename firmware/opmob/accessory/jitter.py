@@ -60,6 +60,7 @@ from array import array
 
 from opmob.compat import const, micropython, ptr8
 from opmob.dvi4 import FRAME_PAYLOAD, FRAME_SAMPLES, MAX_INDEX, Dvi4Decoder
+from opmob.ticks import tadd, tdiff  # noqa: F401  (re-exported: audio paths import them from here)
 
 FRAME_MS = const(20)
 FRAME_TS = const(160)  # RTP timestamp units per frame (8 kHz)
@@ -103,17 +104,6 @@ COUNTERS = (
     "shrunk",  # frames dropped to make the buffer shallower
     "streams",  # streams started (first packet, new talker, after an end or a resync)
 )
-
-
-def tdiff(a, b):
-    """a - b for times or timestamps modulo 2^30, in -2^29..2^29-1."""
-    return ((a - b + _T_HALF) & _T_MASK) - _T_HALF
-
-
-def tadd(a, d):
-    """a + d for times modulo 2^30 (a small int on every port, where ticks_ms's own period may
-    be longer)."""
-    return (a + d) & _T_MASK
 
 
 def sdiff(a, b):
