@@ -59,7 +59,9 @@ class LinkedFleet(Fleet):
         path.write_text(path.read_text() + link)
         return path
 
-    def config(self, ident: str, talk: list[str] | None = None, priority: int | None = None) -> dict[str, Any]:
+    def config(
+        self, ident: str, talk: list[str] | None = None, priority: int | None = None
+    ) -> dict[str, Any]:
         cfg = super().config(ident, talk, priority)
         side = 0 if ident in SIDE[0] else 1
         cfg["relays"] = [cfg["relays"][side]]  # each accessory stands under its own relay
@@ -112,9 +114,16 @@ def test_voice_crosses_two_relays_both_ways(tmp_path: Path, capsys: pytest.Captu
                     _t0, pcm = a.speaker_pcm()
                     heard = pcm[before[a.name] :]
                     _lag, gncc, ncc = segment_ncc(source, heard)
-                    where = "same relay" if (a.name in SIDE[0]) == (talker_id in SIDE[0]) else "across the link"
+                    jb = a.status()["jitter"]
+                    where = (
+                        "same relay" if (a.name in SIDE[0]) == (talker_id in SIDE[0]) else "across the link"
+                    )
                     results.append(f"{talker_id} -> {a.name} ({where}): NCC {gncc:.3f} (median {ncc:.3f})")
-                    assert ncc >= NCC_MIN, f"{a.name} ({where}) heard {talker_id} with NCC {ncc:.3f}: {results}"
+                    # As for one relay (test_accessory_voice): the whole burst under one alignment,
+                    # unless a packet came later than the jitter buffer held and it moved playout.
+                    assert ncc >= NCC_MIN, f"{a.name} ({where}) heard {talker_id}: {results}; {jb}"
+                    if not (jb["late"] or jb["underruns"]):
+                        assert gncc >= NCC_MIN, f"{a.name} ({where}): playout moved: {results}; {jb}"
                 talker.wait_last("led", "registered", 10)
         finally:
             for a in accs.values():
