@@ -67,6 +67,7 @@ class LinkGroup:
         "holder",
         "last_bcast",
         "remote",
+        "by_ref",
         "slots",
         "seq",
         "ext",
@@ -80,7 +81,8 @@ class LinkGroup:
         self.engaged = {}  # participating: member SSRC -> identity, known by reference there
         self.holder = None  # participating: the local member the controller granted the floor
         self.last_bcast = None  # participating: the floor state last broadcast, for late joiners
-        self.remote = {}  # controlling: pid -> reference, members known by Track Info
+        self.remote = {}  # controlling: pid (the member's user identity) -> its reference over there
+        self.by_ref = {}  # controlling: reference -> pid
         self.slots = {}  # "out" / "in" -> transcoder slot
         self.seq = 0  # sequence numbers of the untranscoded stream this relay sends on the link
         self.ext = None  # 48-bit index of the last packet received on the link (for fan-out)
@@ -355,6 +357,8 @@ class LinkPlane:
                 out.extend(self._floor_out(srv.leave(now, pid)))
         for pid in lg.remote:
             self._remote_pids.pop(pid, None)
+        lg.remote = {}
+        lg.by_ref = {}
         link.served.pop(lg.group, None)
         self._link_media.pop(lg.ssrc, None)
         self._close_slots(lg)
@@ -520,15 +524,24 @@ class LinkPlane:
                 out.extend(self._floor_out(srv.on_message(now, link.pid, m)))
                 continue
             ref = ti.refs[0]
-            pid = "%s#%d" % (link.pid, ref)
             m.track_info = None
-            if pid not in lg.remote:
-                user = m.user_id if m.user_id is not None else pid
+            pid = lg.by_ref.get(ref)
+            if pid is None:
+                # A member over there is a participant under its user identity, which stays the
+                # same whichever relay it talks through; its route (link and reference) is kept
+                # beside it. Only a member whose first message names no user (a Floor Request
+                # carries it; anything else first is unusual) gets a name from its route.
+                pid = m.user_id if m.user_id is not None else "%s#%d" % (link.pid, ref)
+                user = pid
                 dev = self.registry.device(user)
                 grp = self.registry.group(lg.group)
                 ceiling = dev.ceiling if dev is not None else 0
                 ro = grp is not None and user in grp.receive_only
+                old = lg.remote.get(pid)
+                if old is not None:
+                    lg.by_ref.pop(old, None)  # the same member under a new reference there
                 lg.remote[pid] = ref
+                lg.by_ref[ref] = pid
                 self._remote_pids[pid] = (link, ref)
                 # Its relay told it the floor state already (broadcast to the link): the late
                 # entrant's copy would be a second one.
@@ -601,6 +614,22 @@ class LinkPlane:
             c["floor_out"] += len(targets)
         return out
 
+    def _routed_remote(self, pid, g):
+        """The LinkGroup through which ``pid`` is a member of ``g`` over a link, else None."""
+        r = self._remote_pids.get(pid)
+        if r is None:
+            return None
+        lg = r[0].served.get(g)
+        return lg if lg is not None and pid in lg.remote else None
+
+    def _route_local(self, pid, g):
+        """``pid`` is a member of ``g`` here now: its route over a link (if any) ends."""
+        lg = self._routed_remote(pid, g)
+        if lg is not None:
+            ref = lg.remote.pop(pid)
+            lg.by_ref.pop(ref, None)
+            self._remote_pids.pop(pid, None)
+
     def _late_entry(self, s, g):
         """A member joining an attached group hears the floor state last broadcast over the link."""
         lg = self._att_up(g)
@@ -642,7 +671,7 @@ class LinkPlane:
             return msg
         for link in self._links.values():
             lg = link.served.get(g)
-            if lg is not None and "%s#%d" % (link.pid, f) in lg.remote:
+            if lg is not None and f in lg.by_ref:
                 return _copy(msg, ssrc_field=lg.ssrc)
         return msg
 
