@@ -42,6 +42,7 @@ from opmob.relay_session import (
     addr_text,
     parse_registration,
 )
+from opmob.relay_sessions import Sessions
 from opmob.relay_sig import CHALLENGE_TTL, SigPlane
 from opmob.store import StoreError
 from opmob.ticks import due, earliest, tadd
@@ -214,11 +215,12 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         for k in COUNTERS:
             c[k] = 0
         self.counters = c
-        self._sessions = {}  # session id -> Session, every state
-        self._by_identity = {}  # identity -> its registration (registered, stunned or stale)
-        self._by_ssrc = {}  # media SSRC -> registration
-        self._challenges = 0  # sessions in state challenged
-        self._challenged = {}  # identity -> its sessions in state challenged, oldest first
+        # Every registration, its indexes and allocators (relay_sessions.py); the planes read the
+        # indexes under their old names, only the Sessions part changes them.
+        self.sessions = Sessions(rand)
+        self._sessions = self.sessions.by_sid
+        self._by_identity = self.sessions.by_identity
+        self._by_ssrc = self.sessions.by_ssrc
         self._floors = {}  # group -> FloorServer (a _Floor)
         self._floor_due = Deadlines()  # group -> its floor server's next deadline
         self._floor_groups = {}  # floor server SSRC -> group
@@ -373,7 +375,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             else:
                 d = tadd(s.created, CHALLENGE_TTL)
                 if due(now, d):
-                    self._forget_challenge(s)
+                    self.sessions.forget_challenge(s)
                     continue
             nxt = earliest(nxt, d)
         self._cache.expire(now)
@@ -386,26 +388,10 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         return struct.unpack(">I", self.rand(4))[0]
 
     def _new_sid(self):
-        while True:
-            sid = self._rand_u32()
-            if sid and sid not in self._sessions and sid not in self._link_by_sid:
-                return sid
+        return self.sessions.new_sid(self._link_by_sid)
 
     def _new_ssrc(self):
-        while True:
-            v = self._rand_u32()
-            if v and v not in self._by_ssrc and v not in self._floor_groups and v not in self._link_media:
-                return v
-
-    def _index(self, s):
-        self._by_identity[s.identity] = s
-        self._by_ssrc[s.ssrc] = s
-
-    def _unindex(self, s):
-        if self._by_identity.get(s.identity) is s:
-            del self._by_identity[s.identity]
-        if self._by_ssrc.get(s.ssrc) is s:
-            del self._by_ssrc[s.ssrc]
+        return self.sessions.new_ssrc(self._floor_groups, self._link_media)
 
     def _seen(self, s, now, addr):
         s.last_seen = now
@@ -421,13 +407,8 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         if old.state == REGISTERED and new_state != REGISTERED:
             for a in old.affs:
                 out.extend(self._leave(now, old.identity, a[0]))
-        self._unindex(old)
-        if self._sessions.get(old.sid) is old:
-            del self._sessions[old.sid]
+        self.sessions.retire(old)
         self._busy.pop(old.sid, None)
-        old.state = CLOSED
-        old.txns = None
-        old.drop_keys()
         return out
 
     def _end(self, now, s, linger, keep_txns=False, cause="deregistered"):
@@ -438,7 +419,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         if s.state == REGISTERED:
             for a in s.affs:
                 out.extend(self._leave(now, s.identity, a[0]))
-        self._unindex(s)
+        self.sessions.unindex(s)
         self._unsave(s.identity)
         s.state = CLOSED
         s.srtp_rx = s.srtp_tx = None
@@ -556,12 +537,10 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
                 self._unsave(ident)
                 continue
             s = Session(ident, sid, addr, now)
-            s.state = STALE
             s.ssrc = ssrc
             s.key_id = key_id
             s.affs = affs
-            self._sessions[sid] = s
-            self._index(s)
+            self.sessions.restore(s)
             self.counters["restored"] += 1
         if self._sessions:
             self._arm(tadd(now, self._silent_after()))
