@@ -24,11 +24,9 @@ takes over the affiliations.
 
 import struct
 
-from opmob import mcpt, sig, srtp, txn
 from opmob import relay_events as ev
-from opmob.deadlines import Deadlines
-from opmob.floor_server import G_IDLE, FloorServer
-from opmob.floorid import floor_ssrc
+from opmob import sig, srtp, txn
+from opmob.relay_groups import Groups
 from opmob.relay_link import LinkPlane
 from opmob.relay_media import MediaPlane
 from opmob.relay_requests import Requests
@@ -99,76 +97,6 @@ COUNTERS = (
 )
 
 
-class _Floor(FloorServer):
-    """A group's FloorServer that, after every call, files its next deadline with the relay (so
-    that ``Relay.next_deadline`` reads one heap instead of asking every group) and logs what the
-    call changed as relay events (grant, deny, revoke, idle)."""
-
-    def __init__(self, group, cfg, server_ssrc, deadlines, events):
-        FloorServer.__init__(self, group, cfg, server_ssrc)
-        self._deadlines = deadlines
-        self._events = events
-
-    def _mark(self):
-        c = self.counters
-        return (self.holder, c["denies"], c["revokes"])
-
-    def _filed(self, before, out):
-        self._deadlines.set(self.group, self.next_deadline())
-        h0, denies, revokes = before
-        c = self.counters
-        log = self._events
-        g = self.group
-        if c["denies"] != denies or c["revokes"] != revokes:
-            new_revokes = c["revokes"] - revokes
-            for pid, m in out:
-                if m.kind == mcpt.FLOOR_DENY:
-                    log.add((ev.FLOOR_DENIED, g, pid, m.reject_cause))
-                elif m.kind == mcpt.FLOOR_REVOKE and new_revokes > 0:
-                    new_revokes -= 1
-                    log.add((ev.FLOOR_REVOKED, g, pid, m.reject_cause))
-        h = self.holder
-        if h != h0:
-            log.floor_moved(g, h)
-            if h is not None:
-                log.add((ev.FLOOR_GRANTED, g, h))
-            elif self.state == G_IDLE:
-                log.add((ev.FLOOR_IDLE, g))
-        return out
-
-    def join(self, now, pid, user_id, ssrc, ceiling=255, receive_only=False):
-        b = self._mark()
-        return self._filed(b, FloorServer.join(self, now, pid, user_id, ssrc, ceiling, receive_only))
-
-    def leave(self, now, pid):
-        b = self._mark()
-        return self._filed(b, FloorServer.leave(self, now, pid))
-
-    def on_message(self, now, pid, msg):
-        b = self._mark()
-        return self._filed(b, FloorServer.on_message(self, now, pid, msg))
-
-    def on_media(self, now, pid):
-        b = self._mark()
-        return self._filed(b, FloorServer.on_media(self, now, pid))
-
-    def cancel_emergency(self, now, pid=None):
-        b = self._mark()
-        return self._filed(b, FloorServer.cancel_emergency(self, now, pid))
-
-    def cancel_imminent_peril(self, now, pid=None):
-        b = self._mark()
-        return self._filed(b, FloorServer.cancel_imminent_peril(self, now, pid))
-
-    def poll(self, now):
-        b = self._mark()
-        return self._filed(b, FloorServer.poll(self, now))
-
-    def close(self, now):
-        b = self._mark()
-        return self._filed(b, FloorServer.close(self, now))
-
-
 class Relay(SigPlane, MediaPlane, LinkPlane):
     def __init__(
         self,
@@ -221,10 +149,12 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         self._sessions = self.sessions.by_sid
         self._by_identity = self.sessions.by_identity
         self._by_ssrc = self.sessions.by_ssrc
-        self._floors = {}  # group -> FloorServer (a _Floor)
-        self._floor_due = Deadlines()  # group -> its floor server's next deadline
-        self._floor_groups = {}  # floor server SSRC -> group
-        self._alerts = {}  # group -> identities whose emergency alert is in force
+        # Every group, its floor and where it lives, its members' routes (relay_groups.py).
+        self.groups = Groups(cfg.floor, self._events, self._by_ssrc)
+        self._floors = self.groups.floors
+        self._floor_due = self.groups.due
+        self._floor_groups = self.groups.by_floor_ssrc
+        self._alerts = self.groups.alerts
         # Room for every device's requests of a whole cache lifetime: an entry evicted early turns
         # a retransmission into a replay, which is dropped, and the device would lose the relay.
         self._cache = txn.ResponseCache(max(txn.CACHE_ENTRIES, 8 * cfg.max_devices))
@@ -440,15 +370,9 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
     # --- floors -----------------------------------------------------------------------------------
 
     def _floor(self, g):
-        srv = self._floors.get(g)
+        srv = self.groups.floor(g)
         if srv is None:
-            f = floor_ssrc(g)
-            if f in self._floor_groups or f in self._by_ssrc:
-                self.counters["floor_ssrc_collisions"] += 1
-                return None
-            srv = _Floor(g, self.cfg.floor, f, self._floor_due, self._events)
-            self._floors[g] = srv
-            self._floor_groups[f] = g
+            self.counters["floor_ssrc_collisions"] += 1
         return srv
 
     def _join(self, now, s, g):
@@ -460,7 +384,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         ceiling = dev.ceiling if dev is not None else 0
         ro = grp is not None and s.identity in grp.receive_only
         if self._remote_pids:
-            self._route_local(s.identity, g)
+            self.groups.route_local(s.identity, g)
         out = self._floor_out(srv.join(now, s.identity, s.identity, s.ssrc, ceiling=ceiling, receive_only=ro))
         if self._attach_of:
             out.extend(self._late_entry(s, g))
@@ -471,7 +395,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         srv = self._floors.get(g)
         if srv is None:
             return []
-        if self._remote_pids and self._routed_remote(identity, g) is not None:
+        if self._remote_pids and self.groups.routed_remote(identity, g) is not None:
             return []  # the member talks through another relay now: that route stays
         out = self._floor_out(srv.leave(now, identity))
         if self._attach_of:
