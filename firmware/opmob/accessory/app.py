@@ -571,11 +571,15 @@ class App:
             if self.rx_group is not None:
                 self.rx_group = None
                 self._rx_party = None
+                # The talker stopped: no concealment past the last frame (jitter.py, "End").
+                self.pb.end()
                 self.pb.select(None)
                 self.report("rx none")
             return
         c = self.clients[best]
         if best != self.rx_group or c.talker != self._rx_party:
+            if self.rx_group is not None:
+                self.pb.end()  # the talker heard so far has stopped, or another call wins
             self.rx_group = best
             self._rx_party = c.talker
             self.pb.select(c.talker_ssrc)
