@@ -51,7 +51,7 @@ def frame_levels(pcm: bytes) -> list[float]:
     out = []
     n = len(pcm) // (2 * FRAME)
     for k in range(n):
-        samples = struct.unpack_from("<%dh" % FRAME, pcm, 2 * FRAME * k)
+        samples = struct.unpack_from(f"<{FRAME}h", pcm, 2 * FRAME * k)
         out.append(math.sqrt(sum(s * s for s in samples) / FRAME))
     return out
 

@@ -26,7 +26,9 @@ class Acc:
         )
         from fwtest import Rng
 
-        self.core = AccessoryCore(ident(name), secret_of(name), Rng(n).bytes, groups, relays=[RELAY_ENTRY], home="no")
+        self.core = AccessoryCore(
+            ident(name), secret_of(name), Rng(n).bytes, groups, relays=[RELAY_ENTRY], home="no"
+        )
         self.heard = []  # (seq, n) of each voice packet the core gave to play
         self.core.play = self._play
         w.devs[name] = self.core
