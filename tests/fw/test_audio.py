@@ -331,7 +331,7 @@ def test_through_the_relay_with_srtp():
     lis = Listener()
     arrivals = []
     for k, f in enumerate(frames):
-        t = w.now  # the world's clock: int ms from 0
+        t = w.now  # the cores' clock is the audio paths' ms already
         w.act("ann", w.devs["ann"].send_voice(w.now, cap.frame(f)))
         for e in w.events("bob", "voice"):
             arrivals.append((t, e[1]))
