@@ -64,7 +64,9 @@ BUTTON_SAMPLE_MS = 5
 BUTTON_IDLE_S = 1.0  # with no edge, look at the buttons this often anyway
 LINK_CHECK_S = 1.0
 ROAM_SCAN_MS = 30000  # while connected, look for a better relay at most this often (core.ROAM_RSSI)
-WIFI_CONNECT_S = 10.0
+WIFI_CONNECT_MS = 10000
+TASK_GOOD_MS = 30000  # a task that ran this long before failing has a new problem: short pause again
+ERR_WINDOW_MS = 60000
 BATTERY_EVERY_S = 30.0
 TASK_RESTART_MAX_S = 10.0
 ERR_LOG_MAX = 10  # task error lines per minute; the rest are counted
@@ -123,7 +125,7 @@ class App:
         self.state_dir = state_dir
         self._print = log or print
         self.rand = rand or os.urandom
-        self.clock = compat.monotonic
+        self.clock = compat.monotonic  # the buttons' and LEDs' float seconds (hw.py); the rest is ticks
         self.ticks_ms = ticks_ms  # the audio paths' integer-millisecond clock
         self.heap_code = heap_code
         self.mode = UNPROVISIONED
@@ -289,12 +291,12 @@ class App:
     async def _guard(self, name, fn):
         delay = 0.1
         while True:
-            t0 = self.clock()
+            t0 = now_ms()
             try:
                 await fn()
                 return
             except Exception as e:
-                if self.clock() - t0 > 30:
+                if tdiff(now_ms(), t0) > TASK_GOOD_MS:
                     delay = 0.1  # it ran well for a while: this is a new problem
                 self.task_errors[name] += 1
                 self._task_error("task " + name, e, delay)
@@ -302,8 +304,8 @@ class App:
             delay = min(delay * 2, TASK_RESTART_MAX_S)
 
     def _task_error(self, name, e, delay):
-        now = self.clock()
-        if self._err_window is None or now - self._err_window > 60:
+        now = now_ms()
+        if self._err_window is None or tdiff(now, self._err_window) > ERR_WINDOW_MS:
             self._err_window = now
             self._err_logged = 0
         self._err_logged += 1
@@ -702,9 +704,9 @@ class App:
             self._ui()
             self.report("roaming %s" % relay["identity"])
         ok = wifi.connect(relay["ssid"], relay.get("psk"))
-        end = self.clock() + WIFI_CONNECT_S
+        end = tadd(now_ms(), WIFI_CONNECT_MS)
         while ok and not wifi.isconnected():
-            if self.clock() > end:
+            if due(now_ms(), end):
                 wifi.disconnect()
                 ok = False
             else:
