@@ -34,6 +34,8 @@ class Acc:
         w.devs[name] = self.core
         w.addr[name] = self.addr
         w.by_addr[self.addr] = self.core
+        if hasattr(w, "sim"):
+            w.sim.attach(self.core, self.addr)  # a World on opmob.sim: the core is a node like any
         self.log = []
 
     def _play(self, now, buf, n):
