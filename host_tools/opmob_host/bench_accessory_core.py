@@ -32,6 +32,7 @@ TONE_AMPLITUDE = 8000
 SILENT_RMS = 30.0  # the jitter buffer's silence is exact zeros; a -24 dB repeat is far above this
 VOICE_SHARE = 0.7  # a concealment repeat is at most half (-6 dB) of the voice level
 GOAL_MS = 20.0
+BURST_GAP = 10  # frames (200 ms) of silence part two bursts; the bench leaves 500 ms between them
 
 
 def tone_raw(path: Path, seconds: float = 60.0) -> Path:
@@ -57,8 +58,9 @@ def frame_levels(pcm: bytes) -> list[float]:
 
 
 def burst_tails_ms(levels: list[float]) -> list[float]:
-    """For each run of non-silent frames (a burst as heard), the ms of audio after its last voice
-    frame (a frame at VOICE_SHARE of the burst's median level or more)."""
+    """For each burst as heard (non-silent frames with no silence of BURST_GAP frames or more
+    between them: a mid-burst underrun on a busy host is not a burst's end), the ms of audio after
+    its last voice frame (a frame at VOICE_SHARE of the burst's median level or more)."""
     tails = []
     k = 0
     n = len(levels)
@@ -66,10 +68,16 @@ def burst_tails_ms(levels: list[float]) -> list[float]:
         if levels[k] <= SILENT_RMS:
             k += 1
             continue
-        start = k
-        while k < n and levels[k] > SILENT_RMS:
+        start = end = k
+        quiet = 0
+        while k < n and quiet < BURST_GAP:
+            if levels[k] > SILENT_RMS:
+                end = k + 1
+                quiet = 0
+            else:
+                quiet += 1
             k += 1
-        run = levels[start:k]
+        run = levels[start:end]
         typical = sorted(run)[len(run) // 2]
         voice = [i for i, v in enumerate(run) if v >= VOICE_SHARE * typical]
         if len(run) < 5 or not voice:
