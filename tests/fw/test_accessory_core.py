@@ -252,3 +252,16 @@ def test_no_session_yet_and_off_air():
     ann.core.killed = True
     assert ann.core.led() == "disabled"
     assert ann.core.emergency(0) == [] and ann.tones() == ["deny"]
+
+
+def test_a_failing_event_is_counted_and_the_rest_still_handled():
+    w, (ann,) = world(0, ("ann",))
+    ann.events()
+    dev = ann.core.dev
+    dev.events.append(("affiliation", G1))  # not the shape of an ("affiliation", group, code)...
+    dev.events.append(("deregistered",))
+    ann.core.poll(w.now)
+    ev = ann.events()
+    faults = [e for e in ev if e[0] == "fault"]
+    assert len(faults) == 1 and faults[0][1] == "event affiliation" and ann.core.event_errors == 1, ev
+    assert ("deregistered",) in ev  # ... and the next event is still handled

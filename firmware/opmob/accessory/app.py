@@ -435,6 +435,8 @@ class App:
                 self.log("opmob accessory: talk group %s (%s)" % (self.groups.label, g))
             else:
                 self.log("opmob accessory: scan %s" % ("on" if on else "off"))
+        elif kind == "fault":
+            self._task_error(ev[1], ev[2], None)
         # ("led", name): pattern() reads core.led() whenever the LED task looks
 
     def _tone(self, name):

@@ -39,7 +39,9 @@ Events, tuples the driver drains after every call, **before** sending what the c
   plays only ``ssrc``;
 - ("group", why, selected, scan_on): why "step" or "scan";
 - ("led", name): ``led()`` changed (the protocol's part of the pattern; the driver adds roaming,
-  WiFi and battery).
+  WiFi and battery);
+- ("fault", what, exception): handling one of the session's events raised (counted in
+  ``event_errors``; the others were handled, the datagrams still go).
 
 Voice is not an event: a frame would be a tuple, a heap object 50 times a second. The session's
 voice_sink is bound to the core once; it finds the PTT client of the talker (T103) and hands the
@@ -89,6 +91,7 @@ class AccessoryCore:
         self.clients = {}  # group -> PttClient (the talk group's and the scan groups')
         self.lost = False  # the link was lost since the last registration
         self.killed = False
+        self.event_errors = 0
         self.transmitting = False
         self.rx_group = None
         self.rx_party = None
@@ -313,7 +316,13 @@ class AccessoryCore:
                     self.events.append(ev)
             for ev in evs:
                 if ev[0] != "persist":
-                    out.extend(self._on_session_event(now, ev))
+                    try:
+                        out.extend(self._on_session_event(now, ev))
+                    except Exception as e:
+                        # One bad event must not lose the others nor the datagrams: counted, and
+                        # the driver logs the exception's type and place (never its message).
+                        self.event_errors += 1
+                        self.events.append(("fault", "event " + ev[0], e))
         clients = self.clients
         pending = False
         for g in clients:  # a dict's keys are walked without a heap iterator; .values() makes one
