@@ -138,25 +138,25 @@ def test_buttons_drive_the_talk_groups_ptt_client():
         c = a.core._client("fire-1@no")
         c.start(0)
         a._buttons["ptt"] = hw.Button("ptt", 20, None)
-        a._buttons["ptt"].sample(0.98, True)
-        a._on_button(1.0, "ptt", hw.PRESS)
+        a._buttons["ptt"].sample(980, True)
+        a._on_button(1000, "ptt", hw.PRESS)
         assert a.core.dev.sent == [(mcpt.FLOOR_REQUEST, "fire-1@no")]
         assert "ptt U: pending Request" in reports
-        a._on_button(1.5, "ptt", hw.SHORT)
+        a._on_button(1500, "ptt", hw.SHORT)
         assert a.core.dev.sent[-1] == (mcpt.FLOOR_RELEASE, "fire-1@no")
         # A group change while the floor is being released is refused with the deny tone.
-        a._on_button(1.6, "group_up", hw.SHORT)
+        a._on_button(1600, "group_up", hw.SHORT)
         assert a.groups.selected == "fire-1@no" and "tone deny" in reports
         # Scan toggle, group change when idle.
         c.on_floor(ticks.now_ms(), mcpt.FloorMsg(mcpt.FLOOR_IDLE, indicator=mcpt.IND_NORMAL))
-        a._on_button(1.8, "group_down", hw.LONG)
+        a._on_button(1800, "group_down", hw.LONG)
         assert not a.groups.scan_on and "group fire-1@no scan off" in reports
         # The scan groups are left (whether or not the relay had accepted them), SELECTED kept.
         assert a.core.dev.sent[-2:] == [
             ("deaffiliate", ["police@no", "ems@no"]),
             ("affiliate", [("fire-1@no", 0, 2)]),
         ]
-        a._on_button(1.9, "group_up", hw.SHORT)
+        a._on_button(1900, "group_up", hw.SHORT)
         assert a.groups.selected == "fire-2@no" and "group fire-2@no scan off" in reports
         assert a.core.dev.sent[-2:] == [("deaffiliate", ["fire-1@no"]), ("affiliate", [("fire-2@no", 0, 2)])]
         assert "fire-1@no" not in a.core.clients  # not listened to any more

@@ -53,7 +53,7 @@ from opmob.accessory import hw as hwmod
 from opmob.accessory.audio import PACKET_LEN
 from opmob.accessory.core import AccessoryCore
 from opmob.accessory.link import Backoff
-from opmob.ticks import due, ms, now_ms, tadd, tdiff
+from opmob.ticks import due, now_ms, tadd, tdiff
 
 IS_MP = compat.IS_MICROPYTHON
 UNPROVISIONED = "unprovisioned"
@@ -125,7 +125,6 @@ class App:
         self.state_dir = state_dir
         self._print = log or print
         self.rand = rand or os.urandom
-        self.clock = compat.monotonic  # the buttons' and LEDs' float seconds (hw.py); the rest is ticks
         self.ticks_ms = ticks_ms  # the audio paths' integer-millisecond clock
         self.heap_code = heap_code
         self.mode = UNPROVISIONED
@@ -501,12 +500,12 @@ class App:
         leds = self.hw.leds
         while True:
             self._fault("leds")
-            now = self.clock()
+            now = now_ms()
             nxt = None
             if leds is not None:
                 leds.set_pattern(self.pattern(now), now)
                 nxt = leds.update(now)
-            wait = 1.0 if nxt is None else max(0.005, min(1.0, nxt - now))
+            wait = 1.0 if nxt is None else max(0.005, min(1.0, tdiff(nxt, now) / 1000))
             self._ui_event.clear()
             try:
                 await asyncio.wait_for(self._ui_event.wait(), wait)
@@ -522,7 +521,7 @@ class App:
             b.reset()
         while True:
             self._fault("buttons")
-            now = self.clock()
+            now = now_ms()
             busy = False
             for name in btns:
                 b = btns[name]
@@ -537,7 +536,7 @@ class App:
                 await self.hw.wait_button_edge(BUTTON_IDLE_S)
 
     def _on_button(self, now, name, ev):
-        """A debounced button event (``now``: the buttons' float clock) to the core's inputs."""
+        """A debounced button event at ``now`` (int ms, the core's clock) to the core's inputs."""
         self.report("button %s %s" % (name, ev))
         core = self.core
         if self.mode != RUNNING or core is None or core.off_air():
@@ -549,8 +548,8 @@ class App:
         if name == "ptt":
             if ev == hwmod.PRESS:
                 # From the key's edge: the debounce is part of what the user waits for.
-                ago = ms(max(0.0, self.clock() - self._buttons[name].edge_at))
-                self._act(lambda t: core.press_ptt(t, tadd(t, -ago)))
+                edge = self._buttons[name].edge_at
+                self._act(lambda t: core.press_ptt(t, edge))
             elif ev in (hwmod.SHORT, hwmod.RELEASE):
                 self._act(core.release_ptt)
         elif name == "emergency":
