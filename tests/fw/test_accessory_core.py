@@ -265,3 +265,18 @@ def test_a_failing_event_is_counted_and_the_rest_still_handled():
     faults = [e for e in ev if e[0] == "fault"]
     assert len(faults) == 1 and faults[0][1] == "event affiliation" and ann.core.event_errors == 1, ev
     assert ("deregistered",) in ev  # ... and the next event is still handled
+
+
+def test_a_new_relay_is_a_new_session_and_the_old_floor_is_gone():
+    w, (ann, bob) = world(0, ("ann", "bob"))
+    ann.do(ann.core.press_ptt(w.now))
+    assert ann.core.transmitting and bob.core.rx_group == G1
+    ann.events()
+    other = {"identity": "relay-2@no", "host": "10.0.0.2", "port": 7700, "ssid": "opmob-no-2"}
+    assert ann.core.needs_session(other)
+    old = ann.core.dev
+    out = ann.core.connect(w.now, other)
+    ev = ann.events()
+    assert ("transmit", False) in ev and ("session", other) in ev, ev
+    assert ann.core.dev is not old and ann.core.clients == {} and not ann.core.transmitting
+    assert out and out[0][0] == ("10.0.0.2", 7700)  # the registration goes to the new relay

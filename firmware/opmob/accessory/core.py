@@ -161,6 +161,9 @@ class AccessoryCore:
         for g in self.clients:
             self.clients[g].stop(now)
         self.clients = {}
+        # The old session's floors are gone with it: the microphone closes, nothing is heard.
+        self._set_transmit(False)
+        self._select_rx()
         self.relay = relay
         self._joined = [a[0] for a in self.groups.affiliations()]
         self.dev = DeviceSession(
