@@ -254,7 +254,7 @@ class _Drv:
 
 def _local_receiver():
     """A UDP socket on 127.0.0.1 and its address (MicroPython's unix port has no getsockname)."""
-    from opmob.relay_uasyncio import open_udp
+    from opmob.uasyncio_driver import open_udp
 
     r = Rng(4242)
     for _ in range(50):
@@ -289,7 +289,7 @@ def _wire(app, dev):
 def _voice_apps(d):
     """ann's app (talking) and bob's (listening), each on a registered DeviceSession of one relay
     World; ann's app sends to a local socket (``rx``) instead of the relay's address."""
-    from opmob.relay_uasyncio import open_udp
+    from opmob.uasyncio_driver import open_udp
 
     w = World()
     ann = w.device("ann", [G1])
@@ -461,11 +461,11 @@ class _NullCore:
 
 
 def _driver_cost(relay, relay_addr, count):
-    """Heap allocated per datagram by relay_uasyncio.Driver itself (recvfrom, asyncio's wake-up,
+    """Heap allocated per datagram by uasyncio_driver.Driver itself (recvfrom, asyncio's wake-up,
     the time of arrival) around a core that does nothing, one datagram per wake-up."""
     import asyncio
 
-    from opmob.relay_uasyncio import Driver, open_udp
+    from opmob.uasyncio_driver import Driver, open_udp
 
     sock = open_udp("127.0.0.1", 0)
     drv = Driver(_NullCore(), sock)
@@ -512,7 +512,7 @@ def _run_call(a, b, relay, relay_addr, got, warm, frames):
     received ``frames`` packets after ``warm``, the collector off, and the counts."""
     import asyncio
 
-    from opmob.relay_uasyncio import Driver, open_udp
+    from opmob.uasyncio_driver import Driver, open_udp
 
     b.sock = open_udp("127.0.0.1", 0)
     b.drv = Driver(appmod._Drive(b), b.sock)
@@ -571,7 +571,7 @@ def test_the_running_tasks_allocate_only_the_hmac_and_the_socket():
     # the driver re-arming its timer from the cores' deadlines) and bob's playback task (jitter
     # buffer, DVI4, tones, the sim speaker), every loop iteration included, FRAMES packets each
     # way with the collector off. Allowed: one HMAC-SHA1 of hashlib per packet protected or
-    # unprotected, and per packet received what relay_uasyncio.Driver costs around a core that
+    # unprotected, and per packet received what uasyncio_driver.Driver costs around a core that
     # does nothing (recvfrom's bytes and address, asyncio's wake-up, the float time of arrival),
     # each measured here on this runtime; 2 KB in all for one-off growth (asyncio's queues). So
     # anything else allocating 16 bytes a frame fails.

@@ -14,7 +14,7 @@ message, and the task is started again after a short, growing pause):
 | leds | shows the pattern of the current state (``pattern()``) |
 | buttons | debounce and long press; PTT, emergency, group up/down, scan |
 | link | WiFi: scan, connect to the relay the core chooses, watch; back-off; the core's timers while no driver runs |
-| net | UDP to the relay: relay_uasyncio.Driver around the core (``_Drive``): datagrams and its deadline |
+| net | UDP to the relay: uasyncio_driver.Driver around the core (``_Drive``): datagrams and its deadline |
 | capture | while the floor is ours: microphone -> DVI4 -> RTP -> SRTP -> relay, 20 ms frames |
 | playback | always: jitter buffer + tones -> speaker, 20 ms frames |
 | battery | reads the cell every 30 s; low battery pattern |
@@ -99,7 +99,7 @@ def where(e):
 
 
 class _Drive:
-    """What relay_uasyncio.Driver drives: the accessory core, with the app's handling of the
+    """What uasyncio_driver.Driver drives: the accessory core, with the app's handling of the
     core's events (a ("persist", ...) on flash first) before the driver sends what it returned."""
 
     def __init__(self, app):
@@ -728,7 +728,7 @@ class App:
 
     def _start_session(self, relay):
         """A new registration at ``relay``: a socket and a driver of its own, then the core's."""
-        from opmob.relay_uasyncio import Driver, open_udp
+        from opmob.uasyncio_driver import Driver, open_udp
 
         if self.drv is not None:
             self.drv.stop()

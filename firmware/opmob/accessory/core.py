@@ -4,7 +4,7 @@ milliseconds modulo 2^30, opmob/ticks.py) and answering datagrams to send, a dea
 
     core = AccessoryCore(identity, secret, rand, groups, floor_priority=None,
                          relays=(), home=None, partners=(), ptt=None)
-    # the node interface (the same as the relay's: relay_uasyncio.Driver and opmob.sim drive it)
+    # the node interface (the same as the relay's: uasyncio_driver.Driver and opmob.sim drive it)
     core.on_datagram(now, addr, data) -> [(addr, bytes)]
     core.poll(now) -> [(addr, bytes)]          core.next_deadline() -> int | None
     # the driver's inputs, each returning [(addr, bytes)] to send
