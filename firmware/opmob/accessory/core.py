@@ -59,6 +59,7 @@ from opmob.ticks import due, earliest, tadd, tdiff
 LOST_TONE_REPEAT_MS = 60000  # while the link stays lost, the lost-link tone again this often
 ROAM_RSSI = -70  # dBm: below it (or away from home) a scan for a better relay may pay
 
+_NOTHING = ()  # what a call with nothing to send answers: no list made
 _U_HAS_PERMISSION = "U: has permission"
 _U_PENDING_RELEASE = "U: pending Release"
 _BUSY = ("U: pending Request", "U: queued", "U: pending Release")
@@ -117,13 +118,25 @@ class AccessoryCore:
 
     def poll(self, now):
         self._now = now
+        # Only the parts whose deadline is due are polled: the driver wakes the core for T103's
+        # look every few seconds of a call, and a poll with nothing due would still make lists
+        # (docs/accessory-audio.md, "Allocation per frame").
+        out = _NOTHING
         dev = self.dev
-        out = dev.poll(now) if dev is not None else []
+        if dev is not None:
+            d = dev.next_deadline()
+            if d is not None and due(now, d):
+                out = dev.poll(now)
         clients = self.clients
         for g in clients:  # polling a client changes no client set (its effects are handled below)
-            msgs = clients[g].poll(now)
-            if msgs:
-                out.extend(self._floor_out(now, g, msgs))
+            c = clients[g]
+            d = c.next_deadline()
+            if d is not None and due(now, d):
+                msgs = c.poll(now)
+                if msgs:
+                    if out is _NOTHING:
+                        out = []
+                    out.extend(self._floor_out(now, g, msgs))
         t = self._lost_tone_at
         if self.lost and t is not None and due(now, tadd(t, LOST_TONE_REPEAT_MS)):
             self._lost_tone_at = now
