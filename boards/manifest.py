@@ -34,6 +34,7 @@ package(  # noqa: F821
         "accessory/audio.py",
         "accessory/board.py",
         "accessory/config.py",
+        "accessory/core.py",
         "accessory/groups.py",
         "accessory/hw.py",
         "accessory/hw_esp32.py",

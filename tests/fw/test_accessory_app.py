@@ -7,7 +7,7 @@ import os
 
 from fwtest import IS_MICROPYTHON, ROOT, Rng, SkipTest
 from fwtmp import TempDir, write_bytes
-from opmob import compat, mcpt
+from opmob import compat, mcpt, ticks
 from opmob.accessory import app as appmod
 from opmob.accessory import board as bd
 from opmob.accessory import hw, hw_sim
@@ -56,8 +56,7 @@ def test_first_sequence_number_leaves_room_before_the_wrap():
             for _ in range(3):
                 a.cap.frame(bytearray(320))
             assert a.cap.seq == (want + 3) & 0xFFFF
-            a.relay = {"identity": "relay1@no", "host": "127.0.0.1", "port": 4000}
-            a._on_event(0.0, ("registered", 1234))
+            a._on_event(("registered", {"identity": "relay1@no", "host": "127.0.0.1", "port": 4000}))
             assert a.cap.seq == want, (fill, a.cap.seq)
 
 
@@ -79,11 +78,11 @@ def test_boot_modes():
         a, _r, logs = _app(d, _config())
         assert a.mode == appmod.RUNNING and a.groups.selected == "fire-1@no"
         assert a.groups.listening() == ["fire-1@no", "police@no", "ems@no"]
-        assert a.pattern(0) == "lost_link"  # no WiFi yet
+        assert a.core.led() == "idle" and a.pattern(0) == "lost_link"  # no WiFi yet
 
 
 class FakeDev:
-    """The DeviceSession's shape, recording what the app asks of it."""
+    """The DeviceSession's shape, recording what the core asks of it."""
 
     def __init__(self):
         self.events = []
@@ -114,50 +113,53 @@ class FakeDev:
     def next_deadline(self):
         return None
 
+    def deregister(self, now):
+        return []
+
 
 def test_persist_is_written_before_the_datagrams_go():
     with TempDir() as d:
         a, _r, _l = _app(d, _config())
-        a.dev = FakeDev()
-        core = appmod._Core(a)
+        a.core.dev = FakeDev()
+        drive = appmod._Drive(a)
         assert a.state.windows() == (None, None)
-        out = core.on_datagram(1.0, ("127.0.0.1", 7700), b"x")
+        out = drive.on_datagram(1000, ("127.0.0.1", 7700), b"x")
         # When the driver gets the datagrams to send, the windows are already in the store.
         assert out == [(("127.0.0.1", 7700), b"answer")]
         assert a.state.windows() == ((9, 3), None)
-        assert a.dev.events == []
+        assert a.core.dev.events == [] and a.core.events == []
 
 
 def test_buttons_drive_the_talk_groups_ptt_client():
     with TempDir() as d:
         a, reports, _l = _app(d, _config())
-        a.dev = FakeDev()
-        a._joined = ["fire-1@no", "police@no", "ems@no"]
-        c = a._client("fire-1@no")
-        c.start(0.0)
+        a.core.dev = FakeDev()
+        a.core._joined = ["fire-1@no", "police@no", "ems@no"]
+        c = a.core._client("fire-1@no")
+        c.start(0)
         a._buttons["ptt"] = hw.Button("ptt", 20, None)
-        a._buttons["ptt"].sample(0.98, True)
-        a._on_button(1.0, "ptt", hw.PRESS)
-        assert a.dev.sent == [(mcpt.FLOOR_REQUEST, "fire-1@no")]
+        a._buttons["ptt"].sample(980, True)
+        a._on_button(1000, "ptt", hw.PRESS)
+        assert a.core.dev.sent == [(mcpt.FLOOR_REQUEST, "fire-1@no")]
         assert "ptt U: pending Request" in reports
-        a._on_button(1.5, "ptt", hw.SHORT)
-        assert a.dev.sent[-1] == (mcpt.FLOOR_RELEASE, "fire-1@no")
+        a._on_button(1500, "ptt", hw.SHORT)
+        assert a.core.dev.sent[-1] == (mcpt.FLOOR_RELEASE, "fire-1@no")
         # A group change while the floor is being released is refused with the deny tone.
-        a._on_button(1.6, "group_up", hw.SHORT)
+        a._on_button(1600, "group_up", hw.SHORT)
         assert a.groups.selected == "fire-1@no" and "tone deny" in reports
         # Scan toggle, group change when idle.
-        c.on_floor(1.7, mcpt.FloorMsg(mcpt.FLOOR_IDLE, indicator=mcpt.IND_NORMAL))
-        a._on_button(1.8, "group_down", hw.LONG)
+        c.on_floor(ticks.now_ms(), mcpt.FloorMsg(mcpt.FLOOR_IDLE, indicator=mcpt.IND_NORMAL))
+        a._on_button(1800, "group_down", hw.LONG)
         assert not a.groups.scan_on and "group fire-1@no scan off" in reports
         # The scan groups are left (whether or not the relay had accepted them), SELECTED kept.
-        assert a.dev.sent[-2:] == [
+        assert a.core.dev.sent[-2:] == [
             ("deaffiliate", ["police@no", "ems@no"]),
             ("affiliate", [("fire-1@no", 0, 2)]),
         ]
-        a._on_button(1.9, "group_up", hw.SHORT)
+        a._on_button(1900, "group_up", hw.SHORT)
         assert a.groups.selected == "fire-2@no" and "group fire-2@no scan off" in reports
-        assert a.dev.sent[-2:] == [("deaffiliate", ["fire-1@no"]), ("affiliate", [("fire-2@no", 0, 2)])]
-        assert "fire-1@no" not in a.clients  # not listened to any more
+        assert a.core.dev.sent[-2:] == [("deaffiliate", ["fire-1@no"]), ("affiliate", [("fire-2@no", 0, 2)])]
+        assert "fire-1@no" not in a.core.clients  # not listened to any more
 
 
 class FakeClient:
@@ -174,16 +176,16 @@ class FakeClient:
 def test_led_pattern_precedence():
     with TempDir() as d:
         a, _r, _l = _app(d, _config())
-        a.dev = FakeDev()
+        a.core.dev = FakeDev()
         a.wifi_ok = True
         tc = FakeClient()
-        a.clients["fire-1@no"] = tc
+        a.core.clients["fire-1@no"] = tc
         assert a.pattern(0) == "registered"
         a.battery_low = True
         assert a.pattern(0) == "low_battery"
-        a.rx_group = "police@no"
+        a.core.rx_group = "police@no"
         assert a.pattern(0) == "receiving"
-        a.lost = True
+        a.core.lost = True
         assert a.pattern(0) == "lost_link"
         a.roaming = True
         assert a.pattern(0) == "roaming"
@@ -195,29 +197,35 @@ def test_led_pattern_precedence():
         assert a.pattern(0) == "emergency"
         tc.led = "denied"
         assert a.pattern(0) == "denied"
-        a.dev.state = "stunned"
+        a.core.dev.state = "stunned"
         assert a.pattern(0) == "disabled"
 
 
 def test_which_call_plays():
     with TempDir() as d:
         a, reports, _l = _app(d, _config())
-        a.clients["ems@no"] = FakeClient(talker_ssrc=5, talker="e@no")
-        a._select_rx()
+        core = a.core
+
+        def select():
+            core._select_rx()
+            a._after(())  # the app handles the core's ("rx", ...) events
+
+        core.clients["ems@no"] = FakeClient(talker_ssrc=5, talker="e@no")
+        select()
         assert a.rx_group == "ems@no" and reports[-1] == "rx ems@no e@no"
-        a.clients["police@no"] = FakeClient(talker_ssrc=6, talker="p@no")  # higher scan priority
-        a._select_rx()
+        core.clients["police@no"] = FakeClient(talker_ssrc=6, talker="p@no")  # higher scan priority
+        select()
         assert a.rx_group == "police@no"
-        a.clients["fire-1@no"] = FakeClient(talker_ssrc=7, talker="f@no")  # the talk group
-        a._select_rx()
+        core.clients["fire-1@no"] = FakeClient(talker_ssrc=7, talker="f@no")  # the talk group
+        select()
         assert a.rx_group == "fire-1@no"
-        a.clients["ems@no"].group_indicator = mcpt.IND_EMERGENCY  # an emergency anywhere wins
-        a._select_rx()
+        core.clients["ems@no"].group_indicator = mcpt.IND_EMERGENCY  # an emergency anywhere wins
+        select()
         assert a.rx_group == "ems@no" and reports[-1] == "rx ems@no e@no"
-        for g in a.clients:
-            a.clients[g].talker_ssrc = None
-        a._select_rx()
-        assert a.rx_group is None and reports[-1] == "rx none"
+        for g in core.clients:
+            core.clients[g].talker_ssrc = None
+        select()
+        assert a.rx_group is None and core.rx_group is None and reports[-1] == "rx none"
 
 
 def test_task_errors_name_the_place_never_the_message():
@@ -246,7 +254,7 @@ class _Drv:
 
 def _local_receiver():
     """A UDP socket on 127.0.0.1 and its address (MicroPython's unix port has no getsockname)."""
-    from opmob.relay_uasyncio import open_udp
+    from opmob.uasyncio_driver import open_udp
 
     r = Rng(4242)
     for _ in range(50):
@@ -270,10 +278,18 @@ def _tone_frames(n=8):
     return out
 
 
+def _wire(app, dev):
+    """A registered DeviceSession of the world as the app's core's session, voice wired as
+    core.connect wires it."""
+    app.core.dev = dev
+    app.core.relay = {"identity": "relay-1@no", "host": RELAY[0], "port": RELAY[1]}
+    dev.voice_sink = app.core._voice_sink
+
+
 def _voice_apps(d):
     """ann's app (talking) and bob's (listening), each on a registered DeviceSession of one relay
     World; ann's app sends to a local socket (``rx``) instead of the relay's address."""
-    from opmob.relay_uasyncio import open_udp
+    from opmob.uasyncio_driver import open_udp
 
     w = World()
     ann = w.device("ann", [G1])
@@ -284,14 +300,12 @@ def _voice_apps(d):
     a, _r, _l = _app(d + "/a", _config(identity="ann@no"))
     b, _r2, _l2 = _app(d + "/b", _config(identity="bob@no"))
     rx, rx_addr = _local_receiver()
-    a.dev = ann
+    _wire(a, ann)
     a.sock = open_udp("127.0.0.1", 0)
     a.drv = _Drv()
-    a._wire_voice()
     a._voice_dest = compat.addr_for_send(rx_addr)
-    b.dev = bob
-    b._wire_voice()
-    c = b._client(G1)
+    _wire(b, bob)
+    c = b.core._client(G1)
     c.start(w.now)
     for ev in w.events("bob", "floor"):
         c.on_floor(w.now, ev[2])
@@ -321,15 +335,15 @@ def test_voice_goes_between_the_session_and_the_socket_without_the_driver():
                 w.pump()
                 t[0] += 20
             assert a.drv.counters == {"datagrams_out": 6, "bytes_out": 6 * 106, "send_errors": 0}
-            assert b.dev.counters["voice_rx"] == 6 and "voice" not in [e[0] for e in b.dev.events]
+            assert b.core.dev.counters["voice_rx"] == 6 and "voice" not in [e[0] for e in b.core.dev.events]
             assert b.pb.counters["accepted"] == 6 and b.pb.jitter.counters["received"] == 6
-            assert b.clients[G1].led == "receiving"
+            assert b.core.clients[G1].led == "receiving"
             # While bob talks himself nothing plays; unregistered, nothing is sent.
-            b.transmitting = True
+            b.core.transmitting = True
             w.act("ann", [(RELAY, data)])
             w.pump()
             assert b.pb.counters["voice_in"] == 6
-            a.dev = World().device("cat", [G1], start=False)
+            a.core.dev = World().device("cat", [G1], start=False)
             a.cap.frame(frames[0])
             assert not a._send_frame() and a.drv.counters["datagrams_out"] == 6
         finally:
@@ -391,7 +405,7 @@ def test_voice_frames_allocate_nothing_beyond_the_hmac():
             assert len(got) == FRAMES + 4, len(got)
             t = [0]
             b.ticks_ms = lambda: t[0]
-            core = appmod._Core(b)
+            core = appmod._Drive(b)
             out = bytearray(320)
             now = w.now
             pb = b.pb
@@ -409,7 +423,7 @@ def test_voice_frames_allocate_nothing_beyond_the_hmac():
 
             heard = _per_frame_total(playback, FRAMES)
             assert heard <= hmac, (heard // FRAMES, hmac // FRAMES)
-            assert pb.jitter.counters["played"] >= FRAMES and b.dev.counters["voice_rx"] == FRAMES + 4
+            assert pb.jitter.counters["played"] >= FRAMES and b.core.dev.counters["voice_rx"] == FRAMES + 4
         finally:
             _close(rx, a.sock)
 
@@ -447,11 +461,11 @@ class _NullCore:
 
 
 def _driver_cost(relay, relay_addr, count):
-    """Heap allocated per datagram by relay_uasyncio.Driver itself (recvfrom, asyncio's wake-up,
+    """Heap allocated per datagram by uasyncio_driver.Driver itself (recvfrom, asyncio's wake-up,
     the time of arrival) around a core that does nothing, one datagram per wake-up."""
     import asyncio
 
-    from opmob.relay_uasyncio import Driver, open_udp
+    from opmob.uasyncio_driver import Driver, open_udp
 
     sock = open_udp("127.0.0.1", 0)
     drv = Driver(_NullCore(), sock)
@@ -498,12 +512,11 @@ def _run_call(a, b, relay, relay_addr, got, warm, frames):
     received ``frames`` packets after ``warm``, the collector off, and the counts."""
     import asyncio
 
-    from opmob.relay_uasyncio import Driver, open_udp
+    from opmob.uasyncio_driver import Driver, open_udp
 
     b.sock = open_udp("127.0.0.1", 0)
-    b.drv = Driver(appmod._Core(b), b.sock)
-    b.dev.relay_addr = relay_addr
-    b._wire_voice()
+    b.drv = Driver(appmod._Drive(b), b.sock)
+    b.core.dev.relay_addr = relay_addr
     b.sock.sendto(b"hello", compat.addr_for_send(relay_addr))
     _hello, bob_raw = relay.recvfrom(64)  # where bob is (the unix port has no getsockname)
     sink = bytearray(2048)
@@ -525,7 +538,7 @@ def _run_call(a, b, relay, relay_addr, got, warm, frames):
             asyncio.create_task(feed()),
         ]
         a._set_transmit(True)
-        dev = b.dev.counters
+        dev = b.core.dev.counters
         while dev["voice_rx"] < warm:
             await asyncio.sleep_ms(20)
         r0 = dev["voice_rx"]
@@ -558,7 +571,7 @@ def test_the_running_tasks_allocate_only_the_hmac_and_the_socket():
     # the driver re-arming its timer from the cores' deadlines) and bob's playback task (jitter
     # buffer, DVI4, tones, the sim speaker), every loop iteration included, FRAMES packets each
     # way with the collector off. Allowed: one HMAC-SHA1 of hashlib per packet protected or
-    # unprotected, and per packet received what relay_uasyncio.Driver costs around a core that
+    # unprotected, and per packet received what uasyncio_driver.Driver costs around a core that
     # does nothing (recvfrom's bytes and address, asyncio's wake-up, the float time of arrival),
     # each measured here on this runtime; 2 KB in all for one-off growth (asyncio's queues). So
     # anything else allocating 16 bytes a frame fails.

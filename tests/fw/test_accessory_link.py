@@ -1,6 +1,7 @@
 # Relay selection from a WiFi scan (accessory/link.py): home first, partners next, hysteresis and
 # dwell time against ping-pong. Runs under CPython and MicroPython.
 from opmob.accessory import link
+from opmob.ticks import DAY_MS, MASK, tadd
 
 RELAYS = [
     {"identity": "relay-1@no", "ssid": "no-1"},
@@ -27,28 +28,35 @@ def test_home_first_then_partners_in_order():
 
 
 def test_hysteresis_and_dwell_stop_ping_pong():
-    s = _sel()
-    cur = s.choose(0, [("no-1", -60), ("no-2", -65)])
-    assert cur["identity"] == "relay-1@no"
-    # Slightly stronger, or much stronger too soon: stay.
-    assert s.choose(30, [("no-1", -60), ("no-2", -55)], cur) is cur
-    assert s.choose(10, [("no-1", -60), ("no-2", -40)], cur) is cur
-    # Much stronger after the dwell time: move.
-    nxt = s.choose(30, [("no-1", -60), ("no-2", -45)], cur)
-    assert nxt["identity"] == "relay-2@no"
-    # Back home from a partner as soon as the dwell allows, whatever the signal.
-    s = _sel()
-    cur = s.choose(0, [("se-7", -50)])
-    assert s.choose(5, [("se-7", -40), ("no-1", -85)], cur) is cur
-    assert s.choose(25, [("se-7", -40), ("no-1", -85)], cur)["identity"] == "relay-1@no"
+    # Times are the cores' int milliseconds: from boot, after 60 days, and across the 2^30 wrap.
+    for base in (0, 60 * DAY_MS, MASK - 10000):
+
+        def at(s):
+            return tadd(base, int(s * 1000))
+
+        s = _sel()
+        cur = s.choose(at(0), [("no-1", -60), ("no-2", -65)])
+        assert cur["identity"] == "relay-1@no"
+        # Slightly stronger, or much stronger too soon: stay.
+        assert s.choose(at(30), [("no-1", -60), ("no-2", -55)], cur) is cur
+        assert s.choose(at(10), [("no-1", -60), ("no-2", -40)], cur) is cur
+        assert s.choose(at(19.999), [("no-1", -60), ("no-2", -40)], cur) is cur
+        # Much stronger after the dwell time: move.
+        nxt = s.choose(at(30), [("no-1", -60), ("no-2", -45)], cur)
+        assert nxt["identity"] == "relay-2@no"
+        # Back home from a partner as soon as the dwell allows, whatever the signal.
+        s = _sel()
+        cur = s.choose(at(0), [("se-7", -50)])
+        assert s.choose(at(5), [("se-7", -40), ("no-1", -85)], cur) is cur
+        assert s.choose(at(20), [("se-7", -40), ("no-1", -85)], cur)["identity"] == "relay-1@no"
 
 
 def test_losing_the_current_relay_moves_at_once():
     s = _sel()
     cur = s.choose(0, [("no-1", -60)])
-    nxt = s.choose(1, [("se-7", -70)], cur)
+    nxt = s.choose(1000, [("se-7", -70)], cur)
     assert nxt["identity"] == "relay-7@se"
-    assert s.choose(2, [], nxt) is None
+    assert s.choose(2000, [], nxt) is None
 
 
 def test_backoff_doubles_to_its_cap_and_resets():

@@ -326,6 +326,55 @@ def test_end_of_burst_and_a_new_burst_buffers_again():
     assert c["streams"] == 2 and c["underruns"] == 0 and c["lost"] == 0
 
 
+def test_end_plays_what_is_held_then_silence_never_a_repeat():
+    # A burst cut off mid-word: the last frames are loud. Told the talker stopped (Floor Idle
+    # reaches the app a few ms after the last packet), the buffer plays the frames it holds and
+    # then silence: without end() the last frame would come back three times, fading (60 ms).
+    for told in (True, False):
+        sim = Sim()
+        for i in range(10):
+            sim.send(20 * i, i, loud=True)
+        sim.run(190)
+        if told:
+            sim.jb.end()
+        sim.run(600)
+        kinds = sim.kinds()
+        last = max(i for i in range(len(kinds)) if kinds[i] == AUDIO)
+        assert sim.played() == list(range(10))
+        after = kinds[last + 1 :]
+        if told:
+            assert after == [SILENCE] * len(after), after
+            assert sim.jb.state == jitter.IDLE and sim.jb.counters["ended"] == 1
+            assert sim.jb.counters["concealed"] == 0
+        else:
+            assert after[:3] == [CONCEALED] * 3, after
+    # Ended while still buffering (a burst shorter than the target): it plays at once.
+    sim = Sim(JitterBuffer(start_ms=80))
+    sim.send(0, 0, loud=True)
+    sim.run(1)
+    sim.jb.end()
+    sim.run(100)
+    assert sim.kinds()[:2] == [AUDIO, SILENCE], sim.kinds()
+    # An ended burst's frames still on their way play in their turn; a later packet with the
+    # marker (the same talker's next burst) carries the stream on, with concealment as usual.
+    jb = JitterBuffer()
+    out = bytearray(320)
+    for i in range(3):
+        jb.push(20 * i, i, 160 * i, SSRC_A, payload(i, True))
+    jb.end()
+    jb.push(61, 3, 480, SSRC_A, payload(3, True))
+    got = [jb.pop(100 + 20 * k, out) for k in range(5)]
+    assert got == [AUDIO, AUDIO, AUDIO, AUDIO, SILENCE] and jb.state == jitter.IDLE, got
+    jb = JitterBuffer()
+    for i in range(3):
+        jb.push(20 * i, i, 160 * i, SSRC_A, payload(i, True))
+    jb.end()
+    jb.push(50, 3, 480, SSRC_A, payload(3, True), marker=True)
+    got = [jb.pop(100 + 20 * k, out) for k in range(5)]
+    assert got == [AUDIO, AUDIO, AUDIO, AUDIO, CONCEALED], got
+    assert jb.counters["ended"] == 0
+
+
 def test_adapts_to_measured_jitter_within_bounds():
     rng = Rng(7)
     jb = JitterBuffer()

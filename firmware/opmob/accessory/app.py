@@ -1,5 +1,6 @@
-"""The accessory application: the board's peripherals, the provisioned configuration, the
-registration with a relay, the PTT clients and the voice paths, as asyncio tasks.
+"""The accessory application: the board's peripherals, the provisioned configuration and the
+voice paths as asyncio tasks, driving the accessory's protocol core (core.AccessoryCore: the
+registration with a relay, the PTT clients, the groups, relay choice, emergency; sans-I/O).
 
     app = App(board, hw, config_path, state_dir)
     asyncio.run(app.run())          # returns only on ``stop()`` (the sim's ``quit``)
@@ -12,8 +13,8 @@ message, and the task is started again after a short, growing pause):
 | control | the unix-sim board's control channel (sim only) |
 | leds | shows the pattern of the current state (``pattern()``) |
 | buttons | debounce and long press; PTT, emergency, group up/down, scan |
-| link | WiFi: scan, choose the relay (link.RelaySelector), connect, watch; back-off and the lost-link tone |
-| net | UDP to the relay: relay_uasyncio.Driver around the DeviceSession, the PTT clients' timers |
+| link | WiFi: scan, connect to the relay the core chooses, watch; back-off; the core's timers while no driver runs |
+| net | UDP to the relay: uasyncio_driver.Driver around the core (``_Drive``): datagrams and its deadline |
 | capture | while the floor is ours: microphone -> DVI4 -> RTP -> SRTP -> relay, 20 ms frames |
 | playback | always: jitter buffer + tones -> speaker, 20 ms frames |
 | battery | reads the cell every 30 s; low battery pattern |
@@ -22,15 +23,23 @@ message, and the task is started again after a short, growing pause):
 The voice goes around the driver's list of (addr, bytes) in both directions, so that a frame makes
 no objects of its own (docs/accessory-audio.md, "Allocation per frame"): the capture task protects
 the packet where CapturePath built it and hands a kept memoryview of it to the socket
-(``_send_frame``); received voice is decrypted by the session into its own buffer and given to
-``_voice_sink``, which gives it to the playback path, instead of a ("voice", bytes) event.
+(``_send_frame``, through ``core.dev.send_voice_into``); received voice is decrypted by the session
+into its own buffer and given to the core's voice sink, which hands the call heard to ``_play``,
+the playback path, instead of a ("voice", bytes) event.
+
+The tasks know nothing of the protocol: buttons become the core's inputs (``press_ptt``,
+``release_ptt``, ``emergency``, ``step_group``, ``toggle_scan``), WiFi becomes ``connect`` and
+``link_down``, and the core's events (``_on_event``) become control-channel reports, tones, the
+microphone's on/off, what the playback path plays and when a talker's stream ends. Time in the
+core is integer milliseconds modulo 2^30 (opmob/ticks.py); the hardware's own timing (buttons,
+LEDs, asyncio sleeps) stays in its units.
 
 A device that is not provisioned (no configuration, or one that does not validate) or that was
 killed runs leds, buttons, playback, watchdog and the control channel only: its LED pattern says
 so, the console says why, PTT gives the deny tone, and it never reboots in a loop.
 
-The DeviceSession's ("persist", vid_state, ctrl_state) is written to flash before anything the
-same call returned is sent (``_after``).
+The core's ("persist", vid_state, ctrl_state) is written to flash before anything the same call
+returned is sent (``_after``).
 """
 
 import asyncio
@@ -39,12 +48,12 @@ import json
 import os
 import sys
 
-from opmob import compat, sig
+from opmob import compat
 from opmob.accessory import hw as hwmod
 from opmob.accessory.audio import PACKET_LEN
-from opmob.accessory.jitter import tdiff
-from opmob.accessory.link import Backoff, RelaySelector
-from opmob.txn import earlier
+from opmob.accessory.core import AccessoryCore
+from opmob.accessory.link import Backoff
+from opmob.ticks import due, now_ms, tadd, tdiff
 
 IS_MP = compat.IS_MICROPYTHON
 UNPROVISIONED = "unprovisioned"
@@ -54,10 +63,10 @@ RUNNING = "running"
 BUTTON_SAMPLE_MS = 5
 BUTTON_IDLE_S = 1.0  # with no edge, look at the buttons this often anyway
 LINK_CHECK_S = 1.0
-ROAM_SCAN_S = 30.0  # while connected, look for a better relay at most this often ...
-ROAM_RSSI = -70  # ... and only below this signal (dBm), or while away from home
-WIFI_CONNECT_S = 10.0
-LOST_TONE_REPEAT_S = 60.0
+ROAM_SCAN_MS = 30000  # while connected, look for a better relay at most this often (core.ROAM_RSSI)
+WIFI_CONNECT_MS = 10000
+TASK_GOOD_MS = 30000  # a task that ran this long before failing has a new problem: short pause again
+ERR_WINDOW_MS = 60000
 BATTERY_EVERY_S = 30.0
 TASK_RESTART_MAX_S = 10.0
 ERR_LOG_MAX = 10  # task error lines per minute; the rest are counted
@@ -89,33 +98,23 @@ def where(e):
         return "?"
 
 
-class _Core:
-    """What relay_uasyncio.Driver drives: the DeviceSession plus the PTT clients' timers, with
-    the app's event handling after every call."""
+class _Drive:
+    """What uasyncio_driver.Driver drives: the accessory core, with the app's handling of the
+    core's events (a ("persist", ...) on flash first) before the driver sends what it returned."""
 
     def __init__(self, app):
         self.app = app
 
     def on_datagram(self, now, addr, data):
         app = self.app
-        return app._after(now, app.dev.on_datagram(now, addr, data))
+        return app._after(app.core.on_datagram(now, addr, data))
 
     def poll(self, now):
         app = self.app
-        out = app.dev.poll(now)
-        for g in list(app.clients):
-            c = app.clients.get(g)
-            if c is not None:
-                out.extend(app._floor_out(now, g, c.poll(now)))
-        return app._after(now, out)
+        return app._after(app.core.poll(now))
 
     def next_deadline(self):
-        app = self.app
-        d = app.dev.next_deadline()
-        clients = app.clients
-        for g in clients:  # the keys: .values() would be a heap object per call
-            d = earlier(d, clients[g].next_deadline())
-        return d
+        return self.app.core.next_deadline()
 
 
 class App:
@@ -126,7 +125,6 @@ class App:
         self.state_dir = state_dir
         self._print = log or print
         self.rand = rand or os.urandom
-        self.clock = compat.monotonic
         self.ticks_ms = ticks_ms  # the audio paths' integer-millisecond clock
         self.heap_code = heap_code
         self.mode = UNPROVISIONED
@@ -134,11 +132,9 @@ class App:
         self.cfg = None
         self.state = None
         self.groups = None
-        self.dev = None
+        self.core = None  # core.AccessoryCore: the protocol, sans-I/O (None until provisioned)
         self.drv = None
         self.sock = None
-        self.relay = None
-        self.clients = {}  # group -> PttClient (the talk group's and the scan groups')
         self.pb = None
         self.cap = None
         self.transmitting = False
@@ -146,13 +142,10 @@ class App:
         self._ui_event = asyncio.Event()
         self._stop = asyncio.Event()
         self.wifi_ok = False
-        self.lost = False  # WiFi or relay lost since the last registration
-        self._lost_tone_at = None
         self.roaming = False
         self.battery_pct = None
         self.battery_low = False
-        self.rx_group = None
-        self._rx_party = None
+        self.rx_group = None  # the call the playback path plays (the core's last "rx" event)
         self.task_errors = {}
         self._err_window = None
         self._err_logged = 0
@@ -160,15 +153,9 @@ class App:
         self.persist_errors = 0
         self._tasks = []
         self._buttons = {}
-        self._press_at = None  # when the PTT (or emergency) press that awaits an answer was made
-        self._joined = []  # the groups the session was asked to join, as last told
         self._voice_dest = None  # the relay's address as the socket takes it, made once a session
         self._voice_view = None  # memoryview of the capture buffer, as long as the SRTP packet
         self._voice_len = 0
-        self._voice_sink = self._on_voice_into  # bound once: the session calls it per packet
-        self._rx_ssrc = bytearray(4)  # the talker whose PTT client heard voice last ...
-        self._rx_client = None  # ... and that client (see _media_client)
-        self._rx_ssrc_int = None
         self.exit_code = 0
 
     # --- console ------------------------------------------------------------------------------------
@@ -212,6 +199,17 @@ class App:
         self.state = State(self.state_dir, self.log)
         self.groups = Groups(cfg.talk_groups, cfg.scan_groups, self.state)
         self.cap = audio.CapturePath(ssrc=0, seq=self._first_seq(), ts=self._rand_int(4) & 0x3FFFFFFF)
+        self.core = AccessoryCore(
+            cfg.identity,
+            cfg.secret,
+            self.rand,
+            self.groups,
+            floor_priority=cfg.floor_priority,
+            relays=cfg.relays,
+            home=cfg.home,
+            partners=cfg.partners,
+        )
+        self.core.play = self._play  # bound once: the core calls it per voice packet
         self.mode = RUNNING
         self.log(
             "opmob accessory: %s on board %s, talk group %s, scan %s"
@@ -267,8 +265,9 @@ class App:
         self._stop.set()
 
     async def _shutdown(self):
-        if self.dev is not None and self.drv is not None and self.dev.registered:
-            self._act(self.dev.deregister)
+        core = self.core
+        if core is not None and core.dev is not None and self.drv is not None and core.dev.registered:
+            self._act(core.deregister)
             await asyncio.sleep(0.05)
         for t in self._tasks:
             t.cancel()
@@ -291,12 +290,12 @@ class App:
     async def _guard(self, name, fn):
         delay = 0.1
         while True:
-            t0 = self.clock()
+            t0 = now_ms()
             try:
                 await fn()
                 return
             except Exception as e:
-                if self.clock() - t0 > 30:
+                if tdiff(now_ms(), t0) > TASK_GOOD_MS:
                     delay = 0.1  # it ran well for a while: this is a new problem
                 self.task_errors[name] += 1
                 self._task_error("task " + name, e, delay)
@@ -304,8 +303,8 @@ class App:
             delay = min(delay * 2, TASK_RESTART_MAX_S)
 
     def _task_error(self, name, e, delay):
-        now = self.clock()
-        if self._err_window is None or now - self._err_window > 60:
+        now = now_ms()
+        if self._err_window is None or tdiff(now, self._err_window) > ERR_WINDOW_MS:
             self._err_window = now
             self._err_logged = 0
         self._err_logged += 1
@@ -318,180 +317,126 @@ class App:
         if f is not None:
             f.check(task)
 
-    # --- talking to the DeviceSession ----------------------------------------------------------------
+    # --- driving the core ----------------------------------------------------------------------------
 
     def _act(self, fn):
-        """Run ``fn(now)`` on the DeviceSession (or a PTT client), handle its events and send what
-        it returns (through the driver when there is one; without a link it goes nowhere)."""
+        """Run ``fn(now)`` on the core (``now`` in its int milliseconds), handle its events and send
+        what it returns (through the driver when there is one; without a link it goes nowhere)."""
         if self.drv is not None:
-            self.drv.act(lambda now: self._after(now, fn(now)))
+            self.drv.act(lambda now: self._after(fn(now)))
         else:
-            now = self.clock()
-            self._after(now, fn(now))
+            self._after(fn(now_ms()))
 
-    def _floor_out(self, now, group, msgs):
-        out = []
-        dev = self.dev
-        for m in msgs:
-            if dev is not None:
-                out.extend(dev.send_floor(now, m, group=group))
+    def _after(self, out):
+        """Handle what the core said (``core.events``); returns ``out``, to be sent after. A
+        ("persist", ...) is written here, before the driver sends anything. With no event (a voice
+        packet) nothing is allocated."""
+        core = self.core
+        if core is None or not core.events:
+            return out
+        evs = core.events
+        core.events = []
+        for ev in evs:
+            if ev[0] == "persist":
+                if not self.state.save_windows(ev[1], ev[2]):
+                    self.persist_errors += 1
+        for ev in evs:
+            if ev[0] != "persist":
+                try:
+                    self._on_event(ev)
+                except Exception as e:
+                    self._task_error("event " + ev[0], e, None)
+        self._ui()
         return out
 
-    def _after(self, now, out):
-        """Handle what the session and the clients said; returns ``out`` plus what that adds.
-        A ("persist", ...) is written here, before the driver sends anything. With nothing to
-        handle (a voice packet) ``out`` comes back as it was, and nothing is allocated."""
-        if out is None:
-            out = ()
-        dev = self.dev
-        if dev is not None and dev.events:
-            out = list(out)
-            evs = dev.events
-            dev.events = []
-            for ev in evs:
-                if ev[0] == "persist":
-                    if not self.state.save_windows(ev[1], ev[2]):
-                        self.persist_errors += 1
-            for ev in evs:
-                if ev[0] != "persist":
-                    try:
-                        out.extend(self._on_event(now, ev))
-                    except Exception as e:
-                        self._task_error("event " + ev[0], e, None)
-        clients = self.clients
-        pending = False
-        for g in clients:  # a dict's keys are walked without a heap iterator; .values() makes one
-            if clients[g].effects:
-                pending = True
-                break
-        if pending:
-            out = list(out)
-            for g in list(clients):
-                c = clients.get(g)
-                if c is not None and c.effects:
-                    out.extend(self._on_effects(now, g, c))
-        return out
-
-    def _on_event(self, now, ev):
+    def _on_event(self, ev):
+        """One event of the core: the console, the control channel, the audio paths."""
         kind = ev[0]
-        out = []
-        if kind == "voice":
-            self._on_voice_into(now, ev[1], len(ev[1]))
+        if kind == "tone":
+            self._tone(ev[1])
+        elif kind == "transmit":
+            self._set_transmit(ev[1])
+        elif kind == "ptt":
+            self.report("ptt %s" % ev[1])
         elif kind == "floor":
-            g = ev[1]
-            c = self.clients.get(g)
-            if c is not None:
-                out.extend(self._floor_out(now, g, c.on_floor(now, ev[2])))
-                self._select_rx()
+            self.report("floor %s%s" % (ev[1], "".join(" %s" % (x,) for x in ev[2])))
+        elif kind == "access":
+            self.report("access %s %.1f" % (ev[1], ev[2]))
+        elif kind == "rx":
+            pb = self.pb
+            if self.rx_group is not None:
+                # The talker heard so far has stopped, or another call wins: no concealment
+                # past its last frame (jitter.py, "End of a stream").
+                pb.end()
+            self.rx_group = ev[1]
+            if ev[1] is None:
+                pb.select(None)
+                self.report("rx none")
+            else:
+                pb.select(ev[3])
+                self.report("rx %s %s" % (ev[1], ev[2]))
+        elif kind == "affiliation":
+            g, ok, code = ev[1], ev[2], ev[3]
+            self.report("affiliation %s %s" % (g, "ok" if ok else "refused %d" % code))
+            if not ok:
+                self.log("opmob accessory: group %s refused by the relay (code %d)" % (g, code))
         elif kind == "registered":
             # New SSRC and SRTP keys: a new RTP stream.
             self.cap.new_stream(self._first_seq())
-            was_lost = self.lost
-            self.lost = False
             self.roaming = False
-            self._lost_tone_at = None
+            relay = ev[1]
             self.report("state registered")
             self.log(
                 "opmob accessory: registered at %s (%s:%d)"
-                % (self.relay["identity"], self.relay["host"], self.relay["port"])
+                % (relay["identity"], relay["host"], relay["port"])
             )
-            if was_lost:
-                for g in self.clients:
-                    out.extend(self._floor_out(now, g, self.clients[g].link_up(now)))
-        elif kind == "affiliation":
-            g, code = ev[1], ev[2]
-            ok = code in (sig.AFF_OK, sig.AFF_LOCAL_ONLY)
-            self.report("affiliation %s %s" % (g, "ok" if ok else "refused %d" % code))
-            if ok and self.groups.rank(g) is not None:
-                c = self.clients.get(g)
-                if c is None:
-                    c = self._client(g)
-                out.extend(self._floor_out(now, g, c.start(now)))
-            elif not ok:
-                self.log("opmob accessory: group %s refused by the relay (code %d)" % (g, code))
-        elif kind == "deaffiliated":
-            pass
-        elif kind in ("relay_lost", "rejected", "relay_refused"):
-            if kind == "relay_lost":
+        elif kind == "session":
+            self.report("state registering %s" % ev[1]["identity"])
+        elif kind == "session_lost":
+            why = ev[1]
+            if why == "relay_lost":
                 self.log("opmob accessory: the relay does not answer; registering again")
-            elif kind == "rejected":
-                self.log("opmob accessory: registration refused (cause %d); trying again later" % ev[1])
+            elif why == "rejected":
+                self.log("opmob accessory: registration refused (cause %d); trying again later" % ev[2])
             else:
                 self.log("opmob accessory: a relay that is not our home's challenged us; not trusted")
-            self._link_lost(now)
+        elif kind == "lost":
+            self.report("state lost_link")
         elif kind == "reregister":
             self.report("state reregister %d" % ev[1])
         elif kind == "stunned":
             self.log("opmob accessory: STUNNED by the home system: off the air until revived")
             self.report("state stunned")
-            for g in self.clients:
-                self.clients[g].stop(now)
         elif kind == "revived":
             self.log("opmob accessory: revived by the home system")
             self.report("state registered")
-            for g in self.clients:
-                out.extend(self._floor_out(now, g, self.clients[g].start(now)))
         elif kind == "killed":
-            self._killed(now)
-        elif kind == "emergency_alert":
+            self._killed()
+        elif kind == "alert":
             self.report("alert %s %s" % (ev[1], ev[2]))
             self.log("opmob accessory: EMERGENCY raised by %s in %s" % (ev[2], ev[1]))
-            self._tone("emergency")
-        elif kind == "emergency_cancel":
+        elif kind == "alert_cancel":
             self.report("alert_cancel %s %s" % (ev[1], ev[2]))
+        elif kind == "emergency":
+            if ev[2]:
+                self.report("emergency on %s" % ev[1])
+                self.log("opmob accessory: EMERGENCY call in %s" % ev[1])
+            else:
+                self.report("emergency off %s" % ev[1])
         elif kind == "error":
             self.report("error_event %d %d" % (ev[1], ev[2]))
         elif kind == "deregistered":
             self.report("state deregistered")
-        self._ui()
-        return out
-
-    def _client(self, group):
-        from opmob.accessory.ptt import PttClient, PttConfig
-
-        prio = self.cfg.floor_priority
-        c = PttClient(PttConfig(priority=prio), group=group, identity=self.cfg.identity)
-        self.clients[group] = c
-        return c
-
-    def _on_effects(self, now, group, c):
-        effects = c.effects
-        c.effects = []
-        talk = self.groups is not None and group == self.groups.selected
-        out = []
-        for e in effects:
-            k = e[0]
-            if k == "transmit":
-                if talk:
-                    self._set_transmit(e[1])
-            elif k == "tone":
-                if talk:
-                    self._tone(e[1])
-            elif k == "state":
-                if talk:
-                    self.report("ptt %s" % e[1])
-            elif k == "emergency":
-                self.report("emergency on %s" % e[1])
-                self.log("opmob accessory: EMERGENCY call in %s" % e[1])
-                if self.dev is not None:
-                    out.extend(self.dev.emergency(now, group=e[1]))
-            elif k == "cancel_emergency":
-                self.report("emergency off %s" % e[1])
-                if self.dev is not None:
-                    out.extend(self.dev.cancel_emergency(now, group=e[1]))
-            elif k in ("granted", "denied", "revoked", "queued", "floor_lost", "no_answer"):
-                if talk:
-                    self.report("floor %s%s" % (k, "".join(" %s" % (x,) for x in e[1:])))
-                    if self._press_at is not None and k in ("granted", "denied", "queued"):
-                        # KPI 1, access time: PTT pressed -> the user is told they may talk (or
-                        # that they may not); being queued is an answer on the way.
-                        self.report("access %s %.1f" % (k, (now - self._press_at) * 1000))
-                        if k != "queued":
-                            self._press_at = None
-            # ("led", name): the pattern is computed from every client's ``led`` in pattern()
-        self._select_rx()
-        self._ui()
-        return out
+        elif kind == "group":
+            why, g, on = ev[1], ev[2], ev[3]
+            self.report("group %s scan %s" % (g, "on" if on else "off"))
+            if why == "step":
+                self.log("opmob accessory: talk group %s (%s)" % (self.groups.label, g))
+            else:
+                self.log("opmob accessory: scan %s" % ("on" if on else "off"))
+        elif kind == "fault":
+            self._task_error(ev[1], ev[2], None)
+        # ("led", name): pattern() reads core.led() whenever the LED task looks
 
     def _tone(self, name):
         if self.pb is not None:
@@ -508,102 +453,17 @@ class App:
             self._tx_event.clear()
         self.report("transmit %s" % ("on" if on else "off"))
 
-    # --- reception ------------------------------------------------------------------------------------
-
-    def _on_voice_into(self, now, buf, n):
-        """The session's voice_sink: the plain RTP packet ``buf[:n]``, valid during the call."""
-        if self.transmitting or n < 12:
-            return  # half duplex: nothing plays while we talk
-        c = self._media_client(buf)
-        if c is not None:
-            c.on_media(now)
+    def _play(self, now, buf, n):
+        """The core's ``play``: the plain RTP packet ``buf[:n]`` of the call heard, valid during
+        the call, to the playback path on the audio clock."""
         self.pb.on_voice(self.ticks_ms(), buf, n)
 
-    def _media_client(self, buf):
-        """The PTT client whose floor names the talker of the RTP packet in ``buf``, or None.
-        The last answer is kept with the SSRC's bytes, so a burst's packets after the first make
-        no int of the SSRC (a heap object on the ESP32 for half of all SSRCs) nor dict view."""
-        c = self._rx_client
-        k = self._rx_ssrc
-        if (
-            c is not None
-            and buf[8] == k[0]
-            and buf[9] == k[1]
-            and buf[10] == k[2]
-            and buf[11] == k[3]
-            and c.talker_ssrc == self._rx_ssrc_int
-            and self.clients.get(c.group) is c
-        ):
-            return c
-        ssrc = (buf[8] << 24) | (buf[9] << 16) | (buf[10] << 8) | buf[11]
-        self._rx_client = None
-        for g in self.clients:
-            c = self.clients[g]
-            if c.talker_ssrc == ssrc:
-                k[0] = buf[8]
-                k[1] = buf[9]
-                k[2] = buf[10]
-                k[3] = buf[11]
-                self._rx_client = c
-                self._rx_ssrc_int = ssrc
-                return c
-        return None
+    # --- kill ----------------------------------------------------------------------------------------
 
-    def _select_rx(self):
-        """Play the best call among the groups we listen to: emergency first, then the talk group,
-        then the scan list by priority."""
-        best = None
-        best_key = None
-        from opmob.mcpt import IND_EMERGENCY
-
-        for g in self.clients:
-            c = self.clients[g]
-            if c.talker_ssrc is None or c.transmit or c.state in ("U: has permission", "U: pending Release"):
-                continue  # our own burst (a talker from before it is stale until the floor says)
-            rank = self.groups.rank(g)
-            if rank is None:
-                continue
-            emerg = c.group_indicator is not None and c.group_indicator & IND_EMERGENCY
-            key = (0 if emerg else 1, rank)
-            if best_key is None or key < best_key:
-                best, best_key = g, key
-        if best is None:
-            if self.rx_group is not None:
-                self.rx_group = None
-                self._rx_party = None
-                self.pb.select(None)
-                self.report("rx none")
-            return
-        c = self.clients[best]
-        if best != self.rx_group or c.talker != self._rx_party:
-            self.rx_group = best
-            self._rx_party = c.talker
-            self.pb.select(c.talker_ssrc)
-            self.report("rx %s %s" % (best, c.talker))
-
-    # --- link loss, kill --------------------------------------------------------------------------------
-
-    def _link_lost(self, now):
-        first = not self.lost
-        self.lost = True
-        for g in self.clients:
-            c = self.clients[g]
-            c.link_lost(now)
-            if g != self.groups.selected:
-                c.effects = [e for e in c.effects if e[0] != "tone"]
-        if first:
-            self.report("state lost_link")
-            if self._lost_tone_at is None:
-                self._lost_tone_at = now
-                self._tone("lost_link")
-        self._ui()
-
-    def _killed(self, now):
+    def _killed(self):
         from opmob.accessory import config as cfgmod
 
         self.log("opmob accessory: KILLED by the home system: erasing the secret; it never registers again")
-        for g in self.clients:
-            self.clients[g].stop(now)
         try:
             cfgmod.erase_secret(self.config_path, self.cfg)
         except Exception as e:
@@ -615,36 +475,23 @@ class App:
 
     # --- LEDs ------------------------------------------------------------------------------------------
 
-    def pattern(self, now):
+    def pattern(self, now=None):
+        """The LED pattern: the core's (the protocol's state), with roaming, no WiFi and a low
+        battery in their places of the precedence (core.AccessoryCore.led)."""
         if self.mode == UNPROVISIONED:
             return "unprovisioned"
         if self.mode == KILLED:
             return "disabled"
-        dev = self.dev
-        if dev is not None and dev.state in ("stunned", "killed"):
-            return "disabled"
-        tc = self.clients.get(self.groups.selected)
-        led = tc.led if tc is not None else None
-        if led == "denied":
-            return led
-        # An emergency in force shows as such for as long as it lasts, talking or not: the user
-        # must see at a glance that it is still on (and cancel it when it is over).
-        if tc is not None and tc.emergency_on:
-            return "emergency"
-        if led in ("talking", "queued"):
+        led = self.core.led()
+        if led in ("disabled", "denied", "emergency", "talking", "queued"):
             return led
         if self.roaming:
             return "roaming"
-        if not self.wifi_ok or self.lost or led == "lost_link":
+        if not self.wifi_ok:
             return "lost_link"
-        if dev is None or not dev.registered:
-            return "idle"
-        # Receiving follows the floor (Floor Taken to Floor Idle) of the groups we listen to.
-        if self.rx_group is not None:
-            return "receiving"
-        if self.battery_low:
+        if led == "registered" and self.battery_low:
             return "low_battery"
-        return "registered"
+        return led
 
     def _ui(self):
         self._ui_event.set()
@@ -653,12 +500,12 @@ class App:
         leds = self.hw.leds
         while True:
             self._fault("leds")
-            now = self.clock()
+            now = now_ms()
             nxt = None
             if leds is not None:
                 leds.set_pattern(self.pattern(now), now)
                 nxt = leds.update(now)
-            wait = 1.0 if nxt is None else max(0.005, min(1.0, nxt - now))
+            wait = 1.0 if nxt is None else max(0.005, min(1.0, tdiff(nxt, now) / 1000))
             self._ui_event.clear()
             try:
                 await asyncio.wait_for(self._ui_event.wait(), wait)
@@ -674,7 +521,7 @@ class App:
             b.reset()
         while True:
             self._fault("buttons")
-            now = self.clock()
+            now = now_ms()
             busy = False
             for name in btns:
                 b = btns[name]
@@ -689,88 +536,32 @@ class App:
                 await self.hw.wait_button_edge(BUTTON_IDLE_S)
 
     def _on_button(self, now, name, ev):
+        """A debounced button event at ``now`` (int ms, the core's clock) to the core's inputs."""
         self.report("button %s %s" % (name, ev))
-        if self.mode != RUNNING or (self.dev is not None and self.dev.state in ("stunned", "killed")):
+        core = self.core
+        if self.mode != RUNNING or core is None or core.off_air():
             if ev == hwmod.PRESS and name in ("ptt", "emergency"):
                 self._tone("deny")
                 if self.mode == UNPROVISIONED:
                     self.log("opmob accessory: not provisioned: %s" % self.reason)
             return
-        tc = self.clients.get(self.groups.selected)
         if name == "ptt":
             if ev == hwmod.PRESS:
                 # From the key's edge: the debounce is part of what the user waits for.
-                self._press_at = self._buttons[name].edge_at
-                if tc is None:
-                    self._tone("lost_link" if self.lost or not self.wifi_ok else "deny")
-                    return
-                self._act(lambda now: self._floor_out(now, tc.group, tc.press(now)))
-            elif ev in (hwmod.SHORT, hwmod.RELEASE) and tc is not None:
-                self._act(lambda now: self._floor_out(now, tc.group, tc.release(now)))
+                edge = self._buttons[name].edge_at
+                self._act(lambda t: core.press_ptt(t, edge))
+            elif ev in (hwmod.SHORT, hwmod.RELEASE):
+                self._act(core.release_ptt)
         elif name == "emergency":
             if ev == hwmod.LONG:
-                if tc is None:
-                    self._tone("lost_link")
-                    return
-                self._press_at = None if tc.emergency_on else now  # the long press is the request
-                self._act(lambda now: self._floor_out(now, tc.group, tc.emergency(now)))
+                self._act(core.emergency)
         elif name in ("group_up", "group_down"):
             if ev == hwmod.SHORT:
-                self._change_group(now, 1 if name == "group_up" else -1)
+                delta = 1 if name == "group_up" else -1
+                self._act(lambda t: core.step_group(t, delta))
             elif ev == hwmod.LONG:
-                self._toggle_scan(now)
+                self._act(core.toggle_scan)
         self._ui()
-
-    def _busy_talking(self):
-        tc = self.clients.get(self.groups.selected)
-        return tc is not None and (
-            tc.transmit or tc.state in ("U: pending Request", "U: queued", "U: pending Release")
-        )
-
-    def _change_group(self, now, delta):
-        if self._busy_talking():
-            self._tone("deny")
-            return
-        old = self.groups.selected
-        new = self.groups.step(delta)
-        self._reaffiliate(old)
-        self.report("group %s scan %s" % (new, "on" if self.groups.scan_on else "off"))
-        self.log("opmob accessory: talk group %s (%s)" % (self.groups.label, new))
-
-    def _toggle_scan(self, now):
-        on = self.groups.set_scan(not self.groups.scan_on)
-        self._reaffiliate(None)
-        self.report("group %s scan %s" % (self.groups.selected, "on" if on else "off"))
-        self.log("opmob accessory: scan %s" % ("on" if on else "off"))
-
-    def _reaffiliate(self, old):
-        """Bring the session's affiliations and the PTT clients in line with the selection:
-        leave what is no longer listened to (refused groups too: the session would otherwise ask
-        for them at every registration), join or re-flag the rest."""
-        wanted = self.groups.affiliations()
-        names = [a[0] for a in wanted]
-        prev = list(self._joined)
-        if old is not None and old not in prev:
-            prev.append(old)
-        gone = [g for g in prev if g not in names]
-        self._joined = names
-        now = self.clock()
-        for g in list(self.clients):
-            if g not in names:
-                self.clients.pop(g).stop(now)
-        if self.dev is None:
-            return
-        dev = self.dev
-
-        def apply(now):
-            out = []
-            if gone:
-                out.extend(dev.deaffiliate(now, gone))
-            out.extend(dev.affiliate(now, wanted))
-            return out
-
-        self._act(apply)
-        self._select_rx()
 
     # --- audio -------------------------------------------------------------------------------------------
 
@@ -801,7 +592,7 @@ class App:
     def _send_frame(self):
         """Protect the frame CapturePath just built where it lies and send it to the relay: no
         list, tuple or bytes per frame (what Driver.act would make). True when it went out."""
-        dev = self.dev
+        dev = self.core.dev
         sock = self.sock
         if dev is None or sock is None:
             return False
@@ -862,40 +653,34 @@ class App:
 
     async def _link_task(self):
         wifi = self.hw.wifi
-        cfg = self.cfg
-        sel = RelaySelector(cfg.relays, cfg.home, cfg.partners)
+        core = self.core
         if hasattr(wifi, "default_networks"):
-            wifi.default_networks([r["ssid"] for r in cfg.relays])
+            wifi.default_networks([r["ssid"] for r in self.cfg.relays])
         wifi.active(True)
         backoff = Backoff(1.0, 30.0)
-        next_scan = self.clock() + ROAM_SCAN_S
+        next_scan = tadd(now_ms(), ROAM_SCAN_MS)
         while True:
             self._fault("link")
-            now = self.clock()
-            if (
-                self.lost
-                and self._lost_tone_at is not None
-                and now - self._lost_tone_at >= LOST_TONE_REPEAT_S
-            ):
-                self._lost_tone_at = now
-                self._tone("lost_link")
+            # The core's own timers (the lost-link tone's repeat) when no driver runs them.
+            if self.drv is None:
+                self._act(core.poll)
+            now = now_ms()
             if wifi.isconnected():
                 if not self.wifi_ok:
                     self.wifi_ok = True
                     backoff.reset()
                     self.report("wifi up")
                     self._ui()
-                if self.dev is None and self.relay is not None:
-                    self._start_session(self.relay)
-                elif self.relay is not None and now >= next_scan and self._quiet():
+                if core.dev is None and core.relay is not None:
+                    self._start_session(core.relay)
+                elif core.relay is not None and due(now, next_scan) and core.quiet():
                     # Look for a better relay now and then: a WiFi scan blocks the radio (and on
                     # an ESP32 the whole loop) for a second or two, so only when nothing is
                     # being said, and only when it may pay: a weak signal, or away from home.
-                    next_scan = now + ROAM_SCAN_S
-                    rssi = wifi.rssi()
-                    if rssi is None or rssi < ROAM_RSSI or sel.tier(self.relay) != 0:
-                        choice = sel.choose(now, wifi.scan(), self.relay)
-                        if choice is not None and choice["identity"] != self.relay["identity"]:
+                    next_scan = tadd(now, ROAM_SCAN_MS)
+                    if core.worth_a_scan(wifi.rssi()):
+                        choice = core.choose_relay(now, wifi.scan(), roaming=True)
+                        if choice is not None and choice["identity"] != core.relay["identity"]:
                             await self._connect(wifi, choice, roaming=True)
                 await asyncio.sleep(LINK_CHECK_S)
                 continue
@@ -904,23 +689,15 @@ class App:
                 self.wifi_ok = False
                 self.report("wifi down")
                 self.log("opmob accessory: WiFi lost; looking for a relay")
-                self._act(lambda now: self._link_lost_out(now))
-            choice = sel.choose(now, wifi.scan(), None)
+                self._act(core.link_down)
+            choice = core.choose_relay(now, wifi.scan())
             if choice is not None and await self._connect(wifi, choice, roaming=False):
                 continue
-            if self._lost_tone_at is None:
-                self._act(lambda now: self._link_lost_out(now))
+            if not core.lost:
+                self._act(core.link_down)
             delay = backoff.next()
             self.report("wifi retry %g" % delay)
             await asyncio.sleep(delay)
-
-    def _quiet(self):
-        """Nothing is being said or asked for: a good moment for a WiFi scan."""
-        return self.rx_group is None and not self.transmitting and not self._busy_talking()
-
-    def _link_lost_out(self, now):
-        self._link_lost(now)
-        return []
 
     async def _connect(self, wifi, relay, roaming):
         if roaming:
@@ -928,9 +705,9 @@ class App:
             self._ui()
             self.report("roaming %s" % relay["identity"])
         ok = wifi.connect(relay["ssid"], relay.get("psk"))
-        end = self.clock() + WIFI_CONNECT_S
+        end = tadd(now_ms(), WIFI_CONNECT_MS)
         while ok and not wifi.isconnected():
-            if self.clock() > end:
+            if due(now_ms(), end):
                 wifi.disconnect()
                 ok = False
             else:
@@ -942,58 +719,30 @@ class App:
             return False
         self.wifi_ok = True
         self.report("wifi up %s" % relay["ssid"])
-        if self.relay is None or relay["identity"] != self.relay["identity"] or self.dev is None:
+        if self.core.needs_session(relay):
             self._start_session(relay)
         else:
-            # Back on the same relay's network: register again at once rather than wait for a
-            # keep-alive to find out whether the registration survived (and tell the relay our
-            # address, which may have changed).
-            self._act(self.dev.start)
+            self._act(lambda now: self.core.connect(now, relay))
         self._ui()
         return True
 
     def _start_session(self, relay):
-        """A new registration at ``relay`` (make-before-break handover comes with interconnect:
-        here the old session is simply left)."""
-        from opmob.device import DeviceSession
-        from opmob.relay_uasyncio import Driver, open_udp
+        """A new registration at ``relay``: a socket and a driver of its own, then the core's."""
+        from opmob.uasyncio_driver import Driver, open_udp
 
-        now = self.clock()
         if self.drv is not None:
             self.drv.stop()
             self.drv = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        for g in list(self.clients):
-            self.clients[g].stop(now)
-        self.clients = {}
-        self.relay = relay
-        self._joined = [a[0] for a in self.groups.affiliations()]
-        vid, ctrl = self.state.windows()
-        cfg = self.cfg
-        self.dev = DeviceSession(
-            cfg.identity,
-            cfg.secret,
-            (relay["host"], relay["port"]),
-            self.rand,
-            groups=self.groups.affiliations(),
-            vid_state=vid,
-            ctrl_state=ctrl,
-        )
         family_host = "::" if ":" in relay["host"] else "0.0.0.0"
         self.sock = open_udp(family_host, 0)
-        self.drv = Driver(_Core(self), self.sock, log=self.log)
-        self._wire_voice()
-        self._spawn("net", self.drv.run)
-        self.report("state registering %s" % relay["identity"])
-        self._act(self.dev.start)
-
-    def _wire_voice(self):
-        """Voice in and out of the session without per-frame objects (see the module docstring)."""
-        self.dev.voice_sink = self._voice_sink
+        self.drv = Driver(_Drive(self), self.sock, log=self.log)
         self._voice_dest = None  # resolved at the first frame sent
-        self._rx_client = None
+        self._spawn("net", self.drv.run)
+        vid, ctrl = self.state.windows()
+        self._act(lambda now: self.core.connect(now, relay, vid, ctrl))
 
     # --- battery, watchdog --------------------------------------------------------------------------------
 
@@ -1020,14 +769,14 @@ class App:
 
     async def _watchdog_task(self):
         wd = self.hw.watchdog
-        ms = self.board.watchdog_ms
-        wd.start(ms)
-        period = ms / 4000
+        wd_ms = self.board.watchdog_ms
+        wd.start(wd_ms)
+        period = wd_ms / 4000
         while True:
             beat = self._beat.get("playback")
             # Playback runs every 20 ms for as long as the device lives: if it has not run for
             # half the watchdog's time, the device is hung in a way the loop alone does not show.
-            if self.hw.speaker is None or beat is None or tdiff(self.ticks_ms(), beat) < ms // 2:
+            if self.hw.speaker is None or beat is None or tdiff(self.ticks_ms(), beat) < wd_ms // 2:
                 wd.feed()
             await asyncio.sleep(period)
 
@@ -1042,15 +791,17 @@ class App:
             lines.append("state %s" % self.mode)
         else:
             lines.append("group %s scan %s" % (self.groups.selected, "on" if self.groups.scan_on else "off"))
-            if self.dev is not None:
-                lines.append("state %s" % ("lost_link" if self.lost else self.dev.state))
-                for g in self.dev.affiliated:
+            core = self.core
+            dev = core.dev
+            if dev is not None:
+                lines.append("state %s" % ("lost_link" if core.lost else dev.state))
+                for g in dev.affiliated:
                     lines.append("affiliation %s ok" % g)
-            tc = self.clients.get(self.groups.selected)
+            tc = core.clients.get(self.groups.selected)
             if tc is not None:
                 lines.append("ptt %s" % tc.state)
             if self.rx_group is not None:
-                lines.append("rx %s %s" % (self.rx_group, self._rx_party))
+                lines.append("rx %s %s" % (self.rx_group, core.rx_party))
             if self.transmitting:
                 lines.append("transmit on")
         return lines
@@ -1096,13 +847,14 @@ class App:
             st["group"] = self.groups.selected
             st["scan"] = self.groups.scan_on
             st["listening"] = self.groups.listening()
-        if self.dev is not None:
-            st["state"] = self.dev.state
-            st["relay"] = self.relay["identity"]
-            st["affiliated"] = self.dev.affiliated
-            st["device"] = dict(self.dev.counters)
-        if self.clients:
-            st["ptt"] = dict((g, self.clients[g].state) for g in self.clients)
+        core = self.core
+        if core is not None and core.dev is not None:
+            st["state"] = core.dev.state
+            st["relay"] = core.relay["identity"]
+            st["affiliated"] = core.dev.affiliated
+            st["device"] = dict(core.dev.counters)
+        if core is not None and core.clients:
+            st["ptt"] = dict((g, core.clients[g].state) for g in core.clients)
         st["rx"] = self.rx_group
         if self.pb is not None:
             st["playback"] = dict(self.pb.counters)

@@ -23,6 +23,7 @@ Playback (the network to the speaker)::
     kind = pb.next_frame(now_ms, out)        # every 20 ms: 320 bytes for the speaker
     pb.tones.start("talk_permit")            # tones are mixed over the voice (the voice ducked 6 dB)
     pb.select(ssrc)  /  pb.select(None)      # play only this talker (scan lists), or any
+    pb.end()                                 # the talker stopped: what is held plays, then silence
 
 ``on_voice`` checks the RTP header (version, CSRCs, extension, padding, payload type 5) and hands
 the DVI4 payload to the jitter buffer, which copies it into a slot; the packet itself is not kept,
@@ -257,10 +258,15 @@ class PlaybackPath:
         sid = self._stream_id(rtp)
         seq = (rtp[2] << 8) | rtp[3]
         ts = ((rtp[4] & 0x3F) << 24) | (rtp[5] << 16) | (rtp[6] << 8) | rtp[7]
-        if self.jitter.push(now_ms, seq, ts, sid, rtp, hlen, end):
+        if self.jitter.push(now_ms, seq, ts, sid, rtp, hlen, end, rtp[1] & 0x80 != 0):
             c["accepted"] += 1
             return True
         return False
+
+    def end(self):
+        """The talker has stopped (Floor Idle, the floor taken by another, T103): the stream
+        plays out what is held, then silence, never a concealment past its last frame."""
+        self.jitter.end()
 
     def next_frame(self, now_ms, out):
         """The next 20 ms for the speaker into ``out`` (320 bytes): the jitter buffer's frame

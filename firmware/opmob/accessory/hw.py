@@ -10,9 +10,11 @@ This module holds what every board shares and what can be tested without hardwar
   ``machine`` and ``network`` modules, imported only on a device) or ``hw_sim`` (the unix-sim
   board: a control channel, audio files, a WiFi scenario).
 
-Every implementation offers the same objects (``Hardware`` below names them); times are float
-seconds from ``compat.monotonic()``.
+Every implementation offers the same objects (``Hardware`` below names them); times are the
+cores' integer milliseconds modulo 2^30 (``ticks.now_ms()``), compared wrap-safely.
 """
+
+from opmob.ticks import tadd, tdiff
 
 # --- buttons --------------------------------------------------------------------------------------
 
@@ -20,15 +22,14 @@ PRESS = "press"  # debounced press
 SHORT = "short"  # released before the long-press time
 LONG = "long"  # still held at the long-press time (once per press)
 RELEASE = "release"  # released after a long press
-_EPS = 1e-6  # float seconds: 0.12 - 0.1 must count as 20 ms
 
 
 class Button:
     """Debounce and long press for one button, sans-I/O.
 
     ``sample(now, pressed)`` takes the raw level (True = pressed, after active-low inversion) at
-    time ``now`` (seconds) and returns None or one event: PRESS when the level has been pressed for
-    ``debounce`` seconds, LONG when it has then been held for ``long_press`` seconds, and on release
+    time ``now`` (int ms, opmob.ticks) and returns None or one event: PRESS when the level has been
+    pressed for ``debounce`` ms, LONG when it has then been held for ``long_press`` ms, and on release
     SHORT (no LONG was given) or RELEASE. A level that changes back within ``debounce`` (contact
     bounce, a glove brushing the key) gives nothing. Sample at least every ``debounce / 2`` while
     ``busy``; otherwise an edge interrupt (or a slow poll) is enough. ``long_press_ms=None``: the
@@ -39,8 +40,8 @@ class Button:
 
     def __init__(self, name, debounce_ms, long_press_ms):
         self.name = name
-        self.debounce = debounce_ms / 1000
-        self.long_press = None if long_press_ms is None else long_press_ms / 1000
+        self.debounce = debounce_ms
+        self.long_press = long_press_ms
         self.pressed = False  # debounced state
         self._raw = False
         self._raw_since = None
@@ -53,7 +54,7 @@ class Button:
             self._raw = pressed
             self._raw_since = now
         if pressed != self.pressed:
-            if now - self._raw_since < self.debounce - _EPS:
+            if tdiff(now, self._raw_since) < self.debounce:
                 return None
             self.pressed = pressed
             if pressed:
@@ -65,7 +66,7 @@ class Button:
             pressed
             and not self._long
             and self.long_press is not None
-            and now - self._down_at >= self.long_press - _EPS
+            and tdiff(now, self._down_at) >= self.long_press
         ):
             self._long = True
             return LONG
@@ -125,6 +126,10 @@ PATTERNS = {
 }
 
 
+_CYCLE_MS = 30000  # a multiple of every pattern's cycle (checked by tests/fw/test_accessory_hw.py)
+_REBASE_MS = 86400000
+
+
 class LedPlayer:
     """Which LEDs are lit for the current pattern at a given time, and when that next changes."""
 
@@ -132,7 +137,7 @@ class LedPlayer:
         self.leds = tuple(leds)
         self.pattern = "off"
         self._steps = ()
-        self._start = 0.0
+        self._start = 0
 
     def set(self, name, now):
         """Start ``name`` at ``now`` (from the top of its cycle); False if it is already on."""
@@ -145,23 +150,33 @@ class LedPlayer:
         self._start = now
         return True
 
+    def _phase(self, now):
+        # ms into the pattern. A pattern shown for days (registered, idle) is moved on by whole
+        # cycles of 30 s (every pattern's cycle divides it), so the difference stays far from the
+        # 2^29 ms a wrap-safe tdiff can tell.
+        ms = tdiff(now, self._start)
+        if ms >= _REBASE_MS:
+            ms %= _CYCLE_MS
+            self._start = tadd(now, -ms)
+        return ms
+
     def levels(self, now):
         """[(led, 0 or 1)] for every LED, in ``leds`` order."""
-        ms = int((now - self._start) * 1000 + 0.5)
+        ms = self._phase(now)
         out = []
         for led in self.leds:
             out.append((led, self._level(led, ms)[0]))
         return out
 
     def next_change(self, now):
-        """The time of the next on/off change, or None for a steady pattern."""
-        ms = int((now - self._start) * 1000 + 0.5)
+        """The time (int ms) of the next on/off change, or None for a steady pattern."""
+        ms = self._phase(now)
         best = None
         for led in self.leds:
             left = self._level(led, ms)[1]
             if left is not None and (best is None or left < best):
                 best = left
-        return None if best is None else now + best / 1000
+        return None if best is None else tadd(now, best)
 
     def _level(self, led, ms):
         for name, steps in self._steps:

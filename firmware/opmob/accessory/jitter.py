@@ -1,8 +1,9 @@
 """Adaptive jitter buffer for 20 ms DVI4 frames (RTP payload type 5), sans-I/O.
 
     jb = JitterBuffer(start_ms=40, min_ms=20, max_ms=200)
-    jb.push(now_ms, seq, ts, ssrc, payload, start=0, end=-1) -> bool   # a frame arrived
+    jb.push(now_ms, seq, ts, ssrc, payload, start=0, end=-1, marker=False) -> bool   # a frame arrived
     jb.pop(now_ms, out) -> "audio" | "concealed" | "silence"          # every 20 ms: 320 bytes of PCM
+    jb.end()                        # the talker has stopped: play what is held, then silence
     jb.reset()
     jb.state ("idle" | "buffering" | "playing"), jb.target_ms, jb.jitter_ms, jb.depth, jb.depth_ms,
     jb.wait_ms, jb.played_seq, jb.counters
@@ -45,8 +46,14 @@ How it works (docs/accessory-audio.md has the whole story):
   than two frames deeper than the target, else at the next burst's start. If what then
   arrives is a later frame (those waited for were lost, not late), the lost frames the waiting
   pops stood in for are skipped, so a loss does not add delay. A stream with nothing to play for
-  ``max_ms`` has ended (a talk burst's end): the next packet starts buffering anew. A burst's end
-  looks like a loss until then, so its last frame is followed by the fading repeats.
+  ``max_ms`` has ended (a talk burst's end): the next packet starts buffering anew.
+- **End of a stream.** A burst's end looks like a loss to the buffer alone, which would follow its
+  last frame with the fading repeats (60 ms of stutter after a word cut off). So the floor tells
+  it: ``end()`` (the app calls it when the talker stops: Floor Idle, the floor taken by another,
+  T103) lets the frames held play, then gives silence and ends the stream at once, never a
+  concealment past the last frame; a stream still buffering (a burst shorter than the target)
+  starts playing at once. Frames of the ended burst still on their way play in their turn; a
+  packet with the RTP marker (the same talker's next burst) carries the stream on as before.
 - **Loss** (the next frame missing while later ones are here): concealed, and its number passes.
   **Concealment** repeats the last frame played, 6 dB quieter for each frame in a row (−6, −12, −18 dB),
   then gives silence; a new talker's stream never conceals with the previous talker's voice.
@@ -103,6 +110,7 @@ COUNTERS = (
     "stretched",  # frames inserted to deepen the buffer (silence when quiet, else a concealment)
     "shrunk",  # frames dropped to make the buffer shallower
     "streams",  # streams started (first packet, new talker, after an end or a resync)
+    "ended",  # streams ended by end() (the floor said the talker stopped) once drained
 )
 
 
@@ -197,6 +205,7 @@ class JitterBuffer:
         self._grow = False  # a late packet asked for one frame more
         self._conceal_n = 0
         self._have_last = False
+        self._ended = False  # the talker has stopped (end()): no concealment past what is held
         self.played_seq = None  # sequence number of the last frame played
 
     # --- read-only views ------------------------------------------------------------------------
@@ -237,8 +246,15 @@ class JitterBuffer:
 
     # --- arrivals -----------------------------------------------------------------------------------
 
-    def push(self, now_ms, seq, ts, ssrc, payload, start=0, end=-1):
-        """One frame from the network. False when it was dropped (see ``counters``)."""
+    def end(self):
+        """The talker has stopped (the floor says so): the frames held still play, then silence
+        and the stream ends; no concealment past its last frame."""
+        if self.state != IDLE:
+            self._ended = True
+
+    def push(self, now_ms, seq, ts, ssrc, payload, start=0, end=-1, marker=False):
+        """One frame from the network (``marker``: the RTP marker bit, a talk burst's first
+        packet). False when it was dropped (see ``counters``)."""
         c = self.counters
         if end < 0:
             end = len(payload)
@@ -284,6 +300,8 @@ class JitterBuffer:
             elif self._sq[seq & _SLOT_MASK] == seq:
                 c["duplicate"] += 1
                 return False
+        if marker:
+            self._ended = False  # the same talker's next burst: the stream carries on
         slot = seq & _SLOT_MASK
         _copy(self._buf[slot], 0, payload, start, FRAME_PAYLOAD)
         self._sq[slot] = seq
@@ -316,6 +334,7 @@ class JitterBuffer:
         self._conceal_n = 0
         self._settle = 0
         self._grow = False
+        self._ended = False
 
     def _make_room(self, seq):
         # ``seq`` is SLOTS or more frames ahead: the oldest frames go so that it fits.
@@ -375,13 +394,24 @@ class JitterBuffer:
         d = sdiff(self._high, self._next)
         span = d + 1 if d >= 0 else 0
         if state == BUFFERING:
-            if span < self._target_frames() and tdiff(now_ms, self._first_rx) < self._target_ms:
+            if (
+                span < self._target_frames()
+                and tdiff(now_ms, self._first_rx) < self._target_ms
+                and not self._ended
+            ):
                 return self._silence(out)
             self.state = PLAYING
             self._avg16 = span * 16
         else:
             self._avg16 += span * 2 - (self._avg16 >> 3)
         if span == 0:
+            if self._ended:
+                # The talker has stopped and the last frame has played: silence, not a repeat.
+                self.state = IDLE
+                self._stall = 0
+                self._conceal_n = 0
+                self.counters["ended"] += 1
+                return self._silence(out)
             # Nothing to play: hold the sequence number, so the frame still plays if it is only
             # late. Nothing for max_ms: the talk burst has ended.
             self._stall += 1

@@ -1,15 +1,17 @@
 """Which relay to use, from a WiFi scan (DESIGN.md §5), and how long to wait before trying again.
 
-``RelaySelector.choose(now, scan, current)``: the configured relays whose access point is in the
+``RelaySelector.choose(now, scan, current)`` (``now``: integer milliseconds modulo 2^30,
+opmob/ticks.py): the configured relays whose access point is in the
 scan and strong enough are candidates. The home system's relays come first, then partners' in the
 configuration's order; within a tier the strongest. A device moves away from a relay it still hears
 only to a better tier, or to the same tier at ``hysteresis_db`` more signal, and not within
 ``dwell_s`` of its last move: no ping-pong between two access points at the edge of both.
 
-``Backoff``: 1, 2, 4 ... ``cap`` seconds, reset on success.
+``Backoff``: 1, 2, 4 ... ``cap`` seconds, reset on success (the driver's asyncio sleeps).
 """
 
 from opmob.sig import system_of
+from opmob.ticks import ms, tdiff
 
 MIN_RSSI = -88  # dBm: below this an access point carries no usable voice
 HYSTERESIS_DB = 8
@@ -25,6 +27,7 @@ class RelaySelector:
         self.partners = tuple(partners)
         self.hysteresis_db = hysteresis_db
         self.dwell_s = dwell_s
+        self.dwell_ms = ms(dwell_s)
         self.min_rssi = min_rssi
         self.moved_at = None
 
@@ -69,7 +72,7 @@ class RelaySelector:
             return best[3]
         if best is cur:
             return current
-        if self.moved_at is not None and now - self.moved_at < self.dwell_s:
+        if self.moved_at is not None and tdiff(now, self.moved_at) < self.dwell_ms:
             return current
         better_tier = best[0] < cur[0]
         much_stronger = best[0] == cur[0] and -best[1] >= -cur[1] + self.hysteresis_db

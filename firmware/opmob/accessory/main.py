@@ -93,8 +93,8 @@ def load_wiring(path):
 def _code_heap():
     """Heap used once the firmware's modules are loaded: on a board they are frozen in flash; on
     the unix port their bytecode sits in this heap, so ``status`` reports the app's part apart."""
-    from opmob import authvec, device, dvi4, mcpt, relay_uasyncio, rtp, sig, srtp, txn  # noqa: F401
-    from opmob.accessory import app, audio, board, config, groups, hw, jitter, link, ptt, tones  # noqa: F401
+    from opmob import authvec, device, dvi4, mcpt, rtp, sig, srtp, ticks, txn, uasyncio_driver  # noqa: F401
+    from opmob.accessory import app, audio, board, config, core, groups, hw, jitter, link, ptt, tones  # noqa: F401
 
     if compat.IS_MICROPYTHON:
         from opmob.accessory import hw_sim  # noqa: F401

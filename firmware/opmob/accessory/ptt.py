@@ -9,11 +9,12 @@
     ptt.on_media(now)                              # voice heard in this group
     ptt.query_queue(now) -> [FloorMsg]             # ask for our place in the queue
     ptt.link_lost(now) / ptt.link_up(now) -> [FloorMsg]   # the session lost / regained its relay
-    ptt.poll(now) -> [FloorMsg]    ptt.next_deadline() -> float | None
+    ptt.poll(now) -> [FloorMsg]    ptt.next_deadline() -> int | None
     ptt.stop(now)                                  # the group call is gone: back to Start-stop
     ptt.state, ptt.transmit, ptt.led, ptt.effects, ptt.emergency_on, ptt.queue_position, ptt.counters
 
-Every entry point first fires the timers due at ``now`` (float seconds), then returns the floor
+Every entry point first fires the timers due at ``now`` (integer milliseconds modulo 2^30, from
+opmob.ticks; deadlines are such ints, compared wrap-safely), then returns the floor
 messages to send, which the app passes to ``DeviceSession.send_floor(now, msg, group=ptt.group)``;
 the client never sends anything itself, and Floor Acks are the session's business. What the user
 should see and hear is appended to ``ptt.effects`` (the app drains it):
@@ -54,7 +55,7 @@ by ``link_up``, as is a call whose PTT is still held.
 
 from opmob import mcpt
 from opmob.mcpt import FloorMsg
-from opmob.txn import earlier
+from opmob.ticks import due, earliest, ms, tadd, tdiff
 
 START_STOP = "Start-stop"
 U_NO_PERMISSION = "U: has no permission"
@@ -154,6 +155,12 @@ class PttConfig:
         self.emergency_priority = emergency_priority
         self.queueing = bool(queueing)
         self.denied_show = denied_show
+        # The client's timers run on integer milliseconds (opmob.ticks): converted once, here.
+        self.t100_ms = ms(t100)
+        self.t101_ms = ms(t101)
+        self.t103_ms = ms(t103)
+        self.t104_ms = ms(t104)
+        self.denied_show_ms = ms(denied_show)
 
     @classmethod
     def from_dict(cls, d):
@@ -324,7 +331,7 @@ class PttClient:
         if self.state != U_QUEUED:
             return out
         self._c104 = 1
-        self._t104 = now + self.cfg.t104
+        self._t104 = tadd(now, self.cfg.t104_ms)
         self.counters["queue_requests_sent"] += 1
         out.append(FloorMsg(mcpt.FLOOR_QUEUE_POSITION_REQUEST))
         return out
@@ -353,7 +360,7 @@ class PttClient:
         first packet of a burst, which arms T103)."""
         self._media_at = now
         if self._t103_at is None:
-            self._t103_at = now + self.cfg.t103
+            self._t103_at = tadd(now, self.cfg.t103_ms)
         if self._lost or self.led != LED_RECEIVING:
             self._lost = False
             self._show()
@@ -523,7 +530,7 @@ class PttClient:
         self.queue_position = None
         self._request = self._request_msg()
         self._c101 = 1
-        self._t101 = now + self.cfg.t101
+        self._t101 = tadd(now, self.cfg.t101_ms)
         self.counters["requests_sent"] += 1
         self._enter(U_PENDING_REQUEST)
         return [self._request]
@@ -533,7 +540,7 @@ class PttClient:
         self._stop_timers()
         self.queue_position = None
         self._c100 = 1
-        self._t100 = now + self.cfg.t100
+        self._t100 = tadd(now, self.cfg.t100_ms)
         self.counters["releases_sent"] += 1
         self._enter(U_PENDING_RELEASE)
         return [FloorMsg(mcpt.FLOOR_RELEASE)]
@@ -597,8 +604,8 @@ class PttClient:
         self.effects.append(("tone", name))
 
     def _flash(self, now):
-        if self.cfg.denied_show > 0:
-            self._flash_until = now + self.cfg.denied_show
+        if self.cfg.denied_show_ms > 0:
+            self._flash_until = tadd(now, self.cfg.denied_show_ms)
 
     def _receiving(self):
         return self._taken or self._media_at is not None
@@ -625,10 +632,10 @@ class PttClient:
     # --- timers -------------------------------------------------------------------------------------
 
     def next_deadline(self):
-        d = earlier(self._t100, self._t101)
-        d = earlier(d, self._t104)
-        d = earlier(d, self._flash_until)
-        return earlier(d, self._t103_at)
+        d = earliest(self._t100, self._t101)
+        d = earliest(d, self._t104)
+        d = earliest(d, self._flash_until)
+        return earliest(d, self._t103_at)
 
     def poll(self, now):
         return self._fire_due(now)
@@ -637,22 +644,22 @@ class PttClient:
         out = []
         while True:
             d = self.next_deadline()
-            if d is None or d > now:
+            if d is None or not due(now, d):
                 return out
-            if self._t101 is not None and self._t101 <= d:
+            if self._t101 is not None and tdiff(self._t101, d) <= 0:
                 out.extend(self._on_t101(d))
-            elif self._t100 is not None and self._t100 <= d:
+            elif self._t100 is not None and tdiff(self._t100, d) <= 0:
                 out.extend(self._on_t100(d))
-            elif self._t104 is not None and self._t104 <= d:
+            elif self._t104 is not None and tdiff(self._t104, d) <= 0:
                 self._on_t104(d, out)
-            elif self._flash_until is not None and self._flash_until <= d:
+            elif self._flash_until is not None and tdiff(self._flash_until, d) <= 0:
                 self._flash_until = None
             else:
-                # T103 is moved on here rather than at every packet: a deadline computed per
-                # packet would be a float, a heap object, 50 times a second on MicroPython.
-                due = self._media_at + self.cfg.t103
-                if due > d:
-                    self._t103_at = due
+                # T103 is moved on here rather than at every packet: one deadline per burst
+                # rather than 50 a second.
+                t = tadd(self._media_at, self.cfg.t103_ms)
+                if tdiff(t, d) > 0:
+                    self._t103_at = t
                     continue
                 # No voice for t103 seconds: the talker has gone, whatever was last said.
                 self._media_at = self._t103_at = None
@@ -664,7 +671,7 @@ class PttClient:
     def _on_t101(self, t):
         if self._c101 < self.cfg.c101:
             self._c101 += 1
-            self._t101 = t + self.cfg.t101
+            self._t101 = tadd(t, self.cfg.t101_ms)
             self.counters["request_repeats"] += 1
             return [self._request]
         # Nobody answers: the request has failed and the relay is probably gone.
@@ -676,7 +683,7 @@ class PttClient:
     def _on_t100(self, t):
         if self._c100 < self.cfg.c100:
             self._c100 += 1
-            self._t100 = t + self.cfg.t100
+            self._t100 = tadd(t, self.cfg.t100_ms)
             self.counters["release_repeats"] += 1
             return [FloorMsg(mcpt.FLOOR_RELEASE)]
         self._no_answer("release")
@@ -685,7 +692,7 @@ class PttClient:
     def _on_t104(self, t, out):
         if self._c104 < self.cfg.c104:
             self._c104 += 1
-            self._t104 = t + self.cfg.t104
+            self._t104 = tadd(t, self.cfg.t104_ms)
             self.counters["queue_request_repeats"] += 1
             out.append(FloorMsg(mcpt.FLOOR_QUEUE_POSITION_REQUEST))
             return

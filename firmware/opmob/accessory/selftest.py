@@ -12,8 +12,8 @@ alone: once started it cannot be stopped, and would reset the board after the ch
 
 import asyncio
 
-from opmob import compat
 from opmob.accessory import hw as hwmod
+from opmob.ticks import now_ms
 
 FRAME_BYTES = 320
 AUDIO_TIMEOUT_S = 1.0
@@ -88,7 +88,7 @@ def _buttons(board, hw):
 
 def _leds(board, hw):
     leds = hw.leds
-    now = compat.monotonic()
+    now = now_ms()
     # Steady green, steady red, amber's first half-second: each LED on once, through the
     # firmware's own pattern table and driver.
     for pattern in ("receiving", "talking", "queued", "off"):
