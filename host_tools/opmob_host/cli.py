@@ -14,7 +14,8 @@ TECHNICIAN_COMMANDS = ("virtual", "ports", "flash", "deploy", "provision", "veri
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opmob", description="OpMob field kit: demo, benchmarks, tools")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p.add_argument("--version", action="version", version=f"opmob {version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     d = sub.add_parser("demo", help="run the end-to-end demo on this machine")
     d.add_argument("--out", default="out/demo", help="directory for the demo's audio and captures")
@@ -39,8 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), or the source tree's when not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("opmob")
+    except metadata.PackageNotFoundError:
+        return "0+source"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        # Bare `opmob`: what it can do, as esptool and mpremote answer, rather than an error.
+        parser.print_help()
+        return 0
     try:
         if args.command == "demo":
             from opmob_host import demo

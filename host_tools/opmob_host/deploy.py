@@ -18,19 +18,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from opmob_host import resources
 from opmob_host.devlink import Device, TechnicianError, connect
 
-ROOT = Path(__file__).resolve().parents[2]
-FIRMWARE_PKG = ROOT / "firmware" / "opmob"
-BOARDS = ROOT / "boards"
 MANIFEST = "/opmob.manifest.json"
 ARCH = {"unix": "x64", "esp32": "xtensawin", "esp32s3": "xtensawin"}
 
 
+def boards() -> Path:
+    """The installed board definitions (opmob_host/boards), as a TechnicianError when missing."""
+    try:
+        return resources.boards_dir()
+    except resources.ResourceMissing as e:
+        raise TechnicianError(str(e)) from None
+
+
 def load_board(name: str) -> dict[str, Any]:
-    path = BOARDS / f"{name}.json"
+    path = boards() / f"{name}.json"
     if "/" in name or not path.is_file():
-        known = sorted(p.stem for p in BOARDS.glob("*.json"))
+        known = sorted(p.stem for p in boards().glob("*.json"))
         raise TechnicianError(f"unknown board {name!r}: the boards are {', '.join(known)}")
     board: dict[str, Any] = json.loads(path.read_text())
     if board.get("mcu") not in ARCH:
@@ -64,10 +70,19 @@ def build(pkg: Path, board_name: str, arch: str, out: Path) -> dict[str, bytes]:
         if proc.returncode != 0:
             raise TechnicianError(f"mpy-cross rejects {src}:\n{proc.stderr.strip()}")
         files["/lib/" + rel.with_suffix(".mpy").as_posix()] = dst.read_bytes()
-    files["/board.json"] = (BOARDS / f"{board_name}.json").read_bytes()
+    files["/board.json"] = (boards() / f"{board_name}.json").read_bytes()
     for entry in ("boot.py", "main.py"):
-        files["/" + entry] = (BOARDS / entry).read_bytes()
+        files["/" + entry] = (boards() / entry).read_bytes()
     return files
+
+
+def firmware_sources(given: str | None) -> Path:
+    if given:
+        return Path(given)
+    try:
+        return resources.firmware_package()
+    except resources.ResourceMissing as e:
+        raise TechnicianError(str(e)) from None
 
 
 def read_manifest(dev: Device) -> dict[str, str]:
@@ -149,7 +164,8 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--port", required=True, help="the device's serial port (or a virtual device's)")
     p.add_argument("--board", help="board name (boards/NAME.json); default: the device's /board.json")
-    p.add_argument("--firmware", default=str(FIRMWARE_PKG), help=argparse.SUPPRESS)
+    # Tests only: another firmware tree; the default is the installed `opmob` package.
+    p.add_argument("--firmware", help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="copy everything, whatever the manifest says")
 
 
@@ -158,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         if args.board is not None:
             load_board(args.board)
         with connect(args.port) as dev:
-            changed, removed = deploy(dev, args.board, Path(args.firmware), force=args.force)
+            changed, removed = deploy(dev, args.board, firmware_sources(args.firmware), force=args.force)
     except TechnicianError as e:
         print(f"opmob deploy: {e}", file=sys.stderr)
         return 1

@@ -258,6 +258,23 @@ def select_accel(cfg: RelayConfig, config: str) -> tuple[Backend, str]:
         raise Failure(f"{accel.ENV}={env!r}: expected one of {', '.join(accel.CHOICES)}", 2) from None
 
 
+def pure_fallback_line(source: str) -> str:
+    """Why ``auto`` runs the pure backend here, and what gets the C extension."""
+    from opmob_host import accel
+
+    try:
+        accel.select("c")
+        why = "the C extension opmob_c is present"  # not reached: auto would have taken it
+    except accel.AccelUnavailable as e:
+        why = str(e.__cause__ or e)
+    return (
+        f"SRTP per-packet path: pure (pure-Python twin opmob.srtp; {source} = auto): the C extension "
+        f"opmob_c is not in this installation ({why}); it was not compiled when opmob was installed. "
+        "For the fast path install a C compiler, pkg-config, python3-dev, libssl-dev and libcodec2-dev "
+        "and reinstall opmob (boards/rpi-relay/README.md); Codec2 links need it"
+    )
+
+
 def fanout_for(backend: Backend) -> Callable[[Sequence[Any], Sequence[bytes]], list[Any]] | None:
     """``Relay(fanout=...)`` for ``backend``: None on the pure one (the core's own loop)."""
     if backend.name != "c":
@@ -285,6 +302,7 @@ def cmd_run(config: str, registry_import: str | None) -> int:
     from opmob.relay import Relay
     from opmob.store import StoreError
 
+    from opmob_host import accel
     from opmob_host.relay_admin import AdminSocketError
     from opmob_host.relay_server import BindError, RelayServer, run_relay
     from opmob_host.sqlite_store import SqliteStore
@@ -296,12 +314,15 @@ def cmd_run(config: str, registry_import: str | None) -> int:
     # Read and parse the export before the store is touched: a bad file changes nothing.
     export = _read_export(import_path) if import_path else None
     logger = _setup_logging()
-    logger.info(
-        "SRTP per-packet path: %s (%s, from %s)",
-        backend.name,
-        "C extension opmob_c" if backend.name == "c" else "pure-Python twin opmob.srtp",
-        accel_source,
-    )
+    if backend.name == "pure" and (os.environ.get(accel.ENV, "").strip() or cfg.accel) == "auto":
+        logger.warning("%s", pure_fallback_line(accel_source))
+    else:
+        logger.info(
+            "SRTP per-packet path: %s (%s, from %s)",
+            backend.name,
+            "C extension opmob_c" if backend.name == "c" else "pure-Python twin opmob.srtp",
+            accel_source,
+        )
 
     db = Path(cfg.registry_path)
     try:

@@ -48,8 +48,8 @@ import tty
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
+from opmob_host.resources import ResourceMissing, micropython_command
+
 HEAP = "2M"
 PASTE_WINDOW = 256
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
@@ -130,6 +130,7 @@ class VirtualDevice:
     """The raw REPL on a pseudo-terminal in front of a restartable MicroPython interpreter."""
 
     def __init__(self, root: Path, board: str = "unix-sim", heap: str = HEAP) -> None:
+        self.micropython = micropython_command()
         self.root = root
         self.board = board
         self.heap = heap
@@ -164,7 +165,7 @@ class VirtualDevice:
     def _start_interpreter(self) -> None:
         env = dict(os.environ, MICROPYPATH=":.frozen:/lib")
         self.proc = subprocess.Popen(
-            [str(MICROPYTHON), "-X", f"heapsize={self.heap}", str(self._agent_path), str(self.root)],
+            [*self.micropython, "-X", f"heapsize={self.heap}", str(self._agent_path), str(self.root)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -573,8 +574,10 @@ def run(args: argparse.Namespace) -> int:
     if args.board != "unix-sim":
         print(f"opmob virtual: board {args.board!r}: only unix-sim runs on this machine", file=sys.stderr)
         return 2
-    if not MICROPYTHON.exists():
-        print(f"opmob virtual: no MicroPython unix port at {MICROPYTHON} (run make setup)", file=sys.stderr)
+    try:
+        micropython_command()
+    except ResourceMissing as e:
+        print(f"opmob virtual: {e}", file=sys.stderr)
         return 2
     temp = args.state is None
     root = Path(tempfile.mkdtemp(prefix="opmob-device-") if temp else args.state).resolve()
