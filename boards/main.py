@@ -5,4 +5,8 @@
 # mode), leaving the REPL to a technician: never a crash loop. docs/accessory.md.
 from opmob.accessory.main import run
 
+# Read by opmob's commands after their Ctrl-C (devlink.APP_RUNNING): "running" means they stopped
+# the app, and start it again when they are done.
+_opmob_app = "running"
 run()
+_opmob_app = "returned"

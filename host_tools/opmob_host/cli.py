@@ -51,40 +51,51 @@ def version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        # Bare `opmob`: what it can do, as esptool and mpremote answer, rather than an error.
-        parser.print_help()
-        return 0
+    command = "opmob"
     try:
-        if args.command == "demo":
-            from opmob_host import demo
-
-            return demo.run(args)
-        if args.command == "bench":
-            from opmob_host import bench
-
-            return bench.run(args)
-        if args.command == "relay":
-            from opmob_host import relay_cmd
-
-            return relay_cmd.run(args)
-        if args.command == "fuzz":
-            from opmob_host import fuzz_relay
-
-            return fuzz_relay.cmd(args)
-        if args.command == "monitor":
-            from opmob_host import monitor
-
-            return monitor.run(args)
-        if args.command in TECHNICIAN_COMMANDS:
-            from opmob_host import technician
-
-            return technician.run(args)
-    except KeyboardInterrupt:
-        print("opmob: interrupted", file=sys.stderr)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            # Bare `opmob`: what it can do, as esptool and mpremote answer, rather than an error.
+            parser.print_help()
+            return 0
+        command = f"opmob {args.command}"
+        return dispatch(args)
+    except KeyboardInterrupt as e:
+        # Ctrl-C: one sentence, no traceback. A device command puts the device back first and
+        # says so (devlink.Interrupted); anything else was only reading or computing.
+        try:
+            print(f"{command}: {e or 'interrupted; run the same command again'}", file=sys.stderr)
+        except (BrokenPipeError, KeyboardInterrupt):
+            pass
         return 130
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from opmob_host import demo
+
+        return demo.run(args)
+    if args.command == "bench":
+        from opmob_host import bench
+
+        return bench.run(args)
+    if args.command == "relay":
+        from opmob_host import relay_cmd
+
+        return relay_cmd.run(args)
+    if args.command == "fuzz":
+        from opmob_host import fuzz_relay
+
+        return fuzz_relay.cmd(args)
+    if args.command == "monitor":
+        from opmob_host import monitor
+
+        return monitor.run(args)
+    if args.command in TECHNICIAN_COMMANDS:
+        from opmob_host import technician
+
+        return technician.run(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

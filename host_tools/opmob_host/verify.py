@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from opmob_host import inventory
-from opmob_host.deploy import MANIFEST
+from opmob_host.deploy import JOURNAL, MANIFEST
 from opmob_host.devlink import TechnicianError, connect
 
 KAT_KEY = bytes(range(16))
@@ -79,6 +79,26 @@ def _files():
         f.close()
         if binascii.hexlify(h.digest()).decode() != files[p]:
             bad.append(p + " changed")
+    # Every file the firmware may import is vouched for: a module in /lib that the manifest does
+    # not name (a deploy cut short by an older opmob) would run without being checked.
+    def _walk(d):
+        try:
+            entries = list(os.ilistdir(d))
+        except OSError:
+            return
+        for e in entries:
+            p = d + "/" + e[0]
+            if e[1] == 0x4000:
+                _walk(p)
+            elif p not in files:
+                bad.append(p + " not deployed")
+    import os
+    _walk("/lib")
+    try:
+        os.stat(JOURNAL)
+        bad.append("a deploy's switch is pending")
+    except OSError:
+        pass
     if bad:
         raise _Fail("%s (not what was deployed): run opmob deploy --force" % ", ".join(bad))
     running = r.get("from", "?")
@@ -116,7 +136,7 @@ def kat() -> str:
 def verify(port: str, inv_path: Path | None = None) -> tuple[dict[str, Any], bool]:
     code = (
         f"KEY={KAT_KEY!r}\nLABEL={KAT_LABEL!r}\nDATA={KAT_DATA!r}\nWANT={kat()!r}\nMANIFEST={MANIFEST!r}\n"
-        + SELF_TEST
+        f"JOURNAL={JOURNAL!r}\n" + SELF_TEST
     )
     # The app is stopped for the self-test (its peripherals are the self-test's) and started again
     # after it, as a reset would: a verified device is left running.
