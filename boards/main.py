@@ -5,8 +5,8 @@
 # mode), leaving the REPL to a technician: never a crash loop. docs/accessory.md.
 from opmob.accessory.main import run
 
-# Read by opmob's commands after their Ctrl-C (devlink.APP_RUNNING): "running" means they stopped
-# the app, and start it again when they are done.
+# Read by opmob's commands after their Ctrl-C (devlink.APP_RUNNING): the app stops on that Ctrl-C
+# and returns 0, so "running" or "returned 0" means they stopped it, and they start it again when
+# done; 2 (a board or wiring file rejected) leaves the REPL to the technician.
 _opmob_app = "running"
-run()
-_opmob_app = "returned"
+_opmob_app = "returned " + str(run())

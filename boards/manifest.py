@@ -26,6 +26,7 @@ package(  # noqa: F821
         "sig.py",
         "srtp.py",
         "store.py",
+        "ticks.py",
         "txn.py",
         "accessory/__init__.py",
         "accessory/app.py",

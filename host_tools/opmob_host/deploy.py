@@ -282,7 +282,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.board is not None:
             load_board(args.board)
-        print(f"opmob deploy: compiling and connecting to {args.port} ...", file=sys.stderr, flush=True)
+        if tty:  # the first seconds (mpy-cross, the REPL) are not silent on a terminal
+            print(f"opmob deploy: compiling and connecting to {args.port} ...", file=sys.stderr, flush=True)
         with connect(args.port) as dev:
             changed, removed = deploy(
                 dev, args.board, firmware_sources(args.firmware), force=args.force, progress=progress

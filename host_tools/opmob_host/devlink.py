@@ -50,10 +50,11 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C, after the device was put back as it was; the message says so."""
 
 
-# Set by boards/main.py while the app runs; older images: the app's module was imported by main.py.
+# boards/main.py's marker: "running", or "returned N" (the app returns 0 when a Ctrl-C stops it).
+# An older /main.py has none: the app's module imported by it says the app was started.
 APP_RUNNING = (
-    "import sys\ng=globals()\n"
-    "print(g['_opmob_app']=='running' if '_opmob_app' in g else 'opmob.accessory.main' in sys.modules)"
+    "import sys\ng=globals().get('_opmob_app')\n"
+    "print(g in ('running','returned 0') if g is not None else 'opmob.accessory.main' in sys.modules)"
 )
 
 

@@ -34,7 +34,9 @@ def probe_repl(port: str) -> str | None:
     except (TechnicianError, ValueError):
         return None
     machine, board = info
-    return f"MicroPython on {machine}, board {board or 'none deployed'}"
+    # The REPL's Ctrl-C stopped a running app; connect() started it again (it re-registers).
+    again = "; app restarted (stopped to ask)" if dev.restarted else ""
+    return f"MicroPython on {machine}, board {board or 'none deployed'}{again}"
 
 
 def probe_bootloader(port: str) -> str | None:

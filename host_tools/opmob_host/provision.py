@@ -89,8 +89,9 @@ def device_identity(dev: Device) -> str | None:
     return ident if isinstance(ident, str) else None
 
 
-def provision(inv_path: Path, identity: str, port: str, replace: bool = False) -> tuple[str, bool]:
-    """Returns (configuration sha256, whether the device was written)."""
+def provision(inv_path: Path, identity: str, port: str, replace: bool = False) -> tuple[str, bool, bool]:
+    """Returns (configuration sha256, whether the device was written, whether its app, stopped
+    for this, was started again)."""
     with inventory.locked(inv_path):
         inv = inventory.load(inv_path)
         rec = inv.device(identity) or inv.add_device(identity)  # in memory until saved
@@ -148,7 +149,7 @@ def provision(inv_path: Path, identity: str, port: str, replace: bool = False) -
         if written or changed:
             rec["provisioned"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             inv.save()
-        return digest, written
+        return digest, written, dev.restarted
 
 
 def add_parser(sub: Any) -> None:
@@ -167,10 +168,15 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        digest, written = provision(Path(args.inventory), args.device, args.port, args.replace)
+        digest, written, restarted = provision(Path(args.inventory), args.device, args.port, args.replace)
     except TechnicianError as e:
         print(f"opmob provision: {e}", file=sys.stderr)
         return 1
     what = "provisioned" if written else "already provisioned"
     print(f"opmob provision: {args.device} {what} on {args.port}: configuration sha256 {digest}")
+    if restarted:
+        again = "with the new configuration" if written else "as before"
+        print(
+            f"opmob provision: the app on {args.port}, stopped to read the device, was started again {again}"
+        )
     return 0
