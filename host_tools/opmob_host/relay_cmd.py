@@ -184,10 +184,26 @@ def _status_url(cfg: RelayConfig) -> str:
 def cmd_check(path: str) -> int:
     cfg = load_config(path)
     load_links(cfg, path, select_accel(cfg, path)[0] if cfg.links else None)
+    if cfg.registry_import:
+        # What `run` does with it, on a throw-away registry: a file `run` would refuse fails here.
+        check_export(cfg.registry_import, cfg.system)
     print(f"{PREFIX}: {path}: OK: {describe(cfg)}, registry {cfg.registry_path}, admin {cfg.admin_socket}")
     if cfg.registry_import:
         print(f"{PREFIX}: {path}: imports {cfg.registry_import} at every start")
     return 0
+
+
+def check_export(path: str, system: str) -> Any:
+    """The export at ``path`` read, parsed and loaded into an empty in-memory registry (nothing
+    stored); returns the import report, or a Failure (exit 2) naming the file and the record."""
+    from opmob.registry import Registry, RegistryError
+    from opmob.store import MemoryStore
+
+    export = _read_export(path)
+    try:
+        return Registry(MemoryStore(), system).load_export(export)
+    except RegistryError as e:
+        raise Failure(f"{path}: {e}; the relay would refuse to start", 2) from None
 
 
 # --- run --------------------------------------------------------------------------------------------------
