@@ -9,7 +9,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-TECHNICIAN_COMMANDS = ("virtual", "ports", "flash", "deploy", "provision", "verify", "registry")
+TECHNICIAN_COMMANDS = (
+    "virtual", "ports", "flash", "deploy", "provision", "verify", "registry", "console", "reset",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,11 +19,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"opmob {version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="run the end-to-end demo on this machine")
+    d = sub.add_parser(
+        "demo",
+        help="run the end-to-end demo on this machine",
+        description="A relay and simulated accessories on this machine make group calls with recorded "
+        "speech; the audio each one heard and the captures are written under --out.",
+    )
     d.add_argument("--out", default="out/demo", help="directory for the demo's audio and captures")
     d.add_argument("--speech", default="/usr/share/codec2/raw/hts1a.raw", help="raw 8 kHz s16le speech")
 
-    b = sub.add_parser("bench", help="measure the hot paths under CPython and MicroPython")
+    b = sub.add_parser(
+        "bench",
+        help="measure the hot paths under CPython and MicroPython",
+        description="Time the protocol cores' hot paths under CPython and the MicroPython unix port, "
+        "the C extension, and a relay process under load on loopback; print a table and write the rows "
+        "as JSON (--out).",
+    )
     b.add_argument("--out", default="out/bench.json", help="where to write the JSON rows")
     b.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     b.add_argument("--no-micropython", action="store_true", help="CPython rows only")

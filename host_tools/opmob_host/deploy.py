@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from opmob_host import resources
+from opmob_host import portsel, resources
 from opmob_host.devlink import RMTREE, Device, TechnicianError, connect
 
 Progress = Callable[[int, int, str], None]
@@ -209,9 +209,15 @@ def finish_pending_switch(dev: Device) -> int:
 
 
 def deploy(
-    dev: Device, board_name: str | None, pkg: Path, force: bool = False, progress: Progress | None = None
+    dev: Device,
+    board_name: str | None,
+    pkg: Path,
+    force: bool = False,
+    progress: Progress | None = None,
+    dry_run: bool = False,
 ) -> tuple[list[str], int]:
-    """Copies what changed, atomically; returns (paths copied, paths removed)."""
+    """Copies what changed, atomically; returns (paths copied, paths removed). ``dry_run``: every
+    check, and what would be copied and removed, nothing written."""
     name = board_name or device_board(dev)
     board = load_board(name)
     arch = ARCH[board["mcu"]]
@@ -219,12 +225,13 @@ def deploy(
     with tempfile.TemporaryDirectory(prefix="opmob-deploy-") as tmp:
         files = build(pkg, name, arch, Path(tmp))
     want = {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
-    finish_pending_switch(dev)
+    if not dry_run:
+        finish_pending_switch(dev)
     have = {} if force else read_manifest(dev)
     changed = [p for p in sorted(want) if have.get(p) != want[p]]
     stale = [p for p in sorted(have) if p not in want]
-    if not changed and not stale:
-        return [], 0
+    if dry_run or (not changed and not stale):
+        return changed, len(stale)
     doc = {"format": "opmob-deploy", "version": 1, "board": name, "arch": arch, "files": want}
     staged = {**{p: files[p] for p in changed}, MANIFEST: json.dumps(doc, sort_keys=True).encode()}
     dev.scratch[STAGE] = True  # removed on Ctrl-C: the old set stays, untouched
@@ -259,11 +266,14 @@ def add_parser(sub: Any) -> None:
         "files that changed (by hash, /opmob.manifest.json on the device), the board definition, "
         "boot.py and main.py, with mpremote's transport.",
     )
-    p.add_argument("--port", required=True, help="the device's serial port (or a virtual device's)")
+    portsel.add_port_argument(p, "the device's serial port (or a virtual device's)")
     p.add_argument("--board", help="board name (boards/NAME.json); default: the device's /board.json")
     # Tests only: another firmware tree; the default is the installed `opmob` package.
     p.add_argument("--firmware", help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="copy everything, whatever the manifest says")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the device and list what would change; write nothing"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -282,20 +292,33 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.board is not None:
             load_board(args.board)
+        portsel.device_port(args)
         if tty:  # the first seconds (mpy-cross, the REPL) are not silent on a terminal
             print(f"opmob deploy: compiling and connecting to {args.port} ...", file=sys.stderr, flush=True)
         with connect(args.port) as dev:
             changed, removed = deploy(
-                dev, args.board, firmware_sources(args.firmware), force=args.force, progress=progress
+                dev,
+                args.board,
+                firmware_sources(args.firmware),
+                force=args.force,
+                progress=progress,
+                dry_run=args.dry_run,
             )
     except TechnicianError as e:
         print(f"{chr(10) if tty and last[0] else ''}opmob deploy: {e}", file=sys.stderr)
         return 1
     if tty and last[0]:
         print(file=sys.stderr)
-    for path in changed:
-        print(f"copied {path}")
-    print(f"opmob deploy: {len(changed)} file(s) copied, {removed} removed, the rest unchanged")
+    if args.dry_run:
+        for path in changed:
+            print(f"would copy {path}")
+        print(
+            f"opmob deploy: dry run: {len(changed)} file(s) would be copied, {removed} removed; nothing was written"
+        )
+    else:
+        for path in changed:
+            print(f"copied {path}")
+        print(f"opmob deploy: {len(changed)} file(s) copied, {removed} removed, the rest unchanged")
     if dev.restarted:
         print(f"opmob deploy: the app on {args.port}, stopped for the deploy, was started again")
     return 0

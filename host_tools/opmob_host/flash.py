@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from opmob_host import portsel
 from opmob_host.deploy import load_board
 from opmob_host.devlink import TechnicianError, _port_problem, check_port
 
@@ -231,7 +232,7 @@ def add_parser(sub: Any) -> None:
         "which verifies what it wrote.",
     )
     p.add_argument("--board", required=True, help="board name (boards/NAME.json)")
-    p.add_argument("--port", required=True, help="the board's serial port (opmob ports lists them)")
+    portsel.add_port_argument(p, "the board's serial port")
     p.add_argument("--firmware", required=True, help="the image (MicroPython's firmware.bin)")
     p.add_argument(
         "--erase", action=argparse.BooleanOptionalAction, default=True, help="erase all of the flash first"
@@ -248,6 +249,7 @@ def run(args: argparse.Namespace, detector: Detector = detect_chip, runner: Runn
         mcu, offset, baud = flash_plan(args.board)
         image = Path(args.firmware)
         _, offset = check_image(image, mcu, offset)
+        args.port = portsel.resolve(args.port, portsel.bootloader_answers)
         cmd = write_command(mcu, args.port, args.baud or baud, offset, image, args.erase)
         if args.print_command:
             print(shlex.join(cmd))

@@ -49,10 +49,21 @@ class Failure(Exception):
 
 
 def add_parser(sub: Any) -> None:
-    r = sub.add_parser("relay", help="run, check or query a relay")
+    r = sub.add_parser(
+        "relay",
+        help="run, check or query a relay",
+        description="Run a relay from its TOML configuration (boards/rpi-relay/relay.toml), check a "
+        "configuration, read a running relay's status, or control it (stun, revive, kill).",
+    )
     rs = r.add_subparsers(dest="relay_command", metavar="ACTION", required=True)
 
-    run = rs.add_parser("run", help="run the relay until SIGTERM or Ctrl-C")
+    run = rs.add_parser(
+        "run",
+        help="run the relay until SIGTERM or Ctrl-C",
+        description="Serve devices on the configuration's UDP port (signalling, floor control, voice) "
+        "and its status endpoint, until SIGTERM or Ctrl-C. Exit 1: it could not run (port taken, "
+        "registry unwritable); 2: the configuration or the registry export is wrong.",
+    )
     run.add_argument(
         "--config", required=True, help="the relay's TOML configuration (boards/rpi-relay/relay.toml)"
     )
@@ -62,10 +73,20 @@ def add_parser(sub: Any) -> None:
         help="a registry export (JSON) to merge into the registry before serving; replaces [registry] import",
     )
 
-    check = rs.add_parser("check", help="validate a configuration and exit (0: valid, 2: not)")
+    check = rs.add_parser(
+        "check",
+        help="validate a configuration and exit (0: valid, 2: not)",
+        description="Check the configuration, its link keys and the registry export it imports as "
+        "`relay run` would, without serving or storing anything; print the addresses it would use.",
+    )
     check.add_argument("--config", required=True, help="the relay's TOML configuration")
 
-    st = rs.add_parser("status", help="fetch a running relay's status and print it as JSON")
+    st = rs.add_parser(
+        "status",
+        help="fetch a running relay's status and print it as JSON",
+        description="Fetch /status from a running relay's status endpoint ([status] in relay.toml, "
+        "127.0.0.1:7780 by default) and print it: devices, groups and floors, counters. No secrets.",
+    )
     st.add_argument(
         "--url",
         default=DEFAULT_STATUS_URL,

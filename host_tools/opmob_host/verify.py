@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from opmob_host import inventory
+from opmob_host import inventory, portsel
 from opmob_host.deploy import JOURNAL, MANIFEST
 from opmob_host.devlink import TechnicianError, connect
 
@@ -172,16 +172,21 @@ def add_parser(sub: Any) -> None:
         "and run a self-test on it: deployed files against the deploy manifest, each peripheral of the "
         "board, crypto. The app, stopped for it, is started again. Exit 0 only when every check passes.",
     )
-    p.add_argument("--port", required=True, help="the device's serial port")
+    portsel.add_port_argument(p)
+    p.add_argument("--json", action="store_true", help="the report as one JSON document")
     p.add_argument("--inventory", help="also check the configuration against this fleet inventory")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        portsel.device_port(args)
         report, ok = verify(args.port, Path(args.inventory) if args.inventory else None)
     except TechnicianError as e:
         print(f"opmob verify: {e}", file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps({"port": args.port, "ok": ok, **report}, indent=2, sort_keys=True))
+        return 0 if ok else 1
     print(f"port           {args.port}")
     print(f"firmware       {report.get('version', '?')} (running from {report.get('from', '?')})")
     print(f"board          {report.get('board', '?')}")
