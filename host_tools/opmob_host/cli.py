@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     technician.add_parsers(sub)
     monitor.add_parser(sub)
+    from opmob_host import pcap_cmd
+
+    pcap_cmd.add_parser(sub)
     return p
 
 
@@ -105,6 +108,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from opmob_host import monitor
 
         return monitor.run(args)
+    if args.command == "pcap":
+        from opmob_host import pcap_cmd
+
+        return pcap_cmd.run(args)
     if args.command in TECHNICIAN_COMMANDS:
         from opmob_host import technician
 

