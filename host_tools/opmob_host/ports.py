@@ -84,6 +84,8 @@ def rows(named: list[str], do_probe: bool, prober: Prober = probe) -> tuple[list
             row["detected"] = "absent: no such port (is the board plugged in?)"
             ok = False
         elif do_probe:
+            if sys.stderr.isatty():  # a probe takes a second or two: say what is going on
+                print(f"\ropmob ports: asking {dev} ...".ljust(60), end="", file=sys.stderr, flush=True)
             row["detected"] = prober(dev)
         out.append(row)
     return out, ok
@@ -91,6 +93,8 @@ def rows(named: list[str], do_probe: bool, prober: Prober = probe) -> tuple[list
 
 def run(args: argparse.Namespace) -> int:
     table, ok = rows(list(args.ports), not args.no_probe)
+    if sys.stderr.isatty() and not args.no_probe and table:
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(table, indent=2))
     elif not table:
