@@ -178,7 +178,7 @@ def test_everything_comes_from_the_installed_package(built: Built) -> None:
     out = built.python(
         "import opmob, opmob.accessory, opmob_host, opmob_c._opmob_c as m\n"
         "from opmob_host import resources as r\n"
-        "print(opmob.__file__, opmob_host.__file__, m.__file__, r.boards_dir(), r.firmware_package(),"
+        "print(opmob.__file__, opmob_host.__file__, m.__file__, r.boards_dir(), r.firmware_package(), r.wireshark_lua(),"
         " *r.micropython_command())"
     )
     venv = built.bin.parent
