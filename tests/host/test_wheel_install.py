@@ -59,6 +59,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 def _wheel(src: Path, out: Path, **env: str) -> tuple[Path, str]:
+    target = f"{src}/" if src.is_dir() else str(src)  # a directory (not a PyPI name), or an sdist
     r = subprocess.run(
         [
             sys.executable,
@@ -70,7 +71,7 @@ def _wheel(src: Path, out: Path, **env: str) -> tuple[Path, str]:
             "--no-build-isolation",
             "-w",
             str(out),
-            f"{src}/",
+            target,
         ],
         capture_output=True,
         text=True,
@@ -385,3 +386,24 @@ def test_the_pure_wheel_runs_a_relay_on_the_pure_backend(built: Built, tmp_path:
     lines = [ln for ln in err.splitlines() if "SRTP per-packet path" in ln]
     assert len(lines) == 1 and "WARNING" in lines[0] and "not in this installation" in lines[0], err
     assert "libcodec2-dev" in lines[0] and "Traceback" not in err, err
+
+
+def test_the_source_distribution_builds_the_same_wheel(built: Built, tmp_path: Path) -> None:
+    """pip and `python -m build` build wheels from the sdist: it must carry the C sources and boards."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path)!r}))",
+        ],
+        cwd=built.src,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    sdist = tmp_path / r.stdout.strip().splitlines()[-1]
+    wheel, log = _wheel(sdist, tmp_path / "dist")
+    assert "c_ext: built _opmob_c" in log and "-linux_" in wheel.name, (wheel.name, log[-2000:])
+    names, want = set(zipfile.ZipFile(wheel).namelist()), set(zipfile.ZipFile(built.wheel).namelist())
+    assert names == want, sorted(names ^ want)
