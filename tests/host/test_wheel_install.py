@@ -25,6 +25,9 @@ from pathlib import Path
 
 import pytest
 import serial
+from opmob.device import DeviceSession
+from opmob_host.relay_server import Endpoint
+from test_relay_process import DEVICE, GROUP, arun, register, secret_of
 from virtualdev import write_inventory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -379,10 +382,24 @@ def test_the_pure_wheel_runs_a_relay_on_the_pure_backend(built: Built, tmp_path:
     (etc / "registry.json").chmod(0o600)
     gen = _relay(pure, config, status)
     relay = next(gen)
-    doc = _status(status)
-    err = relay.stop()
-    gen.close()
+    try:
+        # A device of the example registry registers and affiliates, through the pure SRTP path.
+        dev = DeviceSession(DEVICE, secret_of(DEVICE), ("127.0.0.1", udp), os.urandom, groups=[GROUP])
+
+        async def main() -> None:
+            async with Endpoint(dev) as ep:
+                await register(dev, ep)
+
+        arun(main())
+        doc = _status(status)
+    finally:
+        err = relay.stop()
+        gen.close()
     assert doc["driver"]["accel"] == "pure", doc  # type: ignore[index]
+    devices = doc["devices"]
+    assert isinstance(devices, list) and [d["state"] for d in devices if d["identity"] == DEVICE] == [
+        "registered"
+    ], devices
     lines = [ln for ln in err.splitlines() if "SRTP per-packet path" in ln]
     assert len(lines) == 1 and "WARNING" in lines[0] and "not in this installation" in lines[0], err
     assert "libcodec2-dev" in lines[0] and "Traceback" not in err, err

@@ -279,6 +279,7 @@ opmob.prefs.media = Pref.bool("Decode RTP/RTCP on OpMob ports", true,
   "Hand the RTP and RTCP datagrams on ports that carried OpMob signalling to the RTP and RTCP dissectors")
 local rtp, rtcp = Dissector.get("rtp"), Dissector.get("rtcp")
 local ports = {}
+function opmob.init() ports = {} end  -- each capture learns its own ports
 
 local function plain_rtcp(tvb)
   -- A compound RTCP packet fills its datagram exactly; SRTCP has 4 + 10 bytes more.
