@@ -217,6 +217,9 @@ def cmd_check(path: str) -> int:
     print(f"{PREFIX}: {path}: OK: {describe(cfg)}, registry {cfg.registry_path}, admin {cfg.admin_socket}")
     if cfg.registry_import:
         print(f"{PREFIX}: {path}: imports {cfg.registry_import} at every start")
+        warning = export_mode_warning(cfg.registry_import)
+        if warning:
+            print(f"{PREFIX}: WARNING: {warning}", file=sys.stderr)
     return 0
 
 
@@ -234,6 +237,20 @@ def check_export(path: str, system: str) -> Any:
 
 
 # --- run --------------------------------------------------------------------------------------------------
+
+
+def export_mode_warning(path: str) -> str | None:
+    """A sentence when the export, which holds device secrets, is readable by every user."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o004:
+        return None
+    return (
+        f"{path} holds device secrets and is readable by every user (mode {mode:04o}): "
+        f"chmod 600 {path} (or 640, group opmob, as boards/rpi-relay/README.md installs it)"
+    )
 
 
 def _read_export(path: str) -> Any:
@@ -389,6 +406,8 @@ def cmd_run(config: str, registry_import: str | None, srtp_keylog: str | None = 
             accel_source,
         )
 
+    if import_path and export_mode_warning(import_path):
+        logger.warning("%s", export_mode_warning(import_path))
     keylog = None
     if srtp_keylog:
         keylog = open_keylog(srtp_keylog)

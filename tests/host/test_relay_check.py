@@ -52,3 +52,18 @@ def test_check_passes_a_good_import(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["relay", "check", "--config", str(cfg)]) == 0
     out, _ = capsys.readouterr()
     assert ": OK: relay relay-1@no" in out and f"imports {tmp_path / 'registry.json'} at every start" in out
+
+
+def test_an_export_every_user_can_read_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It holds device secrets: check says so (a warning, as run logs it) until it is 0600 or 0640."""
+    cfg = _config(tmp_path)
+    export = tmp_path / "registry.json"
+    shutil.copy2(EXAMPLE, export)
+    export.chmod(0o644)
+    assert main(["relay", "check", "--config", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert f"WARNING: {export} holds device secrets and is readable by every user (mode 0644)" in err, err
+    assert f"chmod 600 {export}" in err
+    export.chmod(0o640)
+    assert main(["relay", "check", "--config", str(cfg)]) == 0
+    assert "WARNING" not in capsys.readouterr().err
