@@ -15,8 +15,11 @@ STAMPS := $(VENV)/.stamps
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages the build and the tests use. tshark is preseeded so its install never asks.
+# gcc-aarch64-linux-gnu and libc6-dev-arm64-cross: tests/host/test_cross_aarch64.py compiles the C
+# extension for the Raspberry Pi.
 APT_PACKAGES := build-essential pkg-config python3-venv python3-dev libssl-dev \
-	libcodec2-dev codec2 codec2-examples libsrtp2-dev tshark socat nftables iproute2
+	libcodec2-dev codec2 codec2-examples libsrtp2-dev tshark socat nftables iproute2 \
+	gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 
 # Only for `make fuzz` (libFuzzer) — not installed by `make setup`.
 FUZZ_APT_PACKAGES := clang libclang-rt-14-dev

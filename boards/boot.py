@@ -10,6 +10,51 @@ if "/lib" in sys.path:
     sys.path.remove("/lib")
 sys.path.insert(sys.path.index(".frozen") if ".frozen" in sys.path else len(sys.path), "/lib")
 
+
+# A deploy's switch to its new files that a power loss cut short is completed before anything is
+# imported from /lib: the device runs the old set or the new set, never a mix. The same function
+# as opmob deploy's (host_tools/opmob_host/deploy.py, SWITCH).
+def _opmob_switch(stage, journal):
+    import json
+    import os
+
+    try:
+        f = open(journal)
+    except OSError:
+        return -1
+    try:
+        j = json.load(f)
+    finally:
+        f.close()
+    for p in j["move"]:
+        try:
+            os.stat(stage + p)
+        except OSError:
+            continue
+        d = ""
+        for part in p.split("/")[1:-1]:
+            d += "/" + part
+            try:
+                os.mkdir(d)
+            except OSError:
+                pass
+        os.rename(stage + p, p)
+    for p in j["remove"]:
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+    os.remove(journal)
+    return len(j["move"])
+
+
+try:
+    if _opmob_switch("/.opmob-stage", "/.opmob-switch.json") >= 0:
+        print("boot: completed the switch to the files of an interrupted opmob deploy")
+except Exception as e:  # never stop the boot here: the REPL must stay reachable
+    print("boot: an interrupted deploy could not be completed (run opmob deploy):", repr(e))
+del _opmob_switch
+
 try:
     import esp
 

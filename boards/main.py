@@ -5,4 +5,8 @@
 # mode), leaving the REPL to a technician: never a crash loop. docs/accessory.md.
 from opmob.accessory.main import run
 
-run()
+# Read by opmob's commands after their Ctrl-C (devlink.APP_RUNNING): the app stops on that Ctrl-C
+# and returns 0, so "running" or "returned 0" means they stopped it, and they start it again when
+# done; 2 (a board or wiring file rejected) leaves the REPL to the technician.
+_opmob_app = "running"
+_opmob_app = "returned " + str(run())

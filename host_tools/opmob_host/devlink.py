@@ -1,5 +1,17 @@
-"""The link to a device's REPL for ``deploy``, ``provision`` and ``verify``: mpremote's own serial
-transport (raw REPL, raw-paste mode), with its failures turned into sentences for the technician."""
+"""The link to a device's REPL for ``deploy``, ``provision``, ``verify`` and ``ports``: mpremote's own
+serial transport (raw REPL, raw-paste mode), with its failures turned into sentences for the
+technician.
+
+A command never leaves a device worse than it found it:
+
+- the accessory app, stopped by the raw REPL's Ctrl-C, is started again when it was running
+  (``Device.restarted`` says so, for the command's output);
+- Ctrl-C on the host: the scratch files the command wrote (``Device.scratch``: a ``.tmp`` being
+  written, deploy's staging directory) are removed, the app is started again if it ran, and
+  ``Interrupted`` says the device is as it was and to run the command again. Device commands
+  that must not be cut in two (a rename, deploy's switch) run inside ``Device.critical()``, which
+  holds a Ctrl-C back until they are done.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import stat
 import struct
 import time
@@ -31,6 +44,18 @@ LINK_ERRORS = (TransportError, OSError, struct.error)
 
 class TechnicianError(Exception):
     """A problem the technician can act on; the message says what and what to do."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, after the device was put back as it was; the message says so."""
+
+
+# boards/main.py's marker: "running", or "returned N" (the app returns 0 when a Ctrl-C stops it).
+# An older /main.py has none: the app's module imported by it says the app was started.
+APP_RUNNING = (
+    "import sys\ng=globals().get('_opmob_app')\n"
+    "print(g in ('running','returned 0') if g is not None else 'opmob.accessory.main' in sys.modules)"
+)
 
 
 def lost(port: str, step: str) -> TechnicianError:
@@ -158,6 +183,30 @@ class Device:
         self.port = port
         self.t = transport
         self.step = "a command"
+        self.app_was_running = False
+        self.restarted = False  # the app was started again when the command ended
+        self.scratch: dict[str, bool] = {}  # path -> is a directory: removed on Ctrl-C
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        """Hold a Ctrl-C back while the block runs (a command the device must finish), then act
+        on it. Only in the main thread, where Python delivers signals."""
+        got: list[int] = []
+
+        def hold(signum: int, frame: Any) -> None:
+            got.append(signum)
+
+        try:
+            old = signal.signal(signal.SIGINT, hold)
+        except ValueError:  # not the main thread: nothing to hold back
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old)
+        if got:
+            raise KeyboardInterrupt
 
     @contextmanager
     def during(self, step: str) -> Iterator[None]:
@@ -219,6 +268,7 @@ class Device:
         the old one (littlefs and the unix port rename atomically)."""
         tmp = path + ".tmp"
         with self.during(f"writing {path}"):
+            self.scratch[tmp] = False
             self.exec(f"f=open({tmp!r},'wb')\nw=f.write")
             for i in range(0, len(data), CHUNK):
                 self.exec(f"w({data[i : i + CHUNK]!r})")
@@ -229,42 +279,120 @@ class Device:
                 raise TechnicianError(
                     f"{path}: the copy on the device does not match (hash differs); try again"
                 )
-            self.exec(f"import os\nos.rename({tmp!r},{path!r})")
+            with self.critical():
+                self.exec(f"import os\nos.rename({tmp!r},{path!r})")
+                del self.scratch[tmp]
 
     def remove(self, path: str) -> None:
         with self.during(f"removing {path}"):
             self.exec(f"import os\ntry:\n os.remove({path!r})\nexcept OSError:\n pass")
 
 
+RMTREE = (
+    "import os\n"
+    "def _rm(p):\n"
+    " try:\n  m=os.stat(p)[0]\n except OSError:\n  return\n"
+    " if m&0x4000:\n  for e in os.ilistdir(p):\n   _rm(p+'/'+e[0])\n  os.rmdir(p)\n"
+    " else:\n  os.remove(p)\n"
+)
+
+
+def _remove_scratch(dev: Device) -> None:
+    if dev.scratch:
+        dev.exec(RMTREE + "".join(f"_rm({p!r})\n" for p in dev.scratch))
+        dev.scratch.clear()
+
+
+def _restart_app(t: SerialTransport) -> None:
+    """A soft reset from the friendly REPL: boot.py, then main.py, as at power-on."""
+    t.exit_raw_repl()
+    t.serial.write(b"\x04")
+    t.read_until(1, b"soft reboot", timeout=1)
+
+
+def _recover(port: str, t: SerialTransport, dev: Device | None, restart: bool) -> str:
+    """After Ctrl-C on the host: the device back in its raw REPL, the scratch files gone, the app
+    started again if it ran. Returns what the technician is told."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            t.enter_raw_repl(soft_reset=False, timeout_overall=5)  # stops a command cut short
+            if dev is not None:
+                _remove_scratch(dev)
+            if restart:
+                _restart_app(t)
+    except (TechnicianError, *LINK_ERRORS):
+        return (
+            f"interrupted; the device on {port} did not answer afterwards, so what this command "
+            "wrote may be left in scratch files (never in use): run the same command again"
+        )
+    again = "; the app was started again" if restart else ""
+    return f"interrupted: the device on {port} is as it was before this command{again}; run the same command again"
+
+
 @contextmanager
 def connect(port: str, soft_reset: bool = True, run_after: bool = False) -> Iterator[Device]:
-    """The device on ``port`` in its raw REPL (after a soft reset, for a clean interpreter).
-    ``run_after``: leave it with a soft reset from the friendly REPL, which starts /main.py (the
-    app) again, as a board's reset would."""
+    """The device on ``port`` in its raw REPL (after a soft reset, for a clean interpreter, unless
+    ``soft_reset`` is False). When the block ends, the app is started again if it was running
+    (``Device.restarted``); ``run_after``: started in any case, as a board's reset would."""
     check_port(port)
     try:
         t = SerialTransport(port, baudrate=115200, timeout=3)
     except TransportError:
         raise TechnicianError(_port_problem(port)) from None
+    dev: Device | None = None
+    done = False
     try:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # mpremote's prints of what it got
-                t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=5)
-        except TransportError:
+                t.enter_raw_repl(soft_reset=False, timeout_overall=5)
+                dev = Device(port, t)
+                # Asked before anything else: whether the Ctrl-C just sent stopped the app.
+                dev.app_was_running = t.exec(APP_RUNNING).strip() == b"True"
+                if soft_reset:
+                    t.enter_raw_repl(soft_reset=True, timeout_overall=5)
+        except (TransportError, TransportExecError):
             raise TechnicianError(
                 f"the device on {port} does not answer: no MicroPython REPL there "
                 "(is MicroPython flashed? opmob flash), or the wrong port"
             ) from None
         except LINK_ERRORS:
             raise lost(port, "connecting") from None
-        yield Device(port, t)
+        restart = run_after or dev.app_was_running
         try:
-            t.exit_raw_repl()
-            if run_after:
-                t.serial.write(b"\x04")
-                t.read_until(1, b"soft reboot", timeout=1)
+            yield dev
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the recovery
+            try:
+                message = _recover(port, t, dev, restart)
+            finally:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise Interrupted(message) from None
+        except BaseException:
+            if dev.scratch:  # a device gone or a failed command: best effort, it may not answer
+                with contextlib.suppress(TechnicianError, *LINK_ERRORS):
+                    _remove_scratch(dev)
+            raise
+        done = True
+        try:
+            if restart:
+                _restart_app(t)
+                dev.restarted = True
+            else:
+                t.exit_raw_repl()
         except LINK_ERRORS:
             pass  # all was done; the next command finds the device as it is
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted):
+            raise
+        if done:
+            raise Interrupted(
+                f"interrupted after the work on {port} was done; the app may not have been started "
+                "again: reset the device (its reset button, or mpremote reset)"
+            ) from None
+        # Before the device was reached: nothing on it was changed.
+        raise Interrupted(
+            f"interrupted: nothing on the device on {port} was changed; run the same command again"
+        ) from None
     finally:
         try:
             t.close()

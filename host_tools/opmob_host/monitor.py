@@ -2,18 +2,50 @@
 relay's ``/status`` (the same document as ``opmob relay status``): its devices, its groups with
 their floor state, holder and queue, stunned and killed devices, and the counters that are not
 zero. It redraws every ``--interval`` seconds until Ctrl-C; ``--once`` prints one frame and exits
-(1 when the relay cannot be reached)."""
+(1 when the relay cannot be reached). When the relay stops answering, the last state it gave stays
+on screen under a banner saying since when it is not live. Piped into ``head`` or a pager that
+quits, it stops quietly."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from opmob_host.relay_cmd import DEFAULT_STATUS_URL, Failure, fetch_status, status_url
 
 CLEAR = "\x1b[H\x1b[2J"
+
+
+class View:
+    """The frames of the live view: the relay's state, or its last known state marked as such."""
+
+    def __init__(self, url: str, fetch: Callable[[], Any]) -> None:
+        self.url = url
+        self.fetch = fetch
+        self.last: tuple[str, str] | None = None  # (frame, when it was live)
+        self.down_since: str | None = None
+
+    def frame(self, now: str, interval: float) -> str:
+        try:
+            doc = self.fetch()
+        except Failure as e:
+            self.down_since = self.down_since or now
+            head = f"{now}  {e}\n(retrying every {interval:g} s; Ctrl-C to stop)"
+            if self.last is None:
+                return head
+            frame, at = self.last
+            return (
+                f"{head}\nRELAY NOT ANSWERING since {self.down_since}: the state below is the last one "
+                f"it gave, at {at}; it is not live\n\n{frame}"
+            )
+        self.down_since = None
+        frame = render(doc, self.url, now)
+        self.last = (frame, now)
+        return frame
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -122,6 +154,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--once", action="store_true", help="print one frame and exit")
 
 
+def _print(text: str) -> bool:
+    """Print; False when the reader went away (``| head``, a pager quit): stop quietly then."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so that the interpreter's last flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         full = status_url(args.url)
@@ -134,14 +177,12 @@ def run(args: argparse.Namespace) -> int:
         except Failure as e:
             print(f"opmob monitor: {e}", file=sys.stderr)
             return e.code
-        print(render(doc, full, time.strftime("%H:%M:%S")))
+        _print(render(doc, full, time.strftime("%H:%M:%S")))
         return 0
     tty = sys.stdout.isatty()
+    view = View(full, lambda: fetch_status(full, args.timeout))
     while True:
-        now = time.strftime("%H:%M:%S")
-        try:
-            frame = render(fetch_status(full, args.timeout), full, now)
-        except Failure as e:
-            frame = f"{now}  {e}\n(retrying every {args.interval:g} s; Ctrl-C to stop)"
-        print((CLEAR if tty else "\n") + frame, flush=True)
+        frame = view.frame(time.strftime("%H:%M:%S"), args.interval)
+        if not _print((CLEAR if tty else "\n") + frame):
+            return 0
         time.sleep(max(args.interval, 0.1))

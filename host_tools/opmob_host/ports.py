@@ -34,7 +34,9 @@ def probe_repl(port: str) -> str | None:
     except (TechnicianError, ValueError):
         return None
     machine, board = info
-    return f"MicroPython on {machine}, board {board or 'none deployed'}"
+    # The REPL's Ctrl-C stopped a running app; connect() started it again (it re-registers).
+    again = "; app restarted (stopped to ask)" if dev.restarted else ""
+    return f"MicroPython on {machine}, board {board or 'none deployed'}{again}"
 
 
 def probe_bootloader(port: str) -> str | None:
@@ -82,6 +84,8 @@ def rows(named: list[str], do_probe: bool, prober: Prober = probe) -> tuple[list
             row["detected"] = "absent: no such port (is the board plugged in?)"
             ok = False
         elif do_probe:
+            if sys.stderr.isatty():  # a probe takes a second or two: say what is going on
+                print(f"\ropmob ports: asking {dev} ...".ljust(60), end="", file=sys.stderr, flush=True)
             row["detected"] = prober(dev)
         out.append(row)
     return out, ok
@@ -89,6 +93,8 @@ def rows(named: list[str], do_probe: bool, prober: Prober = probe) -> tuple[list
 
 def run(args: argparse.Namespace) -> int:
     table, ok = rows(list(args.ports), not args.no_probe)
+    if sys.stderr.isatty() and not args.no_probe and table:
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(table, indent=2))
     elif not table:

@@ -23,7 +23,7 @@ from typing import Any
 
 from opmob.accessory.config import AccessoryConfig, ConfigError
 
-from opmob_host import inventory
+from opmob_host import inventory, portsel
 from opmob_host.deploy import device_board
 from opmob_host.devlink import Device, TechnicianError, connect
 
@@ -89,8 +89,12 @@ def device_identity(dev: Device) -> str | None:
     return ident if isinstance(ident, str) else None
 
 
-def provision(inv_path: Path, identity: str, port: str, replace: bool = False) -> tuple[str, bool]:
-    """Returns (configuration sha256, whether the device was written)."""
+def provision(
+    inv_path: Path, identity: str, port: str, replace: bool = False, dry_run: bool = False
+) -> tuple[str | None, bool, bool]:
+    """Returns (configuration sha256, whether the device was written, whether its app, stopped
+    for this, was started again). ``dry_run``: every check, nothing written to the device or the
+    inventory; the sha256 is None when a new secret would be made (its hash is not known yet)."""
     with inventory.locked(inv_path):
         inv = inventory.load(inv_path)
         rec = inv.device(identity) or inv.add_device(identity)  # in memory until saved
@@ -126,12 +130,16 @@ def provision(inv_path: Path, identity: str, port: str, replace: bool = False) -
                 raise TechnicianError(
                     f"the device on {port} is already provisioned as {current}: --replace to re-provision it"
                 )
+            if dry_run and "secret" not in rec:
+                return None, True, False
             if "secret" not in rec:
                 rec["secret"] = os.urandom(16).hex()
                 inv.save()  # the secret is known before any device holds it
             data = config_bytes(config_doc(inv, rec))
             digest = hashlib.sha256(data).hexdigest()
             written = dev.sha256(CONFIG) != digest
+            if dry_run:
+                return digest, written, False
             if written:
                 dev.write_atomic(CONFIG, data)
                 dev.step = f"checking {CONFIG}"
@@ -148,7 +156,7 @@ def provision(inv_path: Path, identity: str, port: str, replace: bool = False) -
         if written or changed:
             rec["provisioned"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             inv.save()
-        return digest, written
+        return digest, written, dev.restarted
 
 
 def add_parser(sub: Any) -> None:
@@ -161,16 +169,49 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--inventory", required=True, help="the fleet inventory (TOML, docs/technician.md)")
     p.add_argument("--device", required=True, help="the device's identity, name@system")
-    p.add_argument("--port", required=True, help="the device's serial port")
+    portsel.add_port_argument(p)
+    p.add_argument("--json", action="store_true", help="the result as one JSON document (no secret in it)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check everything and say what would change; write nothing"
+    )
     p.add_argument("--replace", action="store_true", help="re-provision a device that has another identity")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        digest, written = provision(Path(args.inventory), args.device, args.port, args.replace)
+        portsel.device_port(args)
+        digest, written, restarted = provision(
+            Path(args.inventory), args.device, args.port, args.replace, dry_run=args.dry_run
+        )
     except TechnicianError as e:
         print(f"opmob provision: {e}", file=sys.stderr)
         return 1
-    what = "provisioned" if written else "already provisioned"
-    print(f"opmob provision: {args.device} {what} on {args.port}: configuration sha256 {digest}")
+    if args.json:
+        doc = {
+            "identity": args.device,
+            "port": args.port,
+            "dry_run": args.dry_run,
+            "written": written and not args.dry_run,
+            "would_write": written if args.dry_run else None,
+            "config_sha256": digest,
+            "app_restarted": restarted,
+        }
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    if args.dry_run:
+        if digest is None:
+            what = "has no secret yet: one would be made and its configuration written"
+        elif written:
+            what = f"would get a new configuration (sha256 {digest})"
+        else:
+            what = f"is already provisioned with this configuration (sha256 {digest}): nothing to do"
+        print(f"opmob provision: dry run: {args.device} on {args.port} {what}; nothing was written")
+    else:
+        what = "provisioned" if written else "already provisioned"
+        print(f"opmob provision: {args.device} {what} on {args.port}: configuration sha256 {digest}")
+    if restarted:
+        again = "with the new configuration" if written and not args.dry_run else "as before"
+        print(
+            f"opmob provision: the app on {args.port}, stopped to read the device, was started again {again}"
+        )
     return 0

@@ -82,7 +82,12 @@ def export(
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("registry", help="registry export from a fleet inventory")
+    p = sub.add_parser(
+        "registry",
+        help="registry export from a fleet inventory",
+        description="Write the registry export a relay imports ([registry] import in relay.toml) from "
+        "the fleet inventory: the home view with device secrets (mode 0600), or a partner's view.",
+    )
     rsub = p.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
     e = rsub.add_parser(
         "export",

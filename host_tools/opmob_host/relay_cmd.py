@@ -48,10 +48,21 @@ class Failure(Exception):
 
 
 def add_parser(sub: Any) -> None:
-    r = sub.add_parser("relay", help="run, check or query a relay")
+    r = sub.add_parser(
+        "relay",
+        help="run, check or query a relay",
+        description="Run a relay from its TOML configuration (boards/rpi-relay/relay.toml), check a "
+        "configuration, read a running relay's status, or control it (stun, revive, kill).",
+    )
     rs = r.add_subparsers(dest="relay_command", metavar="ACTION", required=True)
 
-    run = rs.add_parser("run", help="run the relay until SIGTERM or Ctrl-C")
+    run = rs.add_parser(
+        "run",
+        help="run the relay until SIGTERM or Ctrl-C",
+        description="Serve devices on the configuration's UDP port (signalling, floor control, voice) "
+        "and its status endpoint, until SIGTERM or Ctrl-C. Exit 1: it could not run (port taken, "
+        "registry unwritable); 2: the configuration or the registry export is wrong.",
+    )
     run.add_argument(
         "--config", required=True, help="the relay's TOML configuration (boards/rpi-relay/relay.toml)"
     )
@@ -60,11 +71,27 @@ def add_parser(sub: Any) -> None:
         metavar="FILE",
         help="a registry export (JSON) to merge into the registry before serving; replaces [registry] import",
     )
+    run.add_argument(
+        "--srtp-keylog",
+        metavar="FILE",
+        help="LAB RELAYS ONLY: append every SRTP master key and salt to FILE (mode 0600), for opmob pcap "
+        "decrypt; whoever reads FILE can listen to every call. Off unless given",
+    )
 
-    check = rs.add_parser("check", help="validate a configuration and exit (0: valid, 2: not)")
+    check = rs.add_parser(
+        "check",
+        help="validate a configuration and exit (0: valid, 2: not)",
+        description="Check the configuration, its link keys and the registry export it imports as "
+        "`relay run` would, without serving or storing anything; print the addresses it would use.",
+    )
     check.add_argument("--config", required=True, help="the relay's TOML configuration")
 
-    st = rs.add_parser("status", help="fetch a running relay's status and print it as JSON")
+    st = rs.add_parser(
+        "status",
+        help="fetch a running relay's status and print it as JSON",
+        description="Fetch /status from a running relay's status endpoint ([status] in relay.toml, "
+        "127.0.0.1:7780 by default) and print it: devices, groups and floors, counters. No secrets.",
+    )
     st.add_argument(
         "--url",
         default=DEFAULT_STATUS_URL,
@@ -91,7 +118,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.relay_command == "run":
-            return cmd_run(args.config, args.registry_import)
+            return cmd_run(args.config, args.registry_import, args.srtp_keylog)
         if args.relay_command == "check":
             return cmd_check(args.config)
         if args.relay_command == "status":
@@ -183,13 +210,46 @@ def _status_url(cfg: RelayConfig) -> str:
 def cmd_check(path: str) -> int:
     cfg = load_config(path)
     load_links(cfg, path, select_accel(cfg, path)[0] if cfg.links else None)
+    if cfg.registry_import:
+        # What `run` does with it, on a throw-away registry: a file `run` would refuse fails here.
+        check_export(cfg.registry_import, cfg.system)
     print(f"{PREFIX}: {path}: OK: {describe(cfg)}, registry {cfg.registry_path}, admin {cfg.admin_socket}")
     if cfg.registry_import:
         print(f"{PREFIX}: {path}: imports {cfg.registry_import} at every start")
+        warning = export_mode_warning(cfg.registry_import)
+        if warning:
+            print(f"{PREFIX}: WARNING: {warning}", file=sys.stderr)
     return 0
 
 
+def check_export(path: str, system: str) -> Any:
+    """The export at ``path`` read, parsed and loaded into an empty in-memory registry (nothing
+    stored); returns the import report, or a Failure (exit 2) naming the file and the record."""
+    from opmob.registry import Registry, RegistryError
+    from opmob.store import MemoryStore
+
+    export = _read_export(path)
+    try:
+        return Registry(MemoryStore(), system).load_export(export)
+    except RegistryError as e:
+        raise Failure(f"{path}: {e}; the relay would refuse to start", 2) from None
+
+
 # --- run --------------------------------------------------------------------------------------------------
+
+
+def export_mode_warning(path: str) -> str | None:
+    """A sentence when the export, which holds device secrets, is readable by every user."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o004:
+        return None
+    return (
+        f"{path} holds device secrets and is readable by every user (mode {mode:04o}): "
+        f"chmod 600 {path} (or 640, group opmob, as boards/rpi-relay/README.md installs it)"
+    )
 
 
 def _read_export(path: str) -> Any:
@@ -257,6 +317,23 @@ def select_accel(cfg: RelayConfig, config: str) -> tuple[Backend, str]:
         raise Failure(f"{accel.ENV}={env!r}: expected one of {', '.join(accel.CHOICES)}", 2) from None
 
 
+def pure_fallback_line(source: str) -> str:
+    """Why ``auto`` runs the pure backend here, and what gets the C extension."""
+    from opmob_host import accel
+
+    try:
+        accel.select("c")
+        why = "the C extension opmob_c is present"  # not reached: auto would have taken it
+    except accel.AccelUnavailable as e:
+        why = str(e.__cause__ or e)
+    return (
+        f"SRTP per-packet path: pure (pure-Python twin opmob.srtp; {source} = auto): the C extension "
+        f"opmob_c is not in this installation ({why}); it was not compiled when opmob was installed. "
+        "For the fast path install a C compiler, pkg-config, python3-dev, libssl-dev and libcodec2-dev "
+        "and reinstall opmob (boards/rpi-relay/README.md); Codec2 links need it"
+    )
+
+
 def fanout_for(backend: Backend) -> Callable[[Sequence[Any], Sequence[bytes]], list[Any]] | None:
     """``Relay(fanout=...)`` for ``backend``: None on the pure one (the core's own loop)."""
     if backend.name != "c":
@@ -279,12 +356,35 @@ def fanout_for(backend: Backend) -> Callable[[Sequence[Any], Sequence[bytes]], l
     return fanout
 
 
-def cmd_run(config: str, registry_import: str | None) -> int:
+def open_keylog(path: str) -> Any:
+    """The SRTP key log, for appending, readable by its owner only (an existing file is made so)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
+    except OSError as e:
+        raise Failure(f"--srtp-keylog {path}: cannot open it ({e.strerror})", 2) from None
+    return os.fdopen(fd, "a", buffering=1)
+
+
+def keylog_factory(cls: Any, log: Any) -> Callable[..., Any]:
+    """``Relay(srtp=...)`` that writes each session's master key and salt to the key log first
+    (opmob pcap decrypt finds which stream a key opens by its authentication tag)."""
+    from opmob_host.pcap_cmd import KEYLOG_TAG
+
+    def make(key: bytes, salt: bytes, *args: Any, **kwargs: Any) -> Any:
+        log.write(f"{KEYLOG_TAG} {bytes(key).hex()} {bytes(salt).hex()}\n")
+        return cls(key, salt, *args, **kwargs)
+
+    return make
+
+
+def cmd_run(config: str, registry_import: str | None, srtp_keylog: str | None = None) -> int:
     from opmob.registry import Registry, RegistryError
     from opmob.relay import Relay
     from opmob.store import StoreError
     from opmob.ticks import now_ms
 
+    from opmob_host import accel
     from opmob_host.relay_admin import AdminSocketError
     from opmob_host.relay_server import BindError, RelayServer, run_relay
     from opmob_host.sqlite_store import SqliteStore
@@ -296,13 +396,26 @@ def cmd_run(config: str, registry_import: str | None) -> int:
     # Read and parse the export before the store is touched: a bad file changes nothing.
     export = _read_export(import_path) if import_path else None
     logger = _setup_logging()
-    logger.info(
-        "SRTP per-packet path: %s (%s, from %s)",
-        backend.name,
-        "C extension opmob_c" if backend.name == "c" else "pure-Python twin opmob.srtp",
-        accel_source,
-    )
+    if backend.name == "pure" and (os.environ.get(accel.ENV, "").strip() or cfg.accel) == "auto":
+        logger.warning("%s", pure_fallback_line(accel_source))
+    else:
+        logger.info(
+            "SRTP per-packet path: %s (%s, from %s)",
+            backend.name,
+            "C extension opmob_c" if backend.name == "c" else "pure-Python twin opmob.srtp",
+            accel_source,
+        )
 
+    if import_path and export_mode_warning(import_path):
+        logger.warning("%s", export_mode_warning(import_path))
+    keylog = None
+    if srtp_keylog:
+        keylog = open_keylog(srtp_keylog)
+        logger.warning(
+            "SRTP KEY LOG ON: every SRTP key of this relay is written to %s; whoever reads it can listen "
+            "to every call through this relay. A lab relay only: never on a relay in service",
+            srtp_keylog,
+        )
     db = Path(cfg.registry_path)
     try:
         db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -334,7 +447,7 @@ def cmd_run(config: str, registry_import: str | None) -> int:
             store,
             os.urandom,
             now_ms(),
-            srtp=backend.SrtpSession,
+            srtp=backend.SrtpSession if keylog is None else keylog_factory(backend.SrtpSession, keylog),
             fanout=fanout_for(backend),
             codec=backend.link_codec() if any(lk.transcodes for lk in cfg.links) else None,
         )
@@ -367,6 +480,8 @@ def cmd_run(config: str, registry_import: str | None) -> int:
             logger.error("the relay's UDP socket failed; exiting so that it can be restarted")
         return rc
     finally:
+        if keylog is not None:
+            keylog.close()
         try:
             store.close()
         except StoreError as e:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from opmob_host import deploy, flash, ports, provision, registry_export, verify, virtual
+from opmob_host import console, deploy, flash, ports, provision, registry_export, verify, virtual
 
 MODULES: dict[str, Any] = {
     "virtual": virtual,
@@ -16,11 +16,13 @@ MODULES: dict[str, Any] = {
     "provision": provision,
     "verify": verify,
     "registry": registry_export,
+    "console": console,
+    "reset": console,
 }
 
 
 def add_parsers(sub: Any) -> None:
-    for mod in MODULES.values():
+    for mod in dict.fromkeys(MODULES.values()):  # each module once (console has two commands)
         mod.add_parser(sub)
 
 

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from opmob_host import inventory
-from opmob_host.deploy import MANIFEST
+from opmob_host import inventory, portsel
+from opmob_host.deploy import JOURNAL, MANIFEST
 from opmob_host.devlink import TechnicianError, connect
 
 KAT_KEY = bytes(range(16))
@@ -79,6 +79,26 @@ def _files():
         f.close()
         if binascii.hexlify(h.digest()).decode() != files[p]:
             bad.append(p + " changed")
+    # Every file the firmware may import is vouched for: a module in /lib that the manifest does
+    # not name (a deploy cut short by an older opmob) would run without being checked.
+    def _walk(d):
+        try:
+            entries = list(os.ilistdir(d))
+        except OSError:
+            return
+        for e in entries:
+            p = d + "/" + e[0]
+            if e[1] == 0x4000:
+                _walk(p)
+            elif p not in files:
+                bad.append(p + " not deployed")
+    import os
+    _walk("/lib")
+    try:
+        os.stat(JOURNAL)
+        bad.append("a deploy's switch is pending")
+    except OSError:
+        pass
     if bad:
         raise _Fail("%s (not what was deployed): run opmob deploy --force" % ", ".join(bad))
     running = r.get("from", "?")
@@ -116,7 +136,7 @@ def kat() -> str:
 def verify(port: str, inv_path: Path | None = None) -> tuple[dict[str, Any], bool]:
     code = (
         f"KEY={KAT_KEY!r}\nLABEL={KAT_LABEL!r}\nDATA={KAT_DATA!r}\nWANT={kat()!r}\nMANIFEST={MANIFEST!r}\n"
-        + SELF_TEST
+        f"JOURNAL={JOURNAL!r}\n" + SELF_TEST
     )
     # The app is stopped for the self-test (its peripherals are the self-test's) and started again
     # after it, as a reset would: a verified device is left running.
@@ -152,16 +172,21 @@ def add_parser(sub: Any) -> None:
         "and run a self-test on it: deployed files against the deploy manifest, each peripheral of the "
         "board, crypto. The app, stopped for it, is started again. Exit 0 only when every check passes.",
     )
-    p.add_argument("--port", required=True, help="the device's serial port")
+    portsel.add_port_argument(p)
+    p.add_argument("--json", action="store_true", help="the report as one JSON document")
     p.add_argument("--inventory", help="also check the configuration against this fleet inventory")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        portsel.device_port(args)
         report, ok = verify(args.port, Path(args.inventory) if args.inventory else None)
     except TechnicianError as e:
         print(f"opmob verify: {e}", file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps({"port": args.port, "ok": ok, **report}, indent=2, sort_keys=True))
+        return 0 if ok else 1
     print(f"port           {args.port}")
     print(f"firmware       {report.get('version', '?')} (running from {report.get('from', '?')})")
     print(f"board          {report.get('board', '?')}")

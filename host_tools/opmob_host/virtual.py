@@ -48,14 +48,15 @@ import tty
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
+from opmob_host.resources import ResourceMissing, micropython_command
+
 HEAP = "2M"
 PASTE_WINDOW = 256
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 CONTROL_HOST = "127.0.0.1"  # the unix-sim board's sim.control_host
 WIRING = ".sim.json"  # firmware/opmob/accessory/main.py WIRING, relative to the root
 WIRING_DIR = ".sim"
+LOCK = ".opmob-virtual.lock"  # in the state directory: one virtual device per file system
 
 # The interpreter side. Frames on stdin: b"R<n>\n" or b"S<n>\n" then n bytes of source (R: a
 # raw-REPL command, S: one friendly-REPL line, whose expression value is printed). The output of a
@@ -130,6 +131,7 @@ class VirtualDevice:
     """The raw REPL on a pseudo-terminal in front of a restartable MicroPython interpreter."""
 
     def __init__(self, root: Path, board: str = "unix-sim", heap: str = HEAP) -> None:
+        self.micropython = micropython_command()
         self.root = root
         self.board = board
         self.heap = heap
@@ -164,7 +166,7 @@ class VirtualDevice:
     def _start_interpreter(self) -> None:
         env = dict(os.environ, MICROPYPATH=":.frozen:/lib")
         self.proc = subprocess.Popen(
-            [str(MICROPYTHON), "-X", f"heapsize={self.heap}", str(self._agent_path), str(self.root)],
+            [*self.micropython, "-X", f"heapsize={self.heap}", str(self._agent_path), str(self.root)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -521,9 +523,48 @@ def free_port() -> int:
         return port
 
 
+def lock_state(root: Path) -> Any:
+    """An exclusive lock on the state directory, held while the device runs: two devices on one
+    file system would overwrite each other's configuration and files."""
+    import fcntl
+
+    f = open(root / LOCK, "a+")  # noqa: SIM115 - held open for the process's life
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise WiringError(
+            f"the state directory {root} is in use by another virtual device (pid {pid}): give each "
+            "device its own --state directory"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def check_control_port(port: int) -> None:
+    """A fixed control port must be free now: the firmware binds it only once /main.py runs, and
+    would then fail where nobody reads its console."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the firmware's server binds
+        try:
+            s.bind((CONTROL_HOST, port))
+        except OSError as e:
+            raise WiringError(
+                f"--control-port {port}: {CONTROL_HOST}:{port} is in use ({e.strerror}), by another "
+                "virtual device or program: choose another port, or 0 for a free one"
+            ) from None
+
+
 def write_wiring(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The device's /.sim.json (and /.sim/ links to the host files) from the command line; returns
     the wiring. Whatever an earlier start wired and this one does not say is gone."""
+    if args.control_port:
+        check_control_port(args.control_port)
     doc: dict[str, Any] = {"control_port": args.control_port or free_port()}
     links: dict[str, Path] = {}
     if args.mic:
@@ -573,8 +614,10 @@ def run(args: argparse.Namespace) -> int:
     if args.board != "unix-sim":
         print(f"opmob virtual: board {args.board!r}: only unix-sim runs on this machine", file=sys.stderr)
         return 2
-    if not MICROPYTHON.exists():
-        print(f"opmob virtual: no MicroPython unix port at {MICROPYTHON} (run make setup)", file=sys.stderr)
+    try:
+        micropython_command()
+    except ResourceMissing as e:
+        print(f"opmob virtual: {e}", file=sys.stderr)
         return 2
     temp = args.state is None
     root = Path(tempfile.mkdtemp(prefix="opmob-device-") if temp else args.state).resolve()
@@ -582,6 +625,11 @@ def run(args: argparse.Namespace) -> int:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         print(f"opmob virtual: cannot create the state directory {root}: {e.strerror}", file=sys.stderr)
+        return 2
+    try:
+        lock = lock_state(root)
+    except WiringError as e:
+        print(f"opmob virtual: {e}", file=sys.stderr)
         return 2
     hwid = root / ".hwid"  # the virtual hardware's serial number (machine.unique_id on a board)
     if not hwid.exists():
@@ -621,6 +669,7 @@ def run(args: argparse.Namespace) -> int:
             dev.step(0.5)
     finally:
         dev.close()
+        lock.close()
         if link is not None and link.is_symlink():
             link.unlink()
         if temp:

@@ -105,7 +105,7 @@ def test_device_gone_mid_deploy_says_so_and_the_next_deploy_completes(tmp_path: 
             cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
         deadline = time.monotonic() + 30
-        while not (state / "lib" / "opmob").is_dir() and time.monotonic() < deadline:
+        while not (state / ".opmob-stage" / "lib" / "opmob").is_dir() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)
         v.proc.kill()
@@ -113,7 +113,11 @@ def test_device_gone_mid_deploy_says_so_and_the_next_deploy_completes(tmp_path: 
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, out + err
     assert "Traceback" not in err and "SerialException" not in err, err
-    assert f"the device on {v.port} stopped answering (unplugged or reset?) during writing /lib/" in err, err
+    assert (
+        f"the device on {v.port} stopped answering (unplugged or reset?) during writing /.opmob-stage/lib/"
+        in err
+    ), err
+    assert not (state / "lib").exists(), "staged files only: nothing of the new set is in use"
     assert "nothing was left half-written: run the same command again" in err
     with running(state) as v:
         r = opmob("deploy", "--port", v.port)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pty
 import shlex
+import struct
 import subprocess
 import sys
 import threading
@@ -38,7 +39,11 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     s3 = app_image(d / "app-s3.bin", bi.ESP32S3FirmwareImage)
     e32 = app_image(d / "app-esp32.bin", bi.ESP32FirmwareImage)
     part = d / "partitions.bin"
-    part.write_bytes(b"\xaa\x50" + bytes(30))
+    # One factory app partition at 0x10000 (1 MiB), as ESP-IDF's gen_esp32part writes it.
+    entry = (
+        b"\xaa\x50" + struct.pack("<BBII", 0, 0, 0x10000, 0x100000) + b"factory".ljust(16, b"\0") + bytes(4)
+    )
+    part.write_bytes(entry + b"\xff" * 32)
     out = {"s3": s3, "esp32": e32}
     # A merged image, as MicroPython ships one: bootloader, partition table, application.
     for name, chip, boot, base in (("merged-s3", "esp32s3", s3, 0x0), ("merged-esp32", "esp32", e32, 0x1000)):
@@ -59,8 +64,8 @@ def args(*argv: str) -> object:
 
 
 def test_image_info_accepts_the_built_images(images: dict[str, Path]) -> None:
-    assert flash.check_image(images["merged-s3"], "esp32s3") == "ESP32-S3"
-    assert flash.check_image(images["merged-esp32"], "esp32") == "ESP32"
+    assert flash.check_image(images["merged-s3"], "esp32s3", 0x0) == ("ESP32-S3", 0x0)
+    assert flash.check_image(images["merged-esp32"], "esp32", 0x1000) == ("ESP32", 0x1000)
     r = subprocess.run([*ESPTOOL, "image-info", str(images["merged-s3"])], capture_output=True, text=True)
     assert r.returncode == 0 and "Chip ID: 9 (ESP32-S3)" in r.stdout
 
@@ -193,3 +198,72 @@ def test_fake_port_that_says_nothing(images: dict[str, Path]) -> None:
     frames = [f for f in bytes(got).split(b"\xc0") if f]
     assert frames and all(f[:2] != b"\x00\x02" for f in frames)
     assert "written" not in r.stdout
+
+
+def _flash_app_image(path: Path) -> Path:
+    """An application as ESP-IDF links it: a segment mapped from flash (DROM), which a bootloader
+    never has."""
+    img = bi.ESP32S3FirmwareImage()
+    img.entrypoint = 0x40380000
+    seg = bi.ImageSegment(0x3C000020, bytes(range(256)) * 4)
+    seg.name = ".flash.rodata"
+    img.segments = [seg]
+    img.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_images(images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    merged = images["merged-s3"].read_bytes()
+    out: dict[str, Path] = {}
+    out["truncated"] = d / "truncated.bin"
+    out["truncated"].write_bytes(merged[: 0x10000 + 40])  # cut inside the application
+    corrupt = bytearray(merged)
+    corrupt[0x10000 + 24 + 8 + 100] ^= 0x01  # one bit of the application's segment
+    out["corrupt-app"] = d / "corrupt-app.bin"
+    out["corrupt-app"].write_bytes(bytes(corrupt))
+    out["app-only"] = _flash_app_image(d / "micropython.bin")
+    out["no-table"] = images["s3"]  # a bootloader alone
+    # The whole flash of an ESP32 from 0x0 (merge-bin's default): 0xff up to the bootloader at 0x1000.
+    full = d / "full-esp32.bin"
+    part = d / "p.bin"
+    part.write_bytes(merged[0x8000 : 0x8000 + 64])
+    r = subprocess.run(
+        [*ESPTOOL, "--chip", "esp32", "merge-bin", "-o", str(full), "0x1000", str(images["esp32"])]
+        + ["0x8000", str(part), "0x10000", str(images["esp32"])],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert full.read_bytes()[:4] == b"\xff\xff\xff\xff"
+    out["full-esp32"] = full
+    return out
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ("truncated", "its application at 0x10000 is damaged or cut short"),
+        ("corrupt-app", "its application at 0x10000 is corrupt"),
+        ("app-only", "is an application alone (such as micropython.bin)"),
+        ("no-table", "no partition table at 0x8000"),
+    ],
+)
+def test_every_part_of_the_image_is_checked(bad_images: dict[str, Path], image: str, message: str) -> None:
+    r = opmob(
+        "flash", "--board", "esp32-s3-ptt", "--port", "/dev/ttyUSB7", "--firmware", str(bad_images[image]),
+        "--print-command",
+    )  # fmt: skip
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_a_full_flash_image_is_written_at_0(bad_images: dict[str, Path]) -> None:
+    fw = str(bad_images["full-esp32"])
+    r = opmob(
+        "flash", "--board", "esp32-devkitc", "--port", "/dev/ttyUSB7", "--firmware", fw, "--print-command"
+    )
+    assert r.returncode == 0, r.stderr
+    cmd = shlex.split(r.stdout.strip())
+    assert cmd[-2:] == ["0x0", fw], cmd

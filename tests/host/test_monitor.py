@@ -58,8 +58,27 @@ def test_once_shows_a_live_relay(tmp_path: Path) -> None:
         live.send_signal(signal.SIGINT)
         stdout, _ = live.communicate(timeout=10)
         assert live.returncode == 130 and stdout.count("DEVICES") >= 2
+        # The relay stops: the view keeps its last state, marked as not live, instead of blanking.
+        live = subprocess.Popen(
+            [sys.executable, "-m", "opmob_host.cli", "monitor", "--url", f"http://127.0.0.1:{status_port}"]
+            + ["--interval", "0.3", "--timeout", "0.5"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        time.sleep(1.5)
         proc.terminate()
         proc.wait(20)
+        time.sleep(2)
+        live.send_signal(signal.SIGINT)
+        stdout, stderr = live.communicate(timeout=10)
+        assert "Traceback" not in stderr, stderr
+        last = stdout.rsplit("RELAY NOT ANSWERING since ", 1)
+        assert len(last) == 2, stdout[-2000:]
+        assert "it is not live" in last[1] and any(
+            ln.startswith(DEVICE) and "registered" in ln for ln in last[1].splitlines()
+        ), last[1]
 
 
 def test_render_busy_status() -> None:
@@ -102,3 +121,11 @@ def test_unreachable_relay() -> None:
     assert r.returncode == 1 and "cannot reach the relay" in r.stderr and "Traceback" not in r.stderr
     r = opmob("monitor", "--url", "ftp://x", "--once")
     assert r.returncode == 2 and "expected the status endpoint" in r.stderr
+
+
+def test_piped_into_head_it_stops_quietly() -> None:
+    url = f"http://127.0.0.1:{free_tcp_port()}"
+    cmd = f"{sys.executable} -m opmob_host.cli monitor --url {url} --interval 0.1 --timeout 0.2 | head -n 1"
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1, r.stdout
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr

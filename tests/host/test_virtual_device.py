@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import serial
-from virtualdev import Virtual, running
+from virtualdev import Virtual, opmob, running
 
 
 @pytest.fixture
@@ -82,3 +83,22 @@ def test_ctrl_c_interrupts_and_friendly_repl(virtual: Virtual) -> None:
         assert b"42\r\n" in until(b">>> ")
         s.write(b"\x04")
         assert b"soft reboot" in until(b">>> ")
+
+
+def test_a_control_port_in_use_or_a_shared_state_directory_is_refused(tmp_path: Path) -> None:
+    """Issue 12: both were accepted, and the second device then failed where nobody looked."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = opmob("virtual", "--state", str(tmp_path / "a"), "--control-port", str(port), timeout=30)
+        assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+        assert (
+            f"--control-port {port}: 127.0.0.1:{port} is in use" in r.stderr and "Traceback" not in r.stderr
+        )
+    with running(tmp_path / "shared") as first:
+        wiring = (tmp_path / "shared" / ".sim.json").read_text()
+        r = opmob("virtual", "--state", str(tmp_path / "shared"), timeout=30)
+        assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+        assert f"is in use by another virtual device (pid {first.proc.pid})" in r.stderr, r.stderr
+        assert (tmp_path / "shared" / ".sim.json").read_text() == wiring, "the first device's wiring is kept"
