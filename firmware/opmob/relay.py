@@ -3,9 +3,13 @@ for the devices of one site (docs/relay.md).
 
     relay = Relay(cfg, registry, store, rand, now)   # srtp=, fanout=: see Relay.__init__
     relay.on_datagram(now, addr, data) -> [(addr, bytes)]      relay.poll(now) -> [(addr, bytes)]
-    relay.next_deadline() -> float | None                        relay.status() -> dict
+    relay.next_deadline() -> int | None                          relay.status() -> dict
     relay.device_control(now, identity, "stun" | "revive" | "kill") -> [(addr, bytes)]
     relay.cancel_emergency(now, group) -> [(addr, bytes)]
+
+``now`` is integer milliseconds modulo 2^30 (opmob/ticks.py) and every deadline such an int,
+compared wrap-safely (``due``, ``tdiff``, ``earliest``); relay.toml's seconds are converted once
+(``cfg.keepalive_ms``, ``cfg.expiry_ms``, ``cfg.floor.t1_ms`` ...).
 
 One UDP port carries everything; the first bytes tell what a datagram is (RFC 7983, RFC 5761):
 0x4F ("OM") signalling, then RTP version 2 with a second byte 192..223 (RTCP packet types) SRTCP,
@@ -20,11 +24,12 @@ takes over the affiliations.
 
 import struct
 
+from opmob import relay_events as ev
 from opmob import sig, srtp, txn
-from opmob.floor_server import FloorServer
-from opmob.floorid import floor_ssrc
-from opmob.relay_link import LinkPlane
-from opmob.relay_media import MediaPlane
+from opmob.relay_groups import Groups
+from opmob.relay_link import Links
+from opmob.relay_media import Media
+from opmob.relay_requests import Requests
 from opmob.relay_session import (
     CLOSED,
     REGISTERED,
@@ -35,8 +40,10 @@ from opmob.relay_session import (
     addr_text,
     parse_registration,
 )
-from opmob.relay_sig import CHALLENGE_TTL, SigPlane
+from opmob.relay_sessions import Sessions
+from opmob.relay_sig import CHALLENGE_TTL, Signalling
 from opmob.store import StoreError
+from opmob.ticks import due, earliest, tadd
 
 _srtp_class = srtp.SrtpSession
 
@@ -90,8 +97,23 @@ COUNTERS = (
 )
 
 
-class Relay(SigPlane, MediaPlane, LinkPlane):
-    def __init__(self, cfg, registry, store, rand, now, srtp=None, fanout=None, codec=None, link_addr=None):
+class Relay:
+    """The relay core: composed of parts (sessions, groups, requests, events; the signalling,
+    media and links parts) that the driver's calls are routed through."""
+
+    def __init__(
+        self,
+        cfg,
+        registry,
+        store,
+        rand,
+        now,
+        srtp=None,
+        fanout=None,
+        codec=None,
+        link_addr=None,
+        key_log=None,
+    ):
         """``srtp``: the SRTP session class the relay makes its per-registration contexts with
         (``SrtpSession(key, salt, max_streams=n)``, the API and errors of ``opmob.srtp``; None:
         ``opmob.srtp.SrtpSession``, the pure-Python twin). A CPython driver passes the C
@@ -104,8 +126,17 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         slot``, ``close(slot)``, ``to_codec2(slot, rtp) -> [rtp]``, ``to_dvi4(slot, rtp) -> [rtp]``
         on plain RTP, WireError on bad input); None: only "dvi4" links, and a configured codec2
         link is refused here with a ValueError naming it. ``link_addr(host, port)``: the driver's
-        address for an initiating link's peer (None: the ``(host, port)`` tuple)."""
+        address for an initiating link's peer (None: the ``(host, port)`` tuple).
+
+        ``key_log``: None (the default: keys are never given out), or
+        ``key_log(label, identity, ssrc, key, salt)``, called when a hop's SRTP master key and salt
+        are established, for a capture tool to decrypt what it recorded (an SSLKEYLOGFILE-style
+        file: opt-in, test and lab use). Labels: "device_up" / "device_down" (``identity`` the
+        device, ``ssrc`` its SSRC), "link_tx" / "link_rx" (``identity`` the peer relay, ``ssrc``
+        0: every group stream on the link uses the key)."""
         self.cfg = cfg
+        self._events = ev.EventLog()
+        self._key_log = key_log
         self._srtp = _srtp_class if srtp is None else srtp
         self._fanout = fanout
         self.registry = registry
@@ -115,20 +146,30 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         for k in COUNTERS:
             c[k] = 0
         self.counters = c
-        self._sessions = {}  # session id -> Session, every state
-        self._by_identity = {}  # identity -> its registration (registered, stunned or stale)
-        self._by_ssrc = {}  # media SSRC -> registration
-        self._challenges = 0  # sessions in state challenged
-        self._floors = {}  # group -> FloorServer
-        self._floor_groups = {}  # floor server SSRC -> group
-        self._alerts = {}  # group -> identities whose emergency alert is in force
+        # Every registration, its indexes and allocators (relay_sessions.py); the planes read the
+        # indexes under their old names, only the Sessions part changes them.
+        self.sessions = Sessions(rand)
+        self._sessions = self.sessions.by_sid
+        self._by_identity = self.sessions.by_identity
+        self._by_ssrc = self.sessions.by_ssrc
+        # Every group, its floor and where it lives, its members' routes (relay_groups.py).
+        self.groups = Groups(cfg.floor, self._events, self._by_ssrc)
+        self._floors = self.groups.floors
+        self._floor_due = self.groups.due
+        self._floor_groups = self.groups.by_floor_ssrc
+        self._alerts = self.groups.alerts
+        self._attach_of = self.groups.attach_of  # group -> peer it is attached over
+        self._remote_pids = self.groups.routes  # participant -> (link, reference) over a link
         # Room for every device's requests of a whole cache lifetime: an entry evicted early turns
         # a retransmission into a replay, which is dropped, and the device would lose the relay.
         self._cache = txn.ResponseCache(max(txn.CACHE_ENTRIES, 8 * cfg.max_devices))
+        self._requests = Requests(self._cache)  # each request executed once, answered now or later
         self._busy = {}  # session id -> Session with requests in flight to its device
         self._txn_at = None
         self._sweep_at = None
-        self._links_init(now, codec, link_addr)
+        self.sig = Signalling(self)
+        self.media = Media(self)
+        self.links = Links(self, now, codec, link_addr)
         self._restore(now)
 
     # --- the driver's interface -------------------------------------------------------------------
@@ -150,24 +191,32 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
 
     def poll(self, now):
         out = self._due(now)
-        for srv in self._floors.values():
-            d = srv.next_deadline()
-            if d is not None and d <= now:
-                out.extend(self._floor_out(srv.poll(now)))
+        fd = self._floor_due
+        g = fd.first_due(now)
+        while g is not None:
+            srv = self._floors[g]
+            out.extend(self.media._floor_out(srv.poll(now)))
+            d = fd.get(g)
+            if d is not None and due(now, d):
+                break  # a server must move its deadline past now (floor_server.py); never spin
+            g = fd.first_due(now)
         self.counters["tx_datagrams"] += len(out)
         return out
 
     def next_deadline(self):
-        d = self._sweep_at
-        if self._link_at is not None and (d is None or self._link_at < d):
-            d = self._link_at
-        if self._txn_at is not None and (d is None or self._txn_at < d):
-            d = self._txn_at
-        for srv in self._floors.values():
-            t = srv.next_deadline()
-            if t is not None and (d is None or t < d):
-                d = t
-        return d
+        d = earliest(self._sweep_at, self.links._link_at)
+        d = earliest(d, self._txn_at)
+        return earliest(d, self._floor_due.earliest())
+
+    def events(self):
+        """The relay events (relay_events.py) since the last call, oldest first: the driver drains
+        them after each call it makes."""
+        return self._events.drain()
+
+    def _log_keys(self, label, identity, ssrc, key, salt):
+        kl = self._key_log
+        if kl is not None:
+            kl(label, identity, ssrc, bytes(key), bytes(salt))
 
     def dropped(self):
         """Datagrams dropped so far, all reasons together."""
@@ -185,32 +234,31 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             raise Drop("oversized")
         b0 = data[0]
         if b0 == 0x4F:
-            return self._on_sig(now, addr, data)
+            return self.sig._on_sig(now, addr, data)
         if b0 >> 6 == 2:
             # RFC 5761: RTCP packet types 192..223 sit where RTP payload types 64..95 with the
             # marker bit would, which an RTP session must not use.
             rtcp = n > 1 and 192 <= data[1] <= 223
-            if self._link_media and n >= 12:
+            if self.links._link_media and n >= 12:
                 # A stream on a link is known by its SSRC, as a device's is.
-                lm = self._link_media.get(struct.unpack_from(">I", data, 4 if rtcp else 8)[0])
+                lm = self.links._link_media.get(struct.unpack_from(">I", data, 4 if rtcp else 8)[0])
                 if lm is not None:
                     if rtcp:
-                        return self._on_link_rtcp(now, addr, data, lm[0], lm[1])
-                    return self._on_link_rtp(now, addr, data, lm[0], lm[1])
+                        return self.links._on_link_rtcp(now, addr, data, lm[0], lm[1])
+                    return self.links._on_link_rtp(now, addr, data, lm[0], lm[1])
             if rtcp:
-                return self._on_rtcp(now, addr, data)
-            return self._on_rtp(now, addr, data)
+                return self.media._on_rtcp(now, addr, data)
+            return self.media._on_rtp(now, addr, data)
         raise Drop("not_ours")
 
     # --- timers -----------------------------------------------------------------------------------
 
     def _arm(self, t):
-        if self._sweep_at is None or t < self._sweep_at:
-            self._sweep_at = t
+        self._sweep_at = earliest(self._sweep_at, t)
 
     def _due(self, now):
         out = []
-        if self._txn_at is not None and now >= self._txn_at:
+        if self._txn_at is not None and due(now, self._txn_at):
             nxt = None
             for sid in list(self._busy):
                 s = self._busy[sid]
@@ -226,17 +274,17 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
                     del self._busy[sid]
                     if s.state == CLOSED:
                         self._arm(now)
-                elif nxt is None or d < nxt:
-                    nxt = d
+                else:
+                    nxt = earliest(nxt, d)
             self._txn_at = nxt
-        if self._sweep_at is not None and now >= self._sweep_at:
+        if self._sweep_at is not None and due(now, self._sweep_at):
             out.extend(self._sweep(now))
-        if self._link_at is not None and now >= self._link_at:
-            out.extend(self._link_poll(now))
+        if self.links._link_at is not None and due(now, self.links._link_at):
+            out.extend(self.links._link_poll(now))
         return out
 
     def _silent_after(self):
-        return (SILENT_KEEPALIVES + 0.5) * self.cfg.keepalive
+        return (2 * SILENT_KEEPALIVES + 1) * self.cfg.keepalive_ms // 2
 
     def _sweep(self, now):
         out = []
@@ -251,25 +299,22 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
                 if sid in self._busy:
                     continue  # ends when its requests are answered or time out
                 d = s.expires_at if s.expires_at is not None else now
-                if now >= d:
+                if due(now, d):
                     del self._sessions[sid]
                     s.drop_keys()
                     continue
             elif st == REGISTERED or st == STUNNED or st == STALE:
-                d = s.last_seen + silent
-                if s.expires_at is not None and s.expires_at < d:
-                    d = s.expires_at
-                if now >= d:
+                d = earliest(tadd(s.last_seen, silent), s.expires_at)
+                if due(now, d):
                     self.counters["sessions_expired"] += 1
-                    out.extend(self._end(now, s, False))
+                    out.extend(self._end(now, s, False, cause="expired"))
                     continue
             else:
-                d = s.created + CHALLENGE_TTL
-                if now >= d:
-                    self._forget_challenge(s)
+                d = tadd(s.created, CHALLENGE_TTL)
+                if due(now, d):
+                    self.sessions.forget_challenge(s)
                     continue
-            if nxt is None or d < nxt:
-                nxt = d
+            nxt = earliest(nxt, d)
         self._cache.expire(now)
         self._sweep_at = nxt
         return out
@@ -280,26 +325,10 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         return struct.unpack(">I", self.rand(4))[0]
 
     def _new_sid(self):
-        while True:
-            sid = self._rand_u32()
-            if sid and sid not in self._sessions and sid not in self._link_by_sid:
-                return sid
+        return self.sessions.new_sid(self.links._link_by_sid)
 
     def _new_ssrc(self):
-        while True:
-            v = self._rand_u32()
-            if v and v not in self._by_ssrc and v not in self._floor_groups and v not in self._link_media:
-                return v
-
-    def _index(self, s):
-        self._by_identity[s.identity] = s
-        self._by_ssrc[s.ssrc] = s
-
-    def _unindex(self, s):
-        if self._by_identity.get(s.identity) is s:
-            del self._by_identity[s.identity]
-        if self._by_ssrc.get(s.ssrc) is s:
-            del self._by_ssrc[s.ssrc]
+        return self.sessions.new_ssrc(self._floor_groups, self.links._link_media)
 
     def _seen(self, s, now, addr):
         s.last_seen = now
@@ -315,22 +344,19 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         if old.state == REGISTERED and new_state != REGISTERED:
             for a in old.affs:
                 out.extend(self._leave(now, old.identity, a[0]))
-        self._unindex(old)
-        if self._sessions.get(old.sid) is old:
-            del self._sessions[old.sid]
+        self.sessions.retire(old)
         self._busy.pop(old.sid, None)
-        old.state = CLOSED
-        old.txns = None
-        old.drop_keys()
         return out
 
-    def _end(self, now, s, linger, keep_txns=False):
+    def _end(self, now, s, linger, keep_txns=False, cause="deregistered"):
         """The registration is over (de-registered, silent, expired, killed)."""
         out = []
+        if s.state != CLOSED:
+            self._events.add((ev.DEREGISTERED, s.identity, cause))
         if s.state == REGISTERED:
             for a in s.affs:
                 out.extend(self._leave(now, s.identity, a[0]))
-        self._unindex(s)
+        self.sessions.unindex(s)
         self._unsave(s.identity)
         s.state = CLOSED
         s.srtp_rx = s.srtp_tx = None
@@ -339,7 +365,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             self._busy.pop(s.sid, None)
         if linger:
             # Its keys stay a cache lifetime, so a retransmitted request gets its cached answer.
-            s.expires_at = now + txn.CACHE_TTL
+            s.expires_at = tadd(now, txn.CACHE_TTL)
             self._arm(s.expires_at)
         elif s.sid in self._busy:
             s.expires_at = now
@@ -351,15 +377,9 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
     # --- floors -----------------------------------------------------------------------------------
 
     def _floor(self, g):
-        srv = self._floors.get(g)
+        srv = self.groups.floor(g)
         if srv is None:
-            f = floor_ssrc(g)
-            if f in self._floor_groups or f in self._by_ssrc:
-                self.counters["floor_ssrc_collisions"] += 1
-                return None
-            srv = FloorServer(g, self.cfg.floor, server_ssrc=f)
-            self._floors[g] = srv
-            self._floor_groups[f] = g
+            self.counters["floor_ssrc_collisions"] += 1
         return srv
 
     def _join(self, now, s, g):
@@ -370,19 +390,25 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         grp = self.registry.group(g)
         ceiling = dev.ceiling if dev is not None else 0
         ro = grp is not None and s.identity in grp.receive_only
-        out = self._floor_out(srv.join(now, s.identity, s.identity, s.ssrc, ceiling=ceiling, receive_only=ro))
+        if self._remote_pids:
+            self.groups.route_local(s.identity, g)
+        out = self.media._floor_out(
+            srv.join(now, s.identity, s.identity, s.ssrc, ceiling=ceiling, receive_only=ro)
+        )
         if self._attach_of:
-            out.extend(self._late_entry(s, g))
-            out.extend(self._links_changed(now, g))
+            out.extend(self.links._late_entry(s, g))
+            out.extend(self.links._links_changed(now, g))
         return out
 
     def _leave(self, now, identity, g):
         srv = self._floors.get(g)
         if srv is None:
             return []
-        out = self._floor_out(srv.leave(now, identity))
+        if self._remote_pids and self.groups.routed_remote(identity, g) is not None:
+            return []  # the member talks through another relay now: that route stays
+        out = self.media._floor_out(srv.leave(now, identity))
         if self._attach_of:
-            out.extend(self._links_changed(now, g, self._by_identity.get(identity)))
+            out.extend(self.links._links_changed(now, g, self._by_identity.get(identity)))
         return out
 
     # --- the store --------------------------------------------------------------------------------
@@ -444,15 +470,13 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
                 self._unsave(ident)
                 continue
             s = Session(ident, sid, addr, now)
-            s.state = STALE
             s.ssrc = ssrc
             s.key_id = key_id
             s.affs = affs
-            self._sessions[sid] = s
-            self._index(s)
+            self.sessions.restore(s)
             self.counters["restored"] += 1
         if self._sessions:
-            self._arm(now + self._silent_after())
+            self._arm(tadd(now, self._silent_after()))
 
     # --- operator interface -----------------------------------------------------------------------
 
@@ -467,15 +491,16 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         if dev.status == "killed":
             raise ValueError("device is killed; that is final")
         out = self._due(now)
+        self._events.add((ev.DEVICE_CONTROL, identity, action))
         s = self._by_identity.get(identity)
         live = s is not None and s.live
         if action == "kill":
             if live:
                 # Ordered while the registry still holds the device: the proof needs its secret.
-                out.extend(self._control(now, s, code))
+                out.extend(self.sig._control(now, s, code))
             self.registry.set_status(identity, _ACTION_STATUS[action])
             if s is not None:
-                out.extend(self._end(now, s, False, keep_txns=live))
+                out.extend(self._end(now, s, False, keep_txns=live, cause="killed"))
             self._set_revive_pending(identity, False)
         elif action == "stun":
             self.registry.set_status(identity, _ACTION_STATUS[action])
@@ -485,14 +510,14 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
                         out.extend(self._leave(now, identity, a[0]))
                 s.state = STUNNED
                 s.revive_pending = False
-                out.extend(self._control(now, s, code))
+                out.extend(self.sig._control(now, s, code))
             self._set_revive_pending(identity, False)
         else:
             self.registry.set_status(identity, _ACTION_STATUS[action])
             if live:
                 # The order first, so the device is itself again when the floor state arrives.
                 s.revive_pending = True
-                out.extend(self._control(now, s, code))
+                out.extend(self.sig._control(now, s, code))
                 if s.state == STUNNED:
                     s.state = REGISTERED
                     for a in s.affs:
@@ -509,10 +534,11 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         out = self._due(now)
         srv = self._floors.get(group)
         if srv is not None:
-            out.extend(self._floor_out(srv.cancel_emergency(now, None)))
-            out.extend(self._floor_out(srv.cancel_imminent_peril(now, None)))
+            out.extend(self.media._floor_out(srv.cancel_emergency(now, None)))
+            out.extend(self.media._floor_out(srv.cancel_imminent_peril(now, None)))
         if self._alerts.pop(group, None):
-            out.extend(self._tell_members(now, group, None, sig.EMERGENCY_CANCEL))
+            out.extend(self.sig._tell_members(now, group, None, sig.EMERGENCY_CANCEL))
+        self._events.add((ev.EMERGENCY_CANCELLED, group, None))
         self.counters["emergency_cancels"] += 1
         self.counters["tx_datagrams"] += len(out)
         return out
@@ -562,6 +588,6 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             "groups": groups,
             "stunned": sorted(stunned),
             "killed": sorted(killed),
-            "links": self.links_status(),
+            "links": self.links.links_status(),
             "counters": dict(self.counters),
         }

@@ -1,4 +1,4 @@
-"""Relay-to-relay links (a mixin of ``Relay``): docs/relay.md "Links", docs/protocol.md §6.5, §8.4, §8.5.
+"""Relay-to-relay links (the relay's links part, ``Relay.links``): docs/relay.md "Links", docs/protocol.md §6.5, §8.4, §8.5.
 
 A configured ``[[link]]`` joins this relay to a peer relay of the same system. The initiator (the
 side with host/port) sends LINK_HELLO until answered; the responder accepts it only from a
@@ -21,40 +21,26 @@ stands for every other member over there: messages to it are broadcast there.
 import struct
 
 from opmob import authvec, mcpt, sig, txn
-from opmob.errors import AuthFailed, BadValue, WireError
+from opmob import relay_events as ev
+from opmob.errors import BadValue, WireError
 from opmob.floorid import floor_ssrc
-from opmob.relay_session import REGISTERED, Drop
-
-AGREEMENT = 0  # links inside one system: no roaming agreement
-GRANTS = 0
-LINK_DOWN = "down"  # responder: waiting for the peer's LINK_HELLO
-LINK_CONNECTING = "connecting"  # initiator: LINK_HELLO/LINK_AUTH in flight or waiting to retry
-LINK_UP = "up"
-RETRY_MIN = 1.0  # s before the first re-HELLO after a failure; doubles up to RETRY_MAX
-RETRY_MAX = 30.0
-LINK_SILENT_KEEPALIVES = 3  # keep-alive intervals without a word before a link is declared down
-LINK_STREAMS = 1024  # SRTP streams per link context: two per attached group and direction
-
-ATTACHING = "attaching"
-ATTACHED = "attached"
-
-LINK_COUNTERS = (
-    "hellos",
-    "challenges",
-    "auth_failed",
-    "ups",
-    "downs",
-    "keepalives",
-    "attaches",
-    "detaches",
-    "voice_in",
-    "voice_out",
-    "voice_payload_out",
-    "floor_in",
-    "floor_out",
-    "transcode_errors",
-    "errors",
+from opmob.relay_groups import ATTACHED, ATTACHING
+from opmob.relay_peer import (  # noqa: F401  (names this module had before Peer moved out)
+    AGREEMENT,
+    GRANTS,
+    LINK_CONNECTING,
+    LINK_COUNTERS,
+    LINK_DOWN,
+    LINK_SILENT_KEEPALIVES,
+    LINK_STREAMS,
+    LINK_UP,
+    RETRY_MAX,
+    RETRY_MIN,
+    Link,
+    Peer,
 )
+from opmob.relay_session import REGISTERED, Drop
+from opmob.ticks import due, earliest
 
 
 def _copy(m, **changes):
@@ -79,6 +65,7 @@ class LinkGroup:
         "holder",
         "last_bcast",
         "remote",
+        "by_ref",
         "slots",
         "seq",
         "ext",
@@ -92,75 +79,38 @@ class LinkGroup:
         self.engaged = {}  # participating: member SSRC -> identity, known by reference there
         self.holder = None  # participating: the local member the controller granted the floor
         self.last_bcast = None  # participating: the floor state last broadcast, for late joiners
-        self.remote = {}  # controlling: pid -> reference, members known by Track Info
+        self.remote = {}  # controlling: pid (the member's user identity) -> its reference over there
+        self.by_ref = {}  # controlling: reference -> pid
         self.slots = {}  # "out" / "in" -> transcoder slot
         self.seq = 0  # sequence numbers of the untranscoded stream this relay sends on the link
         self.ext = None  # 48-bit index of the last packet received on the link (for fan-out)
 
 
-class Link:
-    __slots__ = (
-        "cfg",
-        "peer",
-        "state",
-        "sid",
-        "addr",
-        "tx",
-        "rx",
-        "srtp_tx",
-        "srtp_rx",
-        "txns",
-        "window",
-        "pend",
-        "hello",
-        "retry_at",
-        "backoff",
-        "last_seen",
-        "ka_at",
-        "att",
-        "served",
-        "counters",
-    )
+class Links:
+    """The relay's links part (composed into ``Relay`` as ``relay.links``): groups attached and
+    served over links, their floor control and voice across them. Each link's own state machine
+    is a ``relay_peer.Peer``; this part routes datagrams to it and acts on groups when it goes up
+    or down."""
 
-    def __init__(self, lcfg, addr):
-        self.cfg = lcfg
-        self.peer = lcfg.peer
-        self.state = LINK_CONNECTING if lcfg.initiator else LINK_DOWN
-        self.sid = 0
-        self.addr = addr
-        self.tx = self.rx = self.srtp_tx = self.srtp_rx = None
-        self.txns = None
-        self.window = None
-        self.pend = None  # responder: (sid, nonce_i, nonce_r, keys, tx, rx) of an unanswered challenge
-        self.hello = None  # initiator: (txid, nonce_i) of the LINK_HELLO in flight
-        self.retry_at = None
-        self.backoff = RETRY_MIN
-        self.last_seen = 0.0
-        self.ka_at = None
-        self.att = {}  # group -> LinkGroup this relay participates in over the link
-        self.served = {}  # group -> LinkGroup the peer participates in, controlled here
-        c = {}
-        for k in LINK_COUNTERS:
-            c[k] = 0
-        self.counters = c
+    def __init__(self, relay, now, codec, link_addr):
+        self.r = relay  # what spans parts: a registration's life, floors joined, the store
+        self.cache = relay._cache
+        self.cfg = relay.cfg
+        self.counters = relay.counters
+        self.events = relay._events
+        self.groups = relay.groups
+        self.key_log = relay._key_log
+        self.rand = relay.rand
+        self.registry = relay.registry
+        self.sessions = relay.sessions
+        self.srtp_cls = relay._srtp
+        self._links_init(now, codec, link_addr)
 
-    @property
-    def up(self):
-        return self.state == LINK_UP
-
-    @property
-    def pid(self):
-        return "link:" + self.peer
-
-
-class LinkPlane:
     def _links_init(self, now, codec, link_addr):
         self._codec = codec
         self._links = {}  # peer -> Link
         self._link_by_sid = {}  # link session id this relay allocated (responder) -> Link
         self._link_media = {}  # SSRC on a link -> (Link, LinkGroup)
-        self._remote_pids = {}  # controlling: floor participant id -> (Link, reference or None)
-        self._attach_of = {}  # group -> peer it is attached over
         self._link_at = None
         for lk in self.cfg.links:
             if lk.transcodes and codec is None:
@@ -173,12 +123,20 @@ class LinkPlane:
             addr = None
             if lk.initiator:
                 addr = link_addr(lk.host, lk.port) if link_addr is not None else (lk.host, lk.port)
-            link = Link(lk, addr)
-            if lk.initiator:
-                link.retry_at = now
+            link = Peer(
+                lk,
+                self.cfg.identity,
+                addr,
+                self.rand,
+                self.srtp_cls,
+                self.cfg.keepalive_ms,
+                int(self.cfg.expiry),
+                now,
+                self.key_log,
+            )
             self._links[lk.peer] = link
             for g in lk.attach:
-                self._attach_of[g] = lk.peer
+                self.groups.attach_of[g] = lk.peer
         self._link_rearm()
 
     # --- timers -----------------------------------------------------------------------------------
@@ -186,70 +144,28 @@ class LinkPlane:
     def _link_rearm(self):
         d = None
         for link in self._links.values():
-            for t in (link.retry_at, link.ka_at, link.txns.deadline() if link.txns is not None else None):
-                if t is not None and (d is None or t < d):
-                    d = t
-            if link.up:
-                t = link.last_seen + self._link_silent()
-                if d is None or t < d:
-                    d = t
+            d = earliest(d, link.next_deadline())
         self._link_at = d
-
-    def _link_silent(self):
-        return (LINK_SILENT_KEEPALIVES + 0.5) * self.cfg.keepalive
 
     def _link_poll(self, now):
         out = []
-        if self._link_at is None or now < self._link_at:
+        if self._link_at is None or not due(now, self._link_at):
             return out
         for link in self._links.values():
-            if link.txns is not None:
-                resend, dead = link.txns.poll(now)
-                for data in resend:
-                    out.append((link.addr, data))
-                for t in dead:
-                    if t.type in (sig.LINK_HELLO, sig.LINK_AUTH) and not link.up:
-                        self._link_retry(now, link)
-            if link.up and now >= link.last_seen + self._link_silent():
+            resend, silent = link.poll(now)
+            for data in resend:
+                out.append((link.addr, data))
+            if silent:
                 out.extend(self._link_down(now, link))
-            if link.retry_at is not None and now >= link.retry_at:
-                out.extend(self._link_hello(now, link))
-            if link.up and link.ka_at is not None and now >= link.ka_at:
-                link.ka_at = now + self.cfg.keepalive
-                if link.cfg.initiator:
-                    out.append(self._link_request(now, link, sig.KEEPALIVE, max_sends=1))
+            sent, ticked = link.tick(now)
+            for data in sent:
+                out.append((link.addr, data))
+            if ticked:
                 out.extend(self._link_sync(now, link))
         self._link_rearm()
         return out
 
-    def _link_retry(self, now, link):
-        link.hello = None
-        link.txns = None
-        link.state = LINK_CONNECTING
-        link.retry_at = now + link.backoff
-        link.backoff = min(RETRY_MAX, link.backoff * 2)
-
-    # --- handshake --------------------------------------------------------------------------------
-
-    def _link_hello(self, now, link):
-        link.retry_at = None
-        link.state = LINK_CONNECTING
-        nonce = self.rand(authvec.NONCE_LEN)
-        link.txns = txn.Transactions(self._rand_u32(), answers=sig.answers)
-        txid = link.txns.new_txid()
-        m = sig.SigMsg(
-            sig.LINK_HELLO,
-            txid=txid,
-            relay=self.cfg.identity,
-            peer=link.peer,
-            nonce=nonce,
-            agreement=AGREEMENT,
-        )
-        data = sig.encode(m)
-        link.txns.start(now, data)
-        link.hello = (txid, nonce)
-        link.counters["hellos"] += 1
-        return [(link.addr, data)]
+    # --- handshake: the Peer does it (relay_peer.py); here the relay's part ---------------------------
 
     def _link_owns(self, h):
         if h.down:
@@ -268,7 +184,7 @@ class LinkPlane:
             for lk in self._links.values():
                 if lk.cfg.initiator and (
                     (lk.sid == h.session and lk.rx is not None)
-                    or (h.type == sig.LINK_CHALLENGE and lk.hello is not None and lk.hello[0] == h.txid)
+                    or (h.type == sig.LINK_CHALLENGE and lk.answers_hello(h.txid))
                 ):
                     link = lk
                     break
@@ -279,9 +195,8 @@ class LinkPlane:
             key = link.rx
         else:
             link = self._link_by_sid[h.session]
-            if link.pend is not None and link.pend[0] == h.session:
-                key = link.pend[5]
-            elif link.sid == h.session:
+            key = link.auth_key(h.session)
+            if key is None and link.sid == h.session:
                 key = link.rx
         if key is None:
             raise Drop("link_unknown_session")
@@ -292,26 +207,23 @@ class LinkPlane:
         if msg.is_response:
             return self._on_link_response(now, addr, link, msg)
         peer = link.pid
-        again = self._retransmitted(now, addr, peer, msg.txid)
+        again = self.r.sig._retransmitted(now, addr, peer, msg.txid)
         if again is not None:
             return again
         if msg.type == sig.LINK_AUTH:
             return self._on_link_auth(now, addr, link, h.session, msg)
         if link.sid != h.session or not link.up:
             raise Drop("link_unknown_session")
-        if not link.window.fresh(msg.txid):
+        if not link.fresh_request(now, addr, msg.txid):
             raise Drop("link_replayed")
-        link.window.accept(msg.txid)
-        link.last_seen = now
-        link.addr = addr
-        return self._answer_once(now, addr, peer, msg.txid, self._link_request_in, link, msg)
+        return self.r.sig._answer_once(now, addr, peer, msg.txid, self._link_request_in, link, msg)
 
     def _on_link_hello(self, now, addr, data):
         try:
             msg = sig.decode(data)
         except WireError as e:
             raise Drop("link_" + e.counter)
-        cached = self._cache.lookup(now, addr, msg.txid)
+        cached = self.cache.lookup(now, addr, msg.txid)
         if cached is not None and cached is not txn.PENDING:
             self.counters["sig_retransmits"] += 1
             return [(addr, cached)]
@@ -322,24 +234,12 @@ class LinkPlane:
             raise Drop("link_wrong_peer")
         if msg.agreement != AGREEMENT:
             raise Drop("link_bad_agreement")
-        link.counters["hellos"] += 1
         if link.pend is not None:
             self._link_by_sid.pop(link.pend[0], None)
-        sid = self._new_sid()
-        nonce_r = self.rand(authvec.NONCE_LEN)
-        psk = link.cfg.psk
-        me = self.cfg.identity
-        proof = authvec.link_proof(psk, True, link.peer, me, msg.nonce, nonce_r, AGREEMENT)
-        keys = authvec.link_keys(psk, link.peer, me, msg.nonce, nonce_r, AGREEMENT)
-        tx, rx = sig.keys(keys, True)
-        link.pend = (sid, msg.nonce, nonce_r, keys, tx, rx)
+        sid = self.r._new_sid()
+        resp = link.challenge(now, msg, sid, self.rand(authvec.NONCE_LEN))
         self._link_by_sid[sid] = link
-        link.counters["challenges"] += 1
-        ch = sig.SigMsg(
-            sig.LINK_CHALLENGE, txid=msg.txid, session=sid, down=True, relay=me, nonce=nonce_r, proof=proof
-        )
-        resp = sig.encode(ch)
-        self._cache.store(now, addr, msg.txid, resp)
+        self.cache.store(now, addr, msg.txid, resp)
         return [(addr, resp)]
 
     def _on_link_challenge(self, now, addr, link, data):
@@ -349,75 +249,33 @@ class LinkPlane:
             raise Drop("link_" + e.counter)
         if link.txns is None or link.txns.on_response(msg.txid, msg.type) is None:
             raise Drop("link_unsolicited_response")
-        nonce_i = link.hello[1]
-        link.hello = None
-        me = self.cfg.identity
-        psk = link.cfg.psk
-        try:
-            if msg.relay != link.peer:
-                raise AuthFailed("challenge from another relay")
-            authvec.check_link_proof(psk, True, me, link.peer, nonce_i, msg.nonce, AGREEMENT, msg.proof)
-        except AuthFailed:
-            # Not our peer, or not our key: nothing is sent that could help a guesser.
-            link.counters["auth_failed"] += 1
-            self._link_retry(now, link)
-            self._link_rearm()
-            raise Drop("link_auth_failed")
-        keys = authvec.link_keys(psk, me, link.peer, nonce_i, msg.nonce, AGREEMENT)
-        link.tx, link.rx = sig.keys(keys, False)
-        link.sid = msg.session
-        link.srtp_tx = self._srtp(keys.srtp_up_key, keys.srtp_up_salt, max_streams=LINK_STREAMS)
-        link.srtp_rx = self._srtp(keys.srtp_down_key, keys.srtp_down_salt, max_streams=LINK_STREAMS)
-        proof = authvec.link_proof(psk, False, me, link.peer, nonce_i, msg.nonce, AGREEMENT)
-        out = [self._link_request(now, link, sig.LINK_AUTH, proof=proof)]
+        auth = link.on_challenge(now, msg)
         self._link_rearm()
-        return out
+        if auth is None:
+            raise Drop("link_auth_failed")
+        return [(link.addr, auth)]
 
     def _on_link_auth(self, now, addr, link, sid, msg):
-        p = link.pend
-        if p is None or p[0] != sid:
+        if link.pend is None or link.pend[0] != sid:
             raise Drop("link_unknown_session")
-        psk = link.cfg.psk
-        try:
-            authvec.check_link_proof(
-                psk, False, link.peer, self.cfg.identity, p[1], p[2], AGREEMENT, msg.proof
-            )
-        except AuthFailed:
-            link.counters["auth_failed"] += 1
+        if not link.auth_ok(sid, msg):
             raise Drop("link_auth_failed")
         out = []
         if link.up:
             # The peer restarted and proved the key again: the new session replaces the old.
             out.extend(self._link_down(now, link))
-        link.pend = None
         old = link.sid
         if old and old != sid:
             self._link_by_sid.pop(old, None)
-        keys = p[3]
-        link.sid = sid
-        link.tx, link.rx = p[4], p[5]
-        link.srtp_rx = self._srtp(keys.srtp_up_key, keys.srtp_up_salt, max_streams=LINK_STREAMS)
-        link.srtp_tx = self._srtp(keys.srtp_down_key, keys.srtp_down_salt, max_streams=LINK_STREAMS)
-        link.window = txn.ReplayWindow()
-        link.window.accept(msg.txid)
-        link.txns = txn.Transactions(self._rand_u32(), answers=sig.answers)
-        link.addr = addr
-        ack = msg.reply(
-            sig.LINK_ACK, keepalive=self._keepalive_s(), expiry=int(self.cfg.expiry), grants=GRANTS
-        )
-        resp = sig.encode(ack, link.tx)
-        self._cache.store(now, link.pid, msg.txid, resp)
+        resp = link.accept(now, addr, sid, msg)
+        self.cache.store(now, link.pid, msg.txid, resp)
         out.insert(0, (addr, resp))
         out.extend(self._link_opened(now, link))
         return out
 
     def _link_opened(self, now, link):
-        link.state = LINK_UP
-        link.last_seen = now
-        link.backoff = RETRY_MIN
-        link.retry_at = None
-        link.ka_at = now + self.cfg.keepalive
-        link.counters["ups"] += 1
+        link.opened(now)
+        self.events.add((ev.LINK_UP, link.peer))
         out = self._link_sync(now, link)
         self._link_rearm()
         return out
@@ -426,7 +284,7 @@ class LinkPlane:
         """The link is gone: the controlling side forgets the peer's members (a floor one of them
         holds is released); the participating side arbitrates its groups locally again."""
         out = []
-        link.counters["downs"] += 1
+        self.events.add((ev.LINK_DOWN, link.peer))
         link.state = LINK_DOWN
         for g, lg in list(link.served.items()):
             out.extend(self._unserve(now, link, lg))
@@ -434,34 +292,19 @@ class LinkPlane:
             out.extend(self._unattach(now, link, lg))
         if link.sid:
             self._link_by_sid.pop(link.sid, None)
-        link.sid = 0
-        link.tx = link.rx = link.srtp_tx = link.srtp_rx = link.window = None
-        link.txns = None
-        link.ka_at = None
-        if link.cfg.initiator:
-            self._link_retry(now, link)
-        else:
-            link.state = LINK_DOWN
+        link.reset(now)
         self._link_rearm()
         return out
 
     # --- requests ---------------------------------------------------------------------------------
 
     def _link_request(self, now, link, mtype, ctx=None, max_sends=None, **fields):
-        m = sig.SigMsg(
-            mtype, txid=link.txns.new_txid(), session=link.sid, down=not link.cfg.initiator, **fields
-        )
-        data = sig.encode(m, link.tx)
-        link.txns.start(now, data, ctx=ctx, max_sends=max_sends)
-        return (link.addr, data)
+        return (link.addr, link.request(now, mtype, ctx=ctx, max_sends=max_sends, **fields))
 
     def _on_link_response(self, now, addr, link, msg):
-        if link.txns is None:
-            raise Drop("link_unsolicited_response")
-        t = link.txns.on_response(msg.txid, msg.type)
+        t = link.on_response(now, msg)
         if t is None:
             raise Drop("link_unsolicited_response")
-        link.last_seen = now
         out = []
         if msg.type == sig.LINK_ACK:
             out.extend(self._link_opened(now, link))
@@ -498,10 +341,10 @@ class LinkPlane:
 
     def _on_group_attach(self, now, link, msg):
         g = msg.group
-        if g in self._attach_of or self.registry.group(g) is None:
+        if g in self.groups.attach_of or self.registry.group(g) is None:
             # Not controlled here: homed elsewhere, or attached by this relay itself.
             return sig.encode(msg.reply(sig.ERROR, cause=sig.CAUSE_UNKNOWN_GROUP), link.tx), []
-        srv = self._floor(g)
+        srv = self.r._floor(g)
         if srv is None:
             return sig.encode(msg.reply(sig.ERROR, cause=sig.CAUSE_NO_RESOURCES), link.tx), []
         lg = link.served.get(g)
@@ -512,23 +355,25 @@ class LinkPlane:
             lg.ssrc = self._new_link_ssrc()
             link.served[g] = lg
             self._link_media[lg.ssrc] = (link, lg)
-            self._remote_pids[link.pid] = (link, None)
+            self.groups.routes[link.pid] = (link, None)
             link.counters["attaches"] += 1
             # Never a talker itself, but it stands for members who may request the floor: its
             # Floor Taken must say they may (the participating relay restricts receive-only ones).
-            out = self._floor_out(srv.join(now, link.pid, link.peer, lg.ssrc, ceiling=0))
+            out = self.r.media._floor_out(srv.join(now, link.pid, link.peer, lg.ssrc, ceiling=0))
         ack = msg.reply(sig.GROUP_ATTACH_ACK, floor_ssrc=srv.server_ssrc, ssrc=lg.ssrc)
         return sig.encode(ack, link.tx), out
 
     def _unserve(self, now, link, lg):
         out = []
-        srv = self._floors.get(lg.group)
+        srv = self.groups.floors.get(lg.group)
         pids = list(lg.remote) + [link.pid]
         for pid in pids:
             if srv is not None:
-                out.extend(self._floor_out(srv.leave(now, pid)))
+                out.extend(self.r.media._floor_out(srv.leave(now, pid)))
         for pid in lg.remote:
-            self._remote_pids.pop(pid, None)
+            self.groups.routes.pop(pid, None)
+        lg.remote = {}
+        lg.by_ref = {}
         link.served.pop(lg.group, None)
         self._link_media.pop(lg.ssrc, None)
         self._close_slots(lg)
@@ -542,12 +387,12 @@ class LinkPlane:
             self._link_media.pop(lg.ssrc, None)
             self._link_media.pop(floor_ssrc(lg.group), None)
         self._close_slots(lg)
-        srv = self._floors.get(lg.group)
+        srv = self.groups.floors.get(lg.group)
         if srv is not None:
             for pid in srv.members:
-                s = self._by_identity.get(pid)
+                s = self.sessions.by_identity.get(pid)
                 if s is not None and s.state == REGISTERED:
-                    out.extend(self._join(now, s, lg.group))
+                    out.extend(self.r._join(now, s, lg.group))
         return out
 
     def _close_slots(self, lg):
@@ -558,7 +403,7 @@ class LinkPlane:
 
     def _new_link_ssrc(self):
         while True:
-            v = self._new_ssrc()
+            v = self.r._new_ssrc()
             if v not in self._link_media:
                 return v
 
@@ -573,11 +418,11 @@ class LinkPlane:
         if not link.up:
             return out
         for g in link.cfg.attach:
-            srv = self._floors.get(g)
+            srv = self.groups.floors.get(g)
             members = 0
             if srv is not None:
                 for pid in srv.members:
-                    if pid in self._by_identity:
+                    if pid in self.sessions.by_identity:
                         members += 1
             lg = link.att.get(g)
             if lg is None and members and srv.holder is None and not srv.queue:
@@ -601,18 +446,11 @@ class LinkPlane:
 
     def _att_up(self, g):
         """The LinkGroup when ``g`` is attached over a link that is up, else None."""
-        peer = self._attach_of.get(g)
-        if peer is None:
-            return None
-        link = self._links[peer]
-        lg = link.att.get(g)
-        if lg is None or lg.state != ATTACHED or not link.up:
-            return None
-        return lg
+        return self.groups.attached_up(g, self._links)
 
     def _links_changed(self, now, g, left=None):
         """Local membership of ``g`` changed; ``left``: the session of a member that left."""
-        peer = self._attach_of.get(g)
+        peer = self.groups.attach_of.get(g)
         if peer is None:
             return []
         out = []
@@ -635,7 +473,7 @@ class LinkPlane:
 
     def _floor_to_link(self, pid, msg):
         """A FloorServer message for a participant over a link: one SRTCP datagram or None."""
-        r = self._remote_pids.get(pid)
+        r = self.groups.routes.get(pid)
         if r is None:
             return None
         link, ref = r
@@ -684,42 +522,46 @@ class LinkPlane:
         return self._floor_from_controlling(now, link, lg, msgs)
 
     def _floor_from_participating(self, now, link, lg, msgs):
-        srv = self._floors.get(lg.group)
+        srv = self.groups.floors.get(lg.group)
         if srv is None:
             raise Drop("rtcp_no_group")
         out = []
         for m in msgs:
             ti = m.track_info
             if ti is None or not ti.refs:
-                out.extend(self._floor_out(srv.on_message(now, link.pid, m)))
+                out.extend(self.r.media._floor_out(srv.on_message(now, link.pid, m)))
                 continue
             ref = ti.refs[0]
-            pid = "%s#%d" % (link.pid, ref)
             m.track_info = None
-            if pid not in lg.remote:
-                user = m.user_id if m.user_id is not None else pid
+            pid = lg.by_ref.get(ref)
+            if pid is None:
+                # A member over there is a participant under its user identity, which stays the
+                # same whichever relay it talks through; its route (link and reference) is kept
+                # beside it. Only a member whose first message names no user (a Floor Request
+                # carries it; anything else first is unusual) gets a name from its route.
+                pid = m.user_id if m.user_id is not None else "%s#%d" % (link.pid, ref)
+                user = pid
                 dev = self.registry.device(user)
                 grp = self.registry.group(lg.group)
                 ceiling = dev.ceiling if dev is not None else 0
                 ro = grp is not None and user in grp.receive_only
-                lg.remote[pid] = ref
-                self._remote_pids[pid] = (link, ref)
+                self.groups.route_remote(pid, link, lg, ref)
                 # Its relay told it the floor state already (broadcast to the link): the late
                 # entrant's copy would be a second one.
                 srv.join(now, pid, user, ref, ceiling=ceiling, receive_only=ro)
-            out.extend(self._floor_out(srv.on_message(now, pid, m)))
+            out.extend(self.r.media._floor_out(srv.on_message(now, pid, m)))
         return out
 
     def _floor_from_controlling(self, now, link, lg, msgs):
         if lg.state != ATTACHED:
             raise Drop("link_not_attached")
-        srv = self._floors.get(lg.group)
+        srv = self.groups.floors.get(lg.group)
         out = []
         c = self.counters
         for m in msgs:
             ti = m.track_info
             if ti is not None and ti.refs:
-                s = self._by_ssrc.get(ti.refs[0])
+                s = self.sessions.by_ssrc.get(ti.refs[0])
                 m.track_info = None
                 if s is None or s.state != REGISTERED:
                     c["floor_undeliverable"] += 1
@@ -736,6 +578,7 @@ class LinkPlane:
                     lg.holder = None
                 if m.kind in (mcpt.FLOOR_IDLE, mcpt.FLOOR_TAKEN):
                     lg.last_bcast = m
+                    self.events.floor_moved(lg.group, m.granted_party if m.kind == mcpt.FLOOR_TAKEN else None)
                 if m.ack_req:
                     ack = mcpt.FloorMsg(
                         mcpt.FLOOR_ACK, lg.ssrc, msg_type=m.kind, source=mcpt.SOURCE_PARTICIPATING
@@ -749,11 +592,15 @@ class LinkPlane:
                 targets = []
                 if srv is not None:
                     for pid in srv.members:
-                        s = self._by_identity.get(pid)
+                        s = self.sessions.by_identity.get(pid)
                         if s is not None and s.state == REGISTERED and s.ssrc not in lg.engaged:
                             targets.append(s)
             if not targets:
                 continue
+            if m.kind == mcpt.FLOOR_TAKEN:
+                f = self._talker_ssrc_attached(lg, m)
+                if f != m.ssrc_field:
+                    m = _copy(m, ssrc_field=f)
             b = mcpt.encode(m)
             ro = None
             if m.kind == mcpt.FLOOR_TAKEN and m.permission:
@@ -773,11 +620,45 @@ class LinkPlane:
         lg = self._att_up(g)
         if lg is None or lg.last_bcast is None:
             return []
+        m = lg.last_bcast
+        ch = {"ack_req": False}
+        if m.kind == mcpt.FLOOR_TAKEN:
+            ch["ssrc_field"] = self._talker_ssrc_attached(lg, m)
+            grp = self.registry.group(g)
+            if m.permission and grp is not None and s.identity in grp.receive_only:
+                ch["permission"] = 0
         try:
-            return [(s.addr, s.srtp_tx.protect_rtcp(mcpt.encode(_copy(lg.last_bcast, ack_req=False))))]
+            return [(s.addr, s.srtp_tx.protect_rtcp(mcpt.encode(_copy(m, **ch))))]
         except WireError:
             self.counters["floor_protect_failed"] += 1
             return []
+
+    # --- which SSRC a Floor Taken names -----------------------------------------------------------
+    #
+    # A device plays only the stream its Floor Taken names, so Floor Taken must name the SSRC under
+    # which this relay sends the talker's voice to its own devices: a talker registered here is
+    # fanned out under its own SSRC, a talker behind a link under that link's media SSRC for the
+    # group (the SSRC the voice arrives with on the link). The controlling relay's server knows a
+    # remote talker by the reference its relay gave (its SSRC there), which means nothing here.
+
+    def _talker_ssrc_attached(self, lg, m):
+        """Participating relay: the SSRC its devices hear the talker of Floor Taken ``m`` under."""
+        s = self.sessions.by_identity.get(m.granted_party)
+        if s is not None and s.state == REGISTERED and s.ssrc in lg.engaged:
+            return s.ssrc
+        return lg.ssrc
+
+    def _taken_for_locals(self, msg):
+        """Controlling relay: Floor Taken from its own server as its devices must get it."""
+        g = self.groups.by_floor_ssrc.get(msg.ssrc)
+        f = msg.ssrc_field
+        if g is None or f is None:
+            return msg
+        for link in self._links.values():
+            lg = link.served.get(g)
+            if lg is not None and f in lg.by_ref:
+                return _copy(msg, ssrc_field=lg.ssrc)
+        return msg
 
     # --- voice over the link ------------------------------------------------------------------------
 
@@ -834,22 +715,28 @@ class LinkPlane:
             raise Drop("link_rtp_" + e.counter)
         link.last_seen = now
         g = lg.group
-        srv = self._floors.get(g)
+        srv = self.groups.floors.get(g)
         if srv is None:
             raise Drop("rtp_no_group")
         out = []
         serving = g in link.served
         if serving:
             h = srv.holder
-            r = self._remote_pids.get(h) if h is not None else None
+            r = self.groups.routes.get(h) if h is not None else None
             if r is None or r[0] is not link:
                 raise Drop("link_rtp_not_permitted")
-            out.extend(self._floor_out(srv.on_media(now, h)))
+            out.extend(self.r.media._floor_out(srv.on_media(now, h)))
             if not srv.may_send_media(h):
                 raise Drop("link_rtp_not_permitted", out)
         elif lg.state != ATTACHED:
             raise Drop("link_not_attached")
         link.counters["voice_in"] += 1
+        if serving:
+            self.events.voice(g, srv.holder)
+        else:
+            b = lg.last_bcast
+            talker = b.granted_party if b is not None and b.kind == mcpt.FLOOR_TAKEN else None
+            self.events.voice(g, talker or link.pid)
         if lg.e2e or not link.cfg.transcodes:
             pkts = [plain]
         else:
@@ -867,7 +754,7 @@ class LinkPlane:
                 ext = lg.ext + d if d < 0x8000 else lg.ext - (0x10000 - d)
             if lg.ext is None or ext > lg.ext:
                 lg.ext = ext
-            self._local_fanout(srv.members, None, lg.ssrc, p, ext, out)
+            self.r.media._local_fanout(srv.members, None, lg.ssrc, p, ext, out)
             if serving:
                 out.extend(self._voice_to_links(g, p, skip=link))
         return out

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-import time
 import tomllib
 import urllib.error
 import urllib.parse
@@ -383,6 +382,7 @@ def cmd_run(config: str, registry_import: str | None, srtp_keylog: str | None = 
     from opmob.registry import Registry, RegistryError
     from opmob.relay import Relay
     from opmob.store import StoreError
+    from opmob.ticks import now_ms
 
     from opmob_host import accel
     from opmob_host.relay_admin import AdminSocketError
@@ -446,7 +446,7 @@ def cmd_run(config: str, registry_import: str | None, srtp_keylog: str | None = 
             registry,
             store,
             os.urandom,
-            time.monotonic(),
+            now_ms(),
             srtp=backend.SrtpSession if keylog is None else keylog_factory(backend.SrtpSession, keylog),
             fanout=fanout_for(backend),
             codec=backend.link_codec() if any(lk.transcodes for lk in cfg.links) else None,

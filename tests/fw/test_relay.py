@@ -6,9 +6,11 @@ dan 50; kim is receive-only in fire-1.
 """
 
 from fwtest import Rng, raises
-from opmob import authvec, mcpt, sig
+from opmob import authvec, mcpt, sig, srtp
+from opmob import relay_events as ev
 from opmob.floorid import floor_ssrc
 from opmob.relay_session import STALE
+from opmob.ticks import DAY_MS, MASK, PERIOD, tdiff
 from relaynet import G1, G2, GP, GSE, RELAY, World, floor_view, ident, secret_of, sig_type, ssrc_of
 
 SRC = ("192.0.2.66", 4444)  # a host that is not a registered device
@@ -139,7 +141,7 @@ def test_retransmitted_register_gets_the_same_challenge():
     w.lose = lose
     d = w.device("ann", [G1])
     assert d.state == "registering"
-    w.step(1.0)  # REGISTER sent again at 0.5 s
+    w.step(1000)  # REGISTER sent again at 0.5 s
     assert d.state == "registered"
     assert len(seen) == 2 and seen[0] == seen[1]
     assert w.relay.counters["challenges"] == 1 and w.relay.counters["sig_retransmits"] == 1
@@ -162,7 +164,7 @@ def test_replayed_registration_cannot_make_a_session():
     out = w.inject(SRC, caught[sig.AUTH_RESPONSE])
     assert len(out) == 1 and sig.peek(out[0][1]).type == sig.REGISTER_ACK
     assert w.relay.counters["registrations"] == 1
-    w.run(40.0)  # cache entries gone; keep-alives kept ann registered
+    w.run(40000)  # cache entries gone; keep-alives kept ann registered
     out = w.inject(SRC, caught[sig.AUTH_RESPONSE])
     assert out == [] and w.relay.counters["drop_sig_replayed"] == 1
     # A replayed REGISTER gets a fresh challenge that only the secret's holder can answer.
@@ -201,9 +203,9 @@ def test_half_open_registrations_are_bounded():
     kinds = [raw_register(w, "ann", txid=100 + i).type for i in range(5)]
     assert kinds == [sig.CHALLENGE, sig.CHALLENGE] + [sig.REGISTER_REJECT] * 3
     assert w.registry.device("ann@no").vid == 2  # a refused REGISTER used no vector
-    w.step(5.0)
+    w.step(5000)
     assert raw_register(w, "ann", txid=200).type == sig.CHALLENGE  # replaces the oldest
-    assert w.relay._challenges == 2 and w.registry.device("ann@no").vid == 3
+    assert w.relay.sessions.challenges == 2 and w.registry.device("ann@no").vid == 3
     saved = relay_sig.MIN_CHALLENGES
     relay_sig.MIN_CHALLENGES = 4
     try:
@@ -212,8 +214,8 @@ def test_half_open_registrations_are_bounded():
         relay_sig.MIN_CHALLENGES = saved
     assert kinds == [sig.CHALLENGE, sig.CHALLENGE, sig.REGISTER_REJECT]
     assert w.relay.counters["challenges_refused"] == 4
-    w.run(w.now + 31.0)  # unanswered challenges expire
-    assert w.relay._challenges == 0 and len(w.relay._sessions) == 0
+    w.run(w.now + 31000)  # unanswered challenges expire
+    assert w.relay.sessions.challenges == 0 and len(w.relay._sessions) == 0
     w.check_counters()
 
 
@@ -300,8 +302,8 @@ def test_stunned_device_is_refused_within_one_keepalive_even_if_it_missed_the_or
     w.act("ann", a.send_voice(w.now, w.rtp_packet("ann")))
     assert w.relay.counters["drop_rtp_stunned"] == 1 and w.heard("bob") == []
     while a.state != "stunned":
-        w.step(0.5)
-    assert w.now - t0 <= 15.0 + 0.5
+        w.step(500)
+    assert w.since(t0) <= 15000 + 500
     assert ("stunned",) in w.events("ann")
     w.check_counters()
 
@@ -350,7 +352,7 @@ def test_kill_ends_the_session_for_good():
     # Even with the secret (a stolen copy), it cannot register again.
     r = raw_register(w, "ann")
     assert r.type == sig.REGISTER_REJECT and r.cause == sig.CAUSE_KILLED
-    w.run(w.now + 40)
+    w.run(w.now + 40000)
     assert len(w.relay._sessions) == 2
     w.check_counters()
 
@@ -427,7 +429,7 @@ def test_grant_when_idle():
     assert w.floors("bob") == [("Taken", "fire-1", "ann")]
     assert w.floors("cat") == [("Taken", "fire-1", "ann")]
     # The device acknowledged Floor Granted, so it is not repeated (T20).
-    w.step(3.5)
+    w.step(3500)
     assert w.floors("ann") == []
     st = w.relay.status()["groups"][0]
     assert st["floor_state"] == "G: Floor Taken" and st["holder"] == "ann@no"
@@ -571,9 +573,9 @@ def test_t2_expiry_revokes_then_forces_release():
     w = trio(t1=1.0, t2=2.0, t3=1.0)
     w.request("ann")
     w.clear()
-    w.talk("ann", 21, every=0.1)  # 2.1 s of voice
+    w.talk("ann", 21, every=100)  # 2.1 s of voice
     assert w.floors("ann") == [("Revoke", "fire-1", mcpt.REVOKE_BURST_TOO_LONG)]
-    w.talk("ann", 12, every=0.1)  # keeps talking through T3 (1 s)
+    w.talk("ann", 12, every=100)  # keeps talking through T3 (1 s)
     ann = w.floors("ann")
     assert ann[0] == ("Idle", "fire-1") and ann[1] == ("Revoke", "fire-1", mcpt.REVOKE_NO_PERMISSION)
     assert w.floors("bob") == [("Idle", "fire-1")]
@@ -586,11 +588,11 @@ def test_t1_idle_after_media_stops():
     w = trio(t1=1.0)
     w.request("ann")
     w.clear()
-    w.talk("ann", 10, every=0.05)
+    w.talk("ann", 10, every=50)
     assert w.floors("bob") == [] and len(w.heard("bob")) == 10
-    w.step(0.9)
+    w.step(900)
     assert w.floors("bob") == []
-    w.step(0.2)
+    w.step(200)
     for n in ("ann", "bob", "cat"):
         assert w.floors(n) == [("Idle", "fire-1")]
     w.check_counters()
@@ -614,13 +616,154 @@ def test_holder_goes_silent_and_expires():
     w.clear()
     t0 = w.now
     w.lose = lambda src, dst, data: src == w.addr["ann"] or dst == w.addr["ann"]
-    w.run(t0 + 17.0)
+    w.run(t0 + 17000)
     assert w.floors("bob") == []
-    w.run(t0 + 18.0)  # 3.5 keep-alive intervals of silence
+    w.run(t0 + 18000)  # 3.5 keep-alive intervals of silence
     assert w.floors("bob") == [("Idle", "fire-1")] and w.floors("cat") == [("Idle", "fire-1")]
     assert w.relay.counters["sessions_expired"] == 1
     assert "ann@no" not in [d["identity"] for d in w.relay.status()["devices"]]
     w.check_counters()
+
+
+def _long_uptime(start):
+    """Registration, affiliation, floor grant and release, T1, keep-alives and a keep-alive
+    expiry with every core's clock starting at ``start``; each timer is checked to the ms."""
+    w = World(start=start, keepalive=5, t1=2.0)
+    sent = []  # (ms since start, source, signalling type or None) of each datagram to the relay
+    w.tap = lambda src, dst, data: dst == RELAY and sent.append((w.since(start), src, sig_type(data)))
+    for n in ("ann", "bob", "cat"):
+        w.device(n, [G1])
+    assert [w.devs[n].affiliated for n in ("ann", "bob", "cat")] == [[G1]] * 3
+    w.clear()
+    w.run(w.at(12000))
+    ka = [t for t, src, k in sent if src == w.addr["ann"] and k == sig.KEEPALIVE]
+    assert ka == [5000, 10000], ka  # every 5 s to the ms, across the wrap when there is one
+    w.request("ann")
+    assert w.floors("ann") == [("Granted", "fire-1", "ann")]
+    assert w.floors("bob") == [("Taken", "fire-1", "ann")]
+    w.talk("ann", 3)  # the last packet at 12.04 s
+    last = w.at(12040)
+    w.run(last + 1999)
+    assert w.floors("bob") == []
+    w.step(1)  # T1 (2 s) after the last voice, to the ms
+    assert w.floors("bob") == [("Idle", "fire-1")] and w.relay.status()["groups"][0]["holder"] is None
+    w.request("bob")
+    assert w.floors("bob") == [("Granted", "fire-1", "bob")]
+    w.release("bob")
+    assert w.floors("cat")[-1] == ("Idle", "fire-1")
+    # cat goes silent: the relay drops it 3.5 keep-alive intervals after it last heard it (a
+    # keep-alive or a Floor Ack).
+    seen = [t for t, src, k in sent if src == w.addr["cat"]][-1]
+    w.lose = lambda src, dst, data: src == w.addr["cat"] or dst == w.addr["cat"]
+    w.run(w.at(seen + 17499))
+    assert w.relay.counters["sessions_expired"] == 0
+    w.step(1)
+    assert w.relay.counters["sessions_expired"] == 1
+    assert [d["identity"] for d in w.relay.status()["devices"]] == ["ann@no", "bob@no"]
+    assert isinstance(w.relay.next_deadline(), int) and 0 <= w.relay.next_deadline() <= MASK
+    w.check_counters()
+    return w
+
+
+def test_cores_run_after_60_days_of_uptime():
+    _long_uptime(DAY_MS * 60 & MASK)
+
+
+def test_cores_run_across_the_clock_wrap():
+    w = _long_uptime(PERIOD - 7000)  # the clock wraps 7 s in: between keep-alives, before the floor
+    assert w.now < 60000 and tdiff(w.now, PERIOD - 7000) > 20000
+
+
+def _scanned_deadline(relay):
+    """What next_deadline used to compute by asking every floor server."""
+    from opmob.ticks import earliest
+
+    d = earliest(relay._sweep_at, relay.links._link_at)
+    d = earliest(d, relay._txn_at)
+    for g in relay._floors:
+        d = earliest(d, relay._floors[g].next_deadline())
+    return d
+
+
+def test_next_deadline_from_the_heap_equals_a_scan_of_every_floor():
+    w = World(start=PERIOD - 3000)
+    for n in ("ann", "bob", "cat", "dan"):
+        w.device(n, [G1, G2])
+    seen = 0
+    for step in range(40):
+        who = ("ann", "bob", "cat", "dan")[step % 4]
+        g = (G1, G2)[step % 2]
+        if step % 5 == 0:
+            w.request(who, g)
+        elif step % 5 == 1:
+            w.talk(who, 2)
+        elif step % 5 == 3:
+            w.release(who, g)
+        w.step(150 * (step % 7))
+        assert w.relay.next_deadline() == _scanned_deadline(w.relay), step
+        seen += w.relay._floor_due.earliest() is not None
+    assert seen > 10  # floors had timers running most of the time
+    w.check_counters()
+
+
+def test_relay_reports_typed_events_for_the_driver_to_drain():
+    w = World(keepalive=5)
+    for n in ("ann", "bob", "cat"):
+        w.device(n, [G1])
+    got = w.relay.events()
+    regs = [e for e in got if e[0] == ev.REGISTERED]
+    assert [e[1] for e in regs] == ["ann@no", "bob@no", "cat@no"]
+    assert regs[0][2] == w.devs["ann"].ssrc
+    assert (ev.AFFILIATED, "bob@no", G1, sig.AFF_OK) in got
+    assert w.relay.events() == ()  # drained
+    w.request("ann")
+    w.request("bob", queue=False)
+    assert w.relay.events() == [(ev.FLOOR_GRANTED, G1, "ann@no"), (ev.FLOOR_DENIED, G1, "bob@no", 1)]
+    w.talk("ann", 3)
+    assert w.relay.events() == [(ev.VOICE_STARTED, G1, "ann@no")]
+    w.release("ann")
+    assert w.relay.events() == [(ev.VOICE_STOPPED, G1, "ann@no"), (ev.FLOOR_IDLE, G1)]
+    # A talker without the floor is revoked once (its revoke's repeats are no new event).
+    w.act("cat", w.devs["cat"].send_voice(w.now, w.rtp_packet("cat")))
+    w.step(500)
+    w.act("cat", w.devs["cat"].send_voice(w.now, w.rtp_packet("cat")))
+    w.step(600)  # T8: the revoke is repeated, cat still sent media
+    assert w.relay._floors[G1].counters["t8_revoke_repeats"] == 1
+    assert [e for e in w.relay.events() if e[0] == ev.FLOOR_REVOKED] == [(ev.FLOOR_REVOKED, G1, "cat@no", 3)]
+    w.relay_out(w.relay.device_control(w.now, "bob@no", "stun"))
+    w.act("ann", w.devs["ann"].deregister(w.now))
+    got = w.relay.events()
+    assert (ev.DEVICE_CONTROL, "bob@no", "stun") in got and (ev.DEREGISTERED, "ann@no", "deregistered") in got
+    w.lose = lambda src, dst, data: src == w.addr["cat"] or dst == w.addr["cat"]
+    w.step(30000)
+    assert (ev.DEREGISTERED, "cat@no", "expired") in w.relay.events()
+    w.check_counters()
+
+
+def test_key_log_gets_each_hops_keys_only_when_asked():
+    from opmob.relay import Relay
+
+    logged = []
+    w = World()
+    w.relay = Relay(w.cfg, w.registry, w.store, Rng(3).bytes, w.now, key_log=lambda *a: logged.append(a))
+    uplink = []
+    w.tap = lambda src, dst, data: dst == RELAY and not sig.is_sig(data) and uplink.append(bytes(data))
+    a = w.device("ann", [G1])
+    w.device("bob", [G1])
+    assert [(x[0], x[1], x[2]) for x in logged[:2]] == [
+        ("device_up", "ann@no", a.ssrc),
+        ("device_down", "ann@no", a.ssrc),
+    ]
+    assert all(len(x[3]) == 16 and len(x[4]) == 14 for x in logged)
+    w.request("ann")
+    uplink.clear()
+    sent = w.talk("ann", 1)
+    # What a capture tool does with the logged key: read ann's voice off the wire.
+    rx = srtp.SrtpSession(logged[0][3], logged[0][4])
+    want = bytes(sent[0][:8]) + a.ssrc.to_bytes(4, "big") + bytes(sent[0][12:])  # the device sets its SSRC
+    assert [bytes(rx.unprotect(p)) for p in uplink if ssrc_of(p) == a.ssrc] == [want]
+    # Without key_log (the default) no key leaves the relay, and status never shows one.
+    assert "key" not in repr(World().relay.status()).lower().replace("key_id", "")
 
 
 def test_late_entry_gets_floor_taken_and_voice_at_once():
@@ -812,7 +955,7 @@ def test_restart_during_a_call_devices_come_back_by_themselves():
     # Nobody touches the devices: within one keep-alive interval they all re-register.
     w.talk("ann", 3)  # voice into a relay without keys is dropped, nothing else happens
     assert w.relay.counters["drop_rtp_no_keys"] == 3
-    w.run(w.now + 16.0)
+    w.run(w.now + 16000)
     st = w.relay.status()
     assert [d["state"] for d in st["devices"]] == ["registered"] * 3
     assert dict((d["identity"], d["groups"]) for d in st["devices"]) == before
@@ -844,16 +987,16 @@ def test_restart_keeps_no_keys_and_drops_what_no_longer_holds():
     assert w.store.get("registration", "zed@no") is None
     # A stale registration that never comes back is forgotten after 3.5 keep-alive intervals.
     w.lose = lambda src, dst, data: True
-    w.run(w.now + 53.0)
+    w.run(w.now + 53000)
     assert w.relay.status()["devices"] == [] and w.store.items("registration") == []
 
 
 def test_keepalive_answers():
     w = World(keepalive=10, expiry=100)
     a = w.device("ann", [G1])
-    w.run(70.0)
+    w.run(70000)
     assert w.relay.counters["keepalives"] == 7 and a.key_id == 1
-    w.run(81.0)  # re-registration at 80 % of the expiry
+    w.run(81000)  # re-registration at 80 % of the expiry
     assert a.key_id == 2 and a.state == "registered"
     assert w.relay.status()["devices"][0]["groups"] == [G1]
     w.check_counters()
@@ -892,7 +1035,7 @@ def test_garbage_storm_is_counted_and_harmless():
     w.request("ann")
     w.talk("ann", 5)
     w.release("ann")
-    w.run(w.now + 16.0)
+    w.run(w.now + 16000)
     w.tap = None
     w.clear()
     rng = Rng(2024)
