@@ -222,6 +222,7 @@ class RelayProcess:
     def __init__(self, workdir: Path, export: dict[str, Any]) -> None:
         self.workdir = workdir
         (workdir / "registry.json").write_text(json.dumps(export))
+        (workdir / "registry.json").chmod(0o600)  # it holds secrets: the relay refuses it open to all
         self.status_port = _free_tcp_port()
         self.cfg = workdir / "relay.toml"
         self.cfg.write_text(

@@ -420,6 +420,7 @@ class Fleet:
 
     def relay_toml(self, i: int = 0) -> Path:
         (self.dir / "registry.json").write_text(json.dumps(self.export(), indent=1))
+        (self.dir / "registry.json").chmod(0o600)  # it holds secrets: the relay refuses it open to all
         floor = "\n".join(f"{k} = {json.dumps(v)}" for k, v in self.floor.items())
         state = "relay-state" if i == 0 else f"relay-state-{i + 1}"
         text = (

@@ -162,6 +162,7 @@ class KeylogRelay(RelayProc):
         from test_relay_server import free_tcp_port
 
         (self.dir / "export.json").write_text(json.dumps(self.export))
+        (self.dir / "export.json").chmod(0o600)  # it holds secrets: the relay refuses it open to all
         self._stderr = open(self.dir / "stderr.txt", "w+")  # noqa: SIM115 (closed in stop)
         self.status_port = free_tcp_port()
         self.config_path.write_text(toml(self.config()))

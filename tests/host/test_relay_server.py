@@ -808,6 +808,7 @@ def test_relay_run_refuses_a_bad_import_and_imports_nothing(tmp_path: Path) -> N
     example["devices"][1]["ceiling"] = 300  # the second device: the first one must not land either
     bad = tmp_path / "export.json"
     bad.write_text(json.dumps(example))
+    bad.chmod(0o600)
     cfg = tmp_path / "relay.toml"
     cfg.write_text(GOOD_CONFIG)
     proc = opmob_proc("relay", "run", "--config", str(cfg), "--registry-import", str(bad))

@@ -239,7 +239,7 @@ def _sample_config(built: Built, etc: Path, udp: int, status: int, state: Path) 
         ("port = 7700 ", f"port = {udp} "),
         ("port = 7780 ", f"port = {status} "),
         ('path = "/var/lib/opmob/registry.sqlite"', f'path = "{state}/registry.sqlite"'),
-        ('# import = "/etc/opmob/registry.json"', 'import = "registry.json"'),
+        ('import = "/etc/opmob/registry.json"', 'import = "registry.json"'),
     ):
         assert text.count(old) == 1, old
         text = text.replace(old, new)
