@@ -74,8 +74,9 @@ def add_parser(sub: Any) -> None:
     run.add_argument(
         "--srtp-keylog",
         metavar="FILE",
-        help="LAB RELAYS ONLY: append every SRTP master key and salt to FILE (mode 0600), for opmob pcap "
-        "decrypt; whoever reads FILE can listen to every call. Off unless given",
+        help="LAB RELAYS ONLY: append every SRTP master key and salt and every device's signalling keys to "
+        "FILE (mode 0600), for opmob pcap decrypt; whoever reads FILE can listen to every call and read "
+        "every message. Off unless given",
     )
 
     check = rs.add_parser(
@@ -375,16 +376,18 @@ def open_keylog(path: str) -> Any:
     return os.fdopen(fd, "a", buffering=1)
 
 
-def keylog_factory(cls: Any, log: Any) -> Callable[..., Any]:
-    """``Relay(srtp=...)`` that writes each session's master key and salt to the key log first
-    (opmob pcap decrypt finds which stream a key opens by its authentication tag)."""
-    from opmob_host.pcap_cmd import KEYLOG_TAG
+def keylog_writer(log: Any) -> Callable[[str, str, int, bytes, bytes], None]:
+    """``Relay(key_log=...)`` writing each hop's keys to the key log, one line each (pcap_cmd.py's
+    format): the SRTP master key and salt, and a device's signalling keys (AES, HMAC), each with
+    the relay's label, the identity and the SSRC (opmob pcap decrypt still picks the key whose
+    authentication tag verifies)."""
+    from opmob_host.pcap_cmd import KEYLOG_SIG_TAG, KEYLOG_TAG
 
-    def make(key: bytes, salt: bytes, *args: Any, **kwargs: Any) -> Any:
-        log.write(f"{KEYLOG_TAG} {bytes(key).hex()} {bytes(salt).hex()}\n")
-        return cls(key, salt, *args, **kwargs)
+    def key_log(label: str, identity: str, ssrc: int, key: bytes, salt: bytes) -> None:
+        tag = KEYLOG_SIG_TAG if label.startswith("sig") else KEYLOG_TAG
+        log.write(f"{tag} {key.hex()} {salt.hex()} {label} {identity} {ssrc}\n")
 
-    return make
+    return key_log
 
 
 def cmd_run(config: str, registry_import: str | None, srtp_keylog: str | None = None) -> int:
@@ -421,8 +424,9 @@ def cmd_run(config: str, registry_import: str | None, srtp_keylog: str | None = 
     if srtp_keylog:
         keylog = open_keylog(srtp_keylog)
         logger.warning(
-            "SRTP KEY LOG ON: every SRTP key of this relay is written to %s; whoever reads it can listen "
-            "to every call through this relay. A lab relay only: never on a relay in service",
+            "SRTP KEY LOG ON: every SRTP and signalling key of this relay is written to %s; whoever reads "
+            "it can listen to every call and read every message through this relay. A lab relay only: "
+            "never on a relay in service",
             srtp_keylog,
         )
     db = Path(cfg.registry_path)
@@ -456,7 +460,8 @@ def cmd_run(config: str, registry_import: str | None, srtp_keylog: str | None = 
             store,
             os.urandom,
             now_ms(),
-            srtp=backend.SrtpSession if keylog is None else keylog_factory(backend.SrtpSession, keylog),
+            srtp=backend.SrtpSession,
+            key_log=None if keylog is None else keylog_writer(keylog),
             fanout=fanout_for(backend),
             codec=backend.link_codec() if any(lk.transcodes for lk in cfg.links) else None,
         )

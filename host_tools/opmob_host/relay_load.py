@@ -248,10 +248,11 @@ class RelayProcess:
         self.udp: tuple[str, int] | None = None
 
     async def start(self) -> None:
-        root = Path(__file__).resolve().parents[2]
+        from opmob_host import resources
+
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            [str(root / "host_tools"), str(root / "firmware"), env.get("PYTHONPATH", "")]
+            [str(resources.host_tools_root()), str(resources.firmware_root()), env.get("PYTHONPATH", "")]
         )
         with open(self.log, "wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
