@@ -27,9 +27,10 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from opmob import mcpt
+from opmob import mcpt, sig
 from opmob_host import resources
 from opmob_host.pcap import write_pcap
+from opmob_host.pcap_cmd import read_frames, udp_of
 from relayproc import Output, RelayProc, close_all, expect, export_doc, short_dir, start_clients, toml
 from test_relay_capture import Capture, subtype
 
@@ -151,6 +152,39 @@ def test_the_dissector_shows_every_signalling_vector(tmp_path: Path) -> None:
     assert len(tshark(tmp_path / "reject.pcap", ["frame.number"])) == len(VECTORS["reject"])
 
 
+def tlv_types(body: bytes) -> list[int]:
+    """The TLV types of an open body, in order (protocol.md §3: types from 0xC0 have 2 length bytes)."""
+    out, i = [], 0
+    while i < len(body):
+        t = body[i]
+        hl, n = (3, int.from_bytes(body[i + 1 : i + 3], "big")) if t >= 0xC0 else (2, body[i + 1])
+        out.append(t)
+        i += hl + n
+    return out
+
+
+def test_without_the_option_no_key_leaves_the_relay(tmp_path: Path) -> None:
+    """No --srtp-keylog (the default): after a registration, none of the device's keys is in
+    anything the relay wrote (its log, its state, its directory)."""
+    with short_dir() as d:
+        doc, secrets = export_doc({"ann": (100, [G])}, [G])
+        with RelayProc(d, doc) as r:
+
+            async def register() -> Any:
+                cl = await start_clients(r, secrets, {"ann": [G]})
+                close_all(cl)
+                return cl
+
+            clients = asyncio.run(asyncio.wait_for(register(), 60))
+        ((_ssrc, k),) = clients["ann"].dev.key_log
+        written = b"".join(f.read_bytes() for f in d.rglob("*") if f.is_file())
+        written += "\n".join(r.out.seen).encode()
+        relay_log = (d / "stderr.txt").read_text()
+    assert "KEY LOG" not in relay_log, relay_log
+    for name, value in k.items():
+        assert value.hex().encode() not in written.lower() and value not in written, name
+
+
 class KeylogRelay(RelayProc):
     """``opmob relay run --srtp-keylog FILE`` (RelayProc's relay, with the lab option)."""
 
@@ -212,7 +246,17 @@ def test_a_real_call_decrypted_with_the_key_log(tmp_path: Path) -> None:
         relay_log = (d / "stderr.txt").read_text()
     assert "SRTP KEY LOG ON" in relay_log and str(keylog) in relay_log, relay_log[-2000:]
     assert stat.S_IMODE(keylog.stat().st_mode) == 0o600
-    assert len(keylog.read_text().splitlines()) >= 4  # up and down, for each device
+    # Each device's SRTP and signalling keys, both directions, named by label, identity and SSRC.
+    logged = {tuple(line.split()[3:]): line.split()[:3] for line in keylog.read_text().splitlines()}
+    for c in clients.values():
+        ((ssrc, k),) = c.dev.key_log
+        for label, tag, key, other in (
+            ("device_up", "OPMOB_SRTP", k.srtp_up_key, k.srtp_up_salt),
+            ("device_down", "OPMOB_SRTP", k.srtp_down_key, k.srtp_down_salt),
+            ("sig_up", "OPMOB_SIG", k.sig_up_enc, k.sig_up_mac),
+            ("sig_down", "OPMOB_SIG", k.sig_down_enc, k.sig_down_mac),
+        ):
+            assert logged[(label, c.identity, str(ssrc))] == [tag, key.hex(), other.hex()], (label, logged)
 
     out = tmp_path / "plain.pcap"
     p = subprocess.run(
@@ -234,6 +278,9 @@ def test_a_real_call_decrypted_with_the_key_log(tmp_path: Path) -> None:
         timeout=120,
     )
     assert p.returncode == 0 and "without a key" not in p.stdout, p.stdout + p.stderr
+    protected = [u[4] for _, lt, f in read_frames(cap.path) if (u := udp_of(lt, f)) and sig.is_sig(u[4])]
+    protected = [m for m in protected if m[4] & sig.FLAG_PROTECTED]
+    assert len(protected) >= 4 and f"({len(protected)} protected ones opened)" in p.stdout, p.stdout
     mc = "rtcp.app_data.mcptt."
     fields = ["_ws.col.Protocol", "opmob.message", "udp.dstport", "rtp.ssrc", "rtp.payload", "rtcp.app.name",
               "rtcp.app.subtype", mc + "rej_cause", mc + "rej_cause.floor_deny", "rtcp.mcptt.granted_partys_id",
@@ -243,6 +290,19 @@ def test_a_real_call_decrypted_with_the_key_log(tmp_path: Path) -> None:
     kinds = {x["_ws.col.Protocol"] for x in rows}
     assert kinds <= {"OpMob", "RTP", "RTCP"}, kinds  # every datagram: signalling, voice, floor
     assert {"REGISTER", "CHALLENGE", "AUTH_RESPONSE", "REGISTER_ACK"} <= {x["opmob.message"] for x in rows}
+    # Every signalling message open, by name, with every field of its body and nothing amiss.
+    sig_fields = ["opmob.message", "opmob.flags.protected", "opmob.tlv.type", "opmob.unknown", "_ws.expert"]
+    shown = [dict(zip(sig_fields, r, strict=True)) for r in tshark(out, sig_fields, "-Y", "opmob")]
+    plain = [u[4] for _, lt, f in read_frames(out) if (u := udp_of(lt, f)) and sig.is_sig(u[4])]
+    assert len(shown) == len(plain) and plain, (len(shown), len(plain))
+    for x, m in zip(shown, plain, strict=True):
+        assert x["opmob.message"] == sig.type_name(m[3]), (x, m.hex())
+        assert (
+            x["opmob.flags.protected"] in ("False", "0") and not x["opmob.unknown"] and not x["_ws.expert"]
+        ), x
+        assert [int(t, 0) for t in x["opmob.tlv.type"].split("|") if t] == tlv_types(m[16:]), (x, m.hex())
+        if sig.type_name(m[3]) == "REGISTER_ACK":
+            assert len(tlv_types(m[16:])) >= 3, m.hex()  # session's fields, once ciphertext
     by_port = {c.port: c for c in clients.values()}
     down: dict[str, list[tuple[str, ...]]] = {n: [] for n in clients}
     for x in rows:
