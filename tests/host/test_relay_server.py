@@ -698,7 +698,16 @@ def test_relay_check_accepts_a_good_config(tmp_path: Path, capsys: pytest.Captur
     assert f"opmob relay: {cfg}: OK: relay relay-1@no: udp 127.0.0.1:0, status off" in out
     # Relative paths are taken from the configuration's directory, not from where it is started.
     assert f"registry {tmp_path / 'state' / 'registry.sqlite'}" in out
-    assert opmob_main("relay", "check", "--config", str(ROOT / "boards" / "rpi-relay" / "relay.toml")) == 0
+    # The sample, its import (/etc/opmob/registry.json) here a private copy of the example export.
+    sample = (ROOT / "boards" / "rpi-relay" / "relay.toml").read_text()
+    (tmp_path / "registry.json").write_bytes(
+        (ROOT / "boards" / "rpi-relay" / "registry-example.json").read_bytes()
+    )
+    (tmp_path / "registry.json").chmod(0o600)
+    (tmp_path / "sample.toml").write_text(
+        sample.replace("/etc/opmob/registry.json", str(tmp_path / "registry.json"))
+    )
+    assert opmob_main("relay", "check", "--config", str(tmp_path / "sample.toml")) == 0
 
 
 @pytest.mark.parametrize(
