@@ -190,11 +190,6 @@ def write_pcap(path: Path, records: list[tuple[float, bytes]]) -> None:
 # --- the key log ------------------------------------------------------------------------------------
 
 
-def read_keylog(path: Path) -> list[tuple[bytes, bytes]]:
-    """The (master key, master salt) pairs of a key log, in order, without repeats."""
-    return read_keylogs(path)[0]
-
-
 def read_keylogs(path: Path) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
     """The SRTP (master key, master salt) pairs and the signalling (AES key, HMAC key) pairs of a
     key log, each in order, without repeats."""
@@ -341,9 +336,9 @@ def add_parser(sub: Any) -> None:
         "pcap",
         help="Wireshark for field engineers: the OpMob dissector, and captures decrypted with a key log",
         description="`lua` prints the path of the Wireshark dissector for OpMob signalling (tshark -X "
-        "lua_script:PATH). `decrypt` opens the SRTP and SRTCP of a capture with a lab relay's SRTP key "
-        "log (opmob relay run --srtp-keylog) and writes a plain pcap in which tshark shows every RTP "
-        "packet and every MCPT floor field.",
+        "lua_script:PATH). `decrypt` opens the SRTP, SRTCP and protected signalling of a capture with a "
+        "lab relay's key log (opmob relay run --srtp-keylog) and writes a plain pcap in which tshark "
+        "shows every signalling field, every RTP packet and every MCPT floor field.",
     )
     ps = p.add_subparsers(dest="pcap_command", metavar="ACTION", required=True)
     ps.add_parser(
@@ -354,10 +349,10 @@ def add_parser(sub: Any) -> None:
     )
     d = ps.add_parser(
         "decrypt",
-        help="a capture plus a relay's SRTP key log -> a plain pcap",
+        help="a capture plus a relay's key log -> a plain pcap",
         description="Write OUTPUT: the capture's UDP datagrams, SRTP and SRTCP opened with the keys of "
-        "the key log (plain RTP and RTCP), signalling as captured. Then: tshark -X lua_script:$(opmob "
-        "pcap lua) -r OUTPUT.",
+        "the key log (plain RTP and RTCP), protected signalling opened (sent open: flag P clear, no "
+        "tag). Then: tshark -X lua_script:$(opmob pcap lua) -r OUTPUT.",
     )
     d.add_argument("--keylog", required=True, help="the key log of opmob relay run --srtp-keylog")
     d.add_argument("capture", help="the capture (pcap or pcapng: tcpdump -w, dumpcap, tshark -w)")
