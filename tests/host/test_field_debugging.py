@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from opmob import mcpt, sig
 from opmob_host import resources
 from opmob_host.pcap import write_pcap
-from opmob_host.pcap_cmd import read_frames, udp_of
+from opmob_host.pcap_cmd import PcapError, SigOpener, read_frames, read_keylogs, udp_of
 from relayproc import Output, RelayProc, close_all, expect, export_doc, short_dir, start_clients, toml
 from test_relay_capture import Capture, subtype
 
@@ -106,6 +106,13 @@ def test_the_dissector_shows_every_signalling_vector(tmp_path: Path) -> None:
     messages = VECTORS["messages"] + [dict(m, **m["message"]) for m in VECTORS["decode_only"]]
     raw = [bytes.fromhex(m["hex"]) for m in messages]
     opened = [open_message(w, m["key"]) if m.get("key") else w for w, m in zip(raw, messages, strict=True)]
+    # opmob pcap decrypt opens each protected vector as this independent SIV does, with every
+    # vector's key in its key log (it finds the one whose tag verifies).
+    keys = list(
+        {(bytes.fromhex(m["key"]["enc"]), bytes.fromhex(m["key"]["mac"])) for m in messages if m.get("key")}
+    )
+    opener = SigOpener(keys)
+    assert len(keys) >= 2 and [opener.open(w) for w in raw] == opened
     wants = [
         {k: v for name, val in m["fields"].items() for k, v in expected(name, val).items()} for m in messages
     ]
@@ -323,3 +330,19 @@ def test_a_real_call_decrypted_with_the_key_log(tmp_path: Path) -> None:
                     and int(x["udp.dstport"]) == clients["bob"].port]  # fmt: skip
     assert voice_to_bob == [p[12:].hex() for _, p in clients["bob"].voice_log]
     assert len(sent) == 5 and len(voice_to_bob) == 5
+
+
+def test_the_key_log_reader_takes_both_kinds_and_names_a_bad_line(tmp_path: Path) -> None:
+    log = tmp_path / "keys.log"
+    srtp_line = f"OPMOB_SRTP {'11' * 16} {'22' * 14} device_up ann@no 305419896"
+    sig_line = f"OPMOB_SIG {'33' * 16} {'44' * 32} sig_up ann@no 305419896"
+    log.write_text(f"# comment\n{srtp_line}\n{sig_line}\n{sig_line}\n")
+    assert read_keylogs(log) == ([(b"\x11" * 16, b"\x22" * 14)], [(b"\x33" * 16, b"\x44" * 32)])
+    for bad in (
+        f"OPMOB_SIG {'33' * 15} {'44' * 32}",
+        "OPMOB_SIG zz 44",
+        f"SOMETHING {'11' * 16} {'22' * 14}",
+    ):
+        log.write_text(f"{srtp_line}\n{bad}\n")
+        with pytest.raises(PcapError, match=r"keys.log:2: not a key log line"):
+            read_keylogs(log)

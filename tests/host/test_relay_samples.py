@@ -66,8 +66,8 @@ def step_3(
     lines = [ln.replace(" -o root -g opmob", "").replace("/etc/opmob", str(etc)) for ln in lines]
     lines.insert(check[0], f"sed -i 's#/etc/opmob/#{etc}/#' {etc}/relay.toml")
     script = "\n".join(["set -eu", *lines])
-    script = script.replace("/opt/opmob/.venv/bin/opmob", " ".join(map(shlex.quote, opmob)))
-    script = script.replace("/opt/opmob", str(opt))
+    script = script.replace("/opt/opmob/.venv/bin/opmob", "\0OPMOB\0").replace("/opt/opmob", str(opt))
+    script = script.replace("\0OPMOB\0", " ".join(map(shlex.quote, opmob)))
     shutil.copy2(export, etc.parent / "registry.json")
     return subprocess.run(
         ["bash", "-c", script], capture_output=True, text=True, cwd=etc.parent, env=env, timeout=120
