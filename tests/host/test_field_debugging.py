@@ -291,7 +291,7 @@ def test_a_real_call_decrypted_with_the_key_log(tmp_path: Path) -> None:
     mc = "rtcp.app_data.mcptt."
     fields = ["_ws.col.Protocol", "opmob.message", "udp.dstport", "rtp.ssrc", "rtp.payload", "rtcp.app.name",
               "rtcp.app.subtype", mc + "rej_cause", mc + "rej_cause.floor_deny", "rtcp.mcptt.granted_partys_id",
-              mc + "floor_ind", "_ws.malformed"]  # fmt: skip
+              mc + "floor_ind", mc + "priority", "_ws.malformed"]  # fmt: skip
     rows = [dict(zip(fields, row, strict=True)) for row in tshark(out, fields)]
     assert rows and not [x for x in rows if x["_ws.malformed"]]
     kinds = {x["_ws.col.Protocol"] for x in rows}
@@ -316,16 +316,23 @@ def test_a_real_call_decrypted_with_the_key_log(tmp_path: Path) -> None:
         if x["rtcp.app.name"] == "MCPT" and int(x["udp.dstport"]) in by_port:
             cause = x[mc + "rej_cause"] or x[mc + "rej_cause.floor_deny"]
             down[by_port[int(x["udp.dstport"])].name].append(
-                (x["rtcp.app.subtype"], cause, x["rtcp.mcptt.granted_partys_id"], x[mc + "floor_ind"])
+                (
+                    x["rtcp.app.subtype"],
+                    cause,
+                    x["rtcp.mcptt.granted_partys_id"],
+                    x[mc + "floor_ind"],
+                    x[mc + "priority"],
+                )  # fmt: skip
             )
     for n, c in clients.items():
         want = [
             (str(subtype(m)), "" if m.reject_cause is None else str(m.reject_cause), m.granted_party or "",
-             "" if m.indicator is None else str(m.indicator))
+             "" if m.indicator is None else str(m.indicator), "" if m.priority is None else str(m.priority))
             for _, _, m in c.floor_log
         ]  # fmt: skip
         assert down[n] == want, (n, down[n], want)
-    assert any(cause == str(mcpt.DENY_ANOTHER_HAS_PERMISSION) for _, cause, _, _ in down["bob"])
+    assert any(cause == str(mcpt.DENY_ANOTHER_HAS_PERMISSION) for _, cause, _, _, _ in down["bob"])
+    assert any(prio for *_, prio in down["ann"]), down["ann"]  # Floor Granted names its priority
     voice_to_bob = [x["rtp.payload"].replace(":", "") for x in rows if x["_ws.col.Protocol"] == "RTP"
                     and int(x["udp.dstport"]) == clients["bob"].port]  # fmt: skip
     assert voice_to_bob == [p[12:].hex() for _, p in clients["bob"].voice_log]
