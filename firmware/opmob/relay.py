@@ -133,7 +133,9 @@ class Relay:
         are established, for a capture tool to decrypt what it recorded (an SSLKEYLOGFILE-style
         file: opt-in, test and lab use). Labels: "device_up" / "device_down" (``identity`` the
         device, ``ssrc`` its SSRC), "link_tx" / "link_rx" (``identity`` the peer relay, ``ssrc``
-        0: every group stream on the link uses the key)."""
+        0: every group stream on the link uses the key); and, with the device's SRTP keys, its
+        signalling keys (protocol.md §5): "sig_up" / "sig_down", ``key`` the AES-128 key Ke and
+        ``salt`` the HMAC-SHA256 key Km of that direction."""
         self.cfg = cfg
         self._events = ev.EventLog()
         self._key_log = key_log

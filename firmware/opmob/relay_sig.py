@@ -291,6 +291,9 @@ class Signalling:
         if self.key_log is not None:
             self.r._log_keys("device_up", ident, s.ssrc, k.srtp_up_key, k.srtp_up_salt)
             self.r._log_keys("device_down", ident, s.ssrc, k.srtp_down_key, k.srtp_down_salt)
+            # The signalling keys (docs/protocol.md §5): their "key" is the AES key, "salt" the MAC key.
+            self.r._log_keys("sig_up", ident, s.ssrc, k.sig_up_enc, k.sig_up_mac)
+            self.r._log_keys("sig_down", ident, s.ssrc, k.sig_down_enc, k.sig_down_mac)
         s.key_id = ((old.key_id if old is not None else 0) + 1) & 0xFFFF
         s.txns = txn.Transactions(self.r._rand_u32(), answers=sig.answers)
         s.expires_at = tadd(now, self.cfg.expiry_ms)

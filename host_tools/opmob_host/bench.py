@@ -15,9 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from opmob_host import bench_cext, bench_core
-
-ROOT = Path(__file__).resolve().parents[2]
+from opmob_host import bench_cext, bench_core, resources
 
 Row = dict[str, Any]
 
@@ -37,9 +35,8 @@ def cext_rows(quick: bool) -> list[Row]:
 
 
 def micropython_rows(quick: bool) -> list[Row]:
-    exe = ROOT / ".venv" / "bin" / "micropython"
-    env = dict(os.environ, MICROPYPATH=f"{ROOT / 'firmware'}:.frozen")
-    cmd = [str(exe), "-X", "heapsize=16M", str(Path(bench_core.__file__))]
+    env = dict(os.environ, MICROPYPATH=f"{resources.firmware_root()}:.frozen")
+    cmd = [*resources.micropython_command(), "-X", "heapsize=16M", str(Path(bench_core.__file__))]
     if quick:
         cmd.append("quick")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -91,7 +88,7 @@ def relay_rows(quick: bool) -> list[Row]:
 
 
 def run(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(ROOT / "firmware"))
+    sys.path.insert(0, str(resources.firmware_root()))
     rows = cpython_rows(args.quick) + cext_rows(args.quick)
     if not getattr(args, "no_relay_load", False):
         rows += relay_rows(args.quick)

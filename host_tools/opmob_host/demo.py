@@ -22,7 +22,14 @@ import shutil
 import time
 from pathlib import Path
 
-from opmob_host.vaccessory import MICROPYTHON, SIM_BOARD, Accessory, Fleet, segment_ncc
+from opmob_host.vaccessory import (
+    MICROPYTHON_CMD,
+    MICROPYTHON_MISSING,
+    SIM_BOARD,
+    Accessory,
+    Fleet,
+    segment_ncc,
+)
 
 GROUP = "fire-1@no"
 BOARD_DEBOUNCE_MS = json.loads(SIM_BOARD.read_text())["debounce_ms"]
@@ -74,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if not speech.exists():
         print(f"opmob demo: speech file {speech} not found (install Debian's codec2-examples: make setup)")
         return 2
-    if not MICROPYTHON.exists():
-        print(f"opmob demo: {MICROPYTHON} not found (the MicroPython unix port: make setup)")
+    if not MICROPYTHON_CMD:
+        print(f"opmob demo: {MICROPYTHON_MISSING}")
         return 2
     out.mkdir(parents=True, exist_ok=True)
     # A fresh exchange each time: this demo's own state from an earlier run goes.

@@ -50,12 +50,24 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C, after the device was put back as it was; the message says so."""
 
 
-# boards/main.py's marker: "running", or "returned N" (the app returns 0 when a Ctrl-C stops it).
-# An older /main.py has none: the app's module imported by it says the app was started.
+# boards/main.py's marker: "running", or "returned N" (the app returns 0 when a Ctrl-C stops it),
+# and _opmob_app_at, the device's ticks_ms when the app ended. An older /main.py has neither: the
+# app's module imported by it says the app was started.
 APP_RUNNING = (
-    "import sys\ng=globals().get('_opmob_app')\n"
-    "print(g in ('running','returned 0') if g is not None else 'opmob.accessory.main' in sys.modules)"
+    "import sys,time\ng=globals().get('_opmob_app')\nt=globals().get('_opmob_app_at')\n"
+    "print(g in ('running','returned 0') and (t is None or time.ticks_diff(time.ticks_ms(),t)<=%d) "
+    "if g is not None else 'opmob.accessory.main' in sys.modules)"
 )
+# Sending the probe itself (raw REPL, 115200 baud) takes the device some tens of ms more.
+PROBE_SLACK_MS = 300
+
+
+def app_running(t: Any, since: float) -> bool:
+    """Whether the app ran until the Ctrl-C this command sent at host time ``since`` (monotonic):
+    it ended no longer ago than that Ctrl-C was sent. One stopped earlier by a Ctrl-C typed in a
+    terminal (it returned to the friendly REPL, marker and all) was not running: not started again."""
+    window = int((time.monotonic() - since) * 1000) + PROBE_SLACK_MS
+    return bool(t.exec(APP_RUNNING % window).strip() == b"True")
 
 
 def lost(port: str, step: str) -> TechnicianError:
@@ -344,10 +356,11 @@ def connect(port: str, soft_reset: bool = True, run_after: bool = False) -> Iter
     try:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # mpremote's prints of what it got
+                interrupted_at = time.monotonic()
                 t.enter_raw_repl(soft_reset=False, timeout_overall=5)
                 dev = Device(port, t)
                 # Asked before anything else: whether the Ctrl-C just sent stopped the app.
-                dev.app_was_running = t.exec(APP_RUNNING).strip() == b"True"
+                dev.app_was_running = app_running(t, interrupted_at)
                 if soft_reset:
                     t.enter_raw_repl(soft_reset=True, timeout_overall=5)
         except (TransportError, TransportExecError):

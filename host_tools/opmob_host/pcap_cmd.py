@@ -7,14 +7,16 @@
 IP, IPv4 or IPv6) and the SRTP key log of that relay (``opmob relay run --srtp-keylog FILE``, a lab
 relay only) into a classic pcap in which every SRTP packet is plain RTP and every SRTCP packet is
 plain RTCP (so tshark shows every MCPT floor field: cause, priority, granted party, Floor
-Indicator), with the capture's timestamps, addresses and ports; OpMob signalling is copied as it
-is. Each packet is opened with the key whose authentication tag verifies (a key log line names no
-stream), and a packet no key opens is copied as captured and counted.
+Indicator), and every protected signalling message is the same message sent open (flag P clear,
+plaintext body, no tag: the dissector shows every field), with the capture's timestamps,
+addresses and ports. Each packet is opened with the key whose authentication tag verifies, and a
+packet no key opens is copied as captured and counted.
 
-Key log format, one line per SRTP master key and salt the relay derived, in hex (SSLKEYLOGFILE's
-pattern; lines starting with ``#`` are comments)::
+Key log format, one line per key the relay derived, in hex (SSLKEYLOGFILE's pattern; lines
+starting with ``#`` are comments; the label, identity and SSRC are for people)::
 
-    OPMOB_SRTP <master key> <master salt> [<label> <identity> <ssrc>]
+    OPMOB_SRTP <master key> <master salt> [<label> <identity> <ssrc>]     device_up/down, link_tx/rx
+    OPMOB_SIG <AES key Ke> <HMAC key Km> [<label> <identity> <ssrc>]      sig_up/down (protocol.md §5)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 from opmob_host import resources
 
 KEYLOG_TAG = "OPMOB_SRTP"
+KEYLOG_SIG_TAG = "OPMOB_SIG"
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_SLL, LINKTYPE_SLL2 = 0, 1, 101, 113, 276
 LINKTYPE_IPV4, LINKTYPE_IPV6 = 228, 229
 
@@ -187,31 +190,36 @@ def write_pcap(path: Path, records: list[tuple[float, bytes]]) -> None:
 # --- the key log ------------------------------------------------------------------------------------
 
 
-def read_keylog(path: Path) -> list[tuple[bytes, bytes]]:
-    """The (master key, master salt) pairs of a key log, in order, without repeats."""
+def read_keylogs(path: Path) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """The SRTP (master key, master salt) pairs and the signalling (AES key, HMAC key) pairs of a
+    key log, each in order, without repeats."""
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise PcapError(f"{path}: cannot read the key log ({getattr(e, 'strerror', e)})") from None
-    keys: list[tuple[bytes, bytes]] = []
+    srtp: list[tuple[bytes, bytes]] = []
+    sig: list[tuple[bytes, bytes]] = []
     for n, line in enumerate(lines, 1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
         try:
-            if parts[0] != KEYLOG_TAG or len(parts) < 3:
+            if parts[0] not in (KEYLOG_TAG, KEYLOG_SIG_TAG) or len(parts) < 3:
                 raise ValueError
             pair = (bytes.fromhex(parts[1]), bytes.fromhex(parts[2]))
+            if parts[0] == KEYLOG_SIG_TAG and (len(pair[0]) != 16 or len(pair[1]) < 16):
+                raise ValueError
         except ValueError:
             raise PcapError(
-                f"{path}:{n}: not a key log line ({KEYLOG_TAG} <key hex> <salt hex> ...): the file "
-                "`opmob relay run --srtp-keylog` writes"
+                f"{path}:{n}: not a key log line ({KEYLOG_TAG} <key hex> <salt hex> ... or {KEYLOG_SIG_TAG} "
+                "<AES key hex> <HMAC key hex> ...): the file `opmob relay run --srtp-keylog` writes"
             ) from None
+        keys = sig if parts[0] == KEYLOG_SIG_TAG else srtp
         if pair not in keys:
             keys.append(pair)
-    if not keys:
+    if not srtp and not sig:
         raise PcapError(f"{path}: no keys in the key log: was the relay started with --srtp-keylog?")
-    return keys
+    return srtp, sig
 
 
 # --- decrypting ----------------------------------------------------------------------------------
@@ -249,11 +257,48 @@ class Opener:
         return None
 
 
+class SigOpener:
+    """Protected signalling opened with the key whose tag verifies (remembered per session and
+    direction), and written back as the same message sent open."""
+
+    def __init__(self, keys: list[tuple[bytes, bytes]]) -> None:
+        from opmob import sig
+
+        self.keys = [sig.SigKey(mac, enc) for enc, mac in keys]
+        self.known: dict[tuple[Any, ...], Any] = {}
+
+    def open(self, payload: bytes) -> bytes | None:
+        """The open form of a protected message (P clear, plaintext body, no tag), None when no
+        key's tag verifies; a message sent open is returned as it is."""
+        from opmob import sig
+        from opmob.errors import WireError
+
+        try:
+            h = sig.peek(payload)
+        except WireError:
+            return payload  # not well-formed: shown as captured, the dissector says what is wrong
+        if not h.flags & sig.FLAG_PROTECTED:
+            return payload
+        head, body = payload[: sig.HEADER_LEN], payload[sig.HEADER_LEN : sig.HEADER_LEN + h.length]
+        tag = payload[sig.HEADER_LEN + h.length :]
+        stream = (h.session, h.flags & sig.FLAG_DOWN)
+        order = [self.known[stream]] if stream in self.known else []
+        order += [k for k in self.keys if k not in order]
+        for k in order:
+            plain = k.crypt(tag, body)
+            if sig.ct_equal(k.tag(head, plain), tag):
+                self.known[stream] = k
+                return head[:4] + bytes([h.flags & ~sig.FLAG_PROTECTED]) + head[5:] + plain
+        return None
+
+
 def decrypt(capture: Path, keylog: Path, out: Path) -> dict[str, int]:
     from opmob import sig
 
-    opener = Opener(read_keylog(keylog))
-    counts = {"signalling": 0, "rtp": 0, "rtcp": 0, "no_key": 0, "other": 0}
+    srtp_keys, sig_keys = read_keylogs(keylog)
+    opener = Opener(srtp_keys)
+    sig_opener = SigOpener(sig_keys)
+    counts = {"signalling": 0, "signalling_opened": 0, "rtp": 0, "rtcp": 0, "no_key": 0, "other": 0}
     records: list[tuple[float, bytes]] = []
     for i, (t, linktype, fr) in enumerate(read_frames(capture)):
         udp = udp_of(linktype, fr)
@@ -263,6 +308,12 @@ def decrypt(capture: Path, keylog: Path, out: Path) -> dict[str, int]:
         src, dst, sport, dport, payload = udp
         if sig.is_sig(payload):
             counts["signalling"] += 1
+            opened = sig_opener.open(payload)
+            if opened is None:
+                counts["no_key"] += 1
+            elif opened is not payload:
+                counts["signalling_opened"] += 1
+                payload = opened
         elif len(payload) >= 12 and payload[0] >> 6 == 2:
             plain = opener.open((src, sport, dst, dport), payload)
             if plain is None:
@@ -285,9 +336,9 @@ def add_parser(sub: Any) -> None:
         "pcap",
         help="Wireshark for field engineers: the OpMob dissector, and captures decrypted with a key log",
         description="`lua` prints the path of the Wireshark dissector for OpMob signalling (tshark -X "
-        "lua_script:PATH). `decrypt` opens the SRTP and SRTCP of a capture with a lab relay's SRTP key "
-        "log (opmob relay run --srtp-keylog) and writes a plain pcap in which tshark shows every RTP "
-        "packet and every MCPT floor field.",
+        "lua_script:PATH). `decrypt` opens the SRTP, SRTCP and protected signalling of a capture with a "
+        "lab relay's key log (opmob relay run --srtp-keylog) and writes a plain pcap in which tshark "
+        "shows every signalling field, every RTP packet and every MCPT floor field.",
     )
     ps = p.add_subparsers(dest="pcap_command", metavar="ACTION", required=True)
     ps.add_parser(
@@ -298,10 +349,10 @@ def add_parser(sub: Any) -> None:
     )
     d = ps.add_parser(
         "decrypt",
-        help="a capture plus a relay's SRTP key log -> a plain pcap",
+        help="a capture plus a relay's key log -> a plain pcap",
         description="Write OUTPUT: the capture's UDP datagrams, SRTP and SRTCP opened with the keys of "
-        "the key log (plain RTP and RTCP), signalling as captured. Then: tshark -X lua_script:$(opmob "
-        "pcap lua) -r OUTPUT.",
+        "the key log (plain RTP and RTCP), protected signalling opened (sent open: flag P clear, no "
+        "tag). Then: tshark -X lua_script:$(opmob pcap lua) -r OUTPUT.",
     )
     d.add_argument("--keylog", required=True, help="the key log of opmob relay run --srtp-keylog")
     d.add_argument("capture", help="the capture (pcap or pcapng: tcpdump -w, dumpcap, tshark -w)")
@@ -322,9 +373,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(
         f"opmob pcap decrypt: {args.output}: {counts['rtp']} RTP and {counts['rtcp']} RTCP packets opened, "
-        f"{counts['signalling']} signalling messages copied"
+        f"{counts['signalling']} signalling messages ({counts['signalling_opened']} protected ones opened)"
         + (
-            f", {counts['no_key']} SRTP/SRTCP packets without a key (copied as captured)"
+            f", {counts['no_key']} protected packets without a key (copied as captured)"
             if counts["no_key"]
             else ""
         )

@@ -74,8 +74,9 @@ def add_parser(sub: Any) -> None:
     run.add_argument(
         "--srtp-keylog",
         metavar="FILE",
-        help="LAB RELAYS ONLY: append every SRTP master key and salt to FILE (mode 0600), for opmob pcap "
-        "decrypt; whoever reads FILE can listen to every call. Off unless given",
+        help="LAB RELAYS ONLY: append every SRTP master key and salt and every device's signalling keys to "
+        "FILE (mode 0600), for opmob pcap decrypt; whoever reads FILE can listen to every call and read "
+        "every message. Off unless given",
     )
 
     check = rs.add_parser(
@@ -216,9 +217,6 @@ def cmd_check(path: str) -> int:
     print(f"{PREFIX}: {path}: OK: {describe(cfg)}, registry {cfg.registry_path}, admin {cfg.admin_socket}")
     if cfg.registry_import:
         print(f"{PREFIX}: {path}: imports {cfg.registry_import} at every start")
-        warning = export_mode_warning(cfg.registry_import)
-        if warning:
-            print(f"{PREFIX}: WARNING: {warning}", file=sys.stderr)
     return 0
 
 
@@ -229,6 +227,7 @@ def check_export(path: str, system: str) -> Any:
     from opmob.store import MemoryStore
 
     export = _read_export(path)
+    refuse_open_export(path, export)
     try:
         return Registry(MemoryStore(), system).load_export(export)
     except RegistryError as e:
@@ -238,18 +237,29 @@ def check_export(path: str, system: str) -> Any:
 # --- run --------------------------------------------------------------------------------------------------
 
 
-def export_mode_warning(path: str) -> str | None:
-    """A sentence when the export, which holds device secrets, is readable by every user."""
+def refuse_open_export(path: str, export: Any) -> None:
+    """A Failure (exit 2) when the export holds device secrets and every user may read or write it
+    (any of mode 007): as ssh with a private key, it is not used, and not mended silently, since
+    its copies are as open. Group read (0640, group opmob, as the Pi install does) is the relay's
+    way in when root owns the file. A partner view (no secrets) may be readable by all."""
+    if not _holds_secrets(export):
+        return
     try:
         mode = os.stat(path).st_mode & 0o777
     except OSError:
-        return None
-    if not mode & 0o004:
-        return None
-    return (
-        f"{path} holds device secrets and is readable by every user (mode {mode:04o}): "
-        f"chmod 600 {path} (or 640, group opmob, as boards/rpi-relay/README.md installs it)"
-    )
+        return  # just read: a file gone since fails where it is read again
+    if mode & 0o007:
+        raise Failure(
+            f"{path} holds device secrets but is open to every user (mode {mode:04o}): run chmod 600 {path} "
+            "(or chmod 640 with group opmob, as boards/rpi-relay/README.md installs it); the relay does not "
+            "use it until then",
+            2,
+        )
+
+
+def _holds_secrets(export: Any) -> bool:
+    devices = export.get("devices") if isinstance(export, dict) else None
+    return isinstance(devices, list) and any(isinstance(d, dict) and "secret" in d for d in devices)
 
 
 def _read_export(path: str) -> Any:
@@ -366,16 +376,18 @@ def open_keylog(path: str) -> Any:
     return os.fdopen(fd, "a", buffering=1)
 
 
-def keylog_factory(cls: Any, log: Any) -> Callable[..., Any]:
-    """``Relay(srtp=...)`` that writes each session's master key and salt to the key log first
-    (opmob pcap decrypt finds which stream a key opens by its authentication tag)."""
-    from opmob_host.pcap_cmd import KEYLOG_TAG
+def keylog_writer(log: Any) -> Callable[[str, str, int, bytes, bytes], None]:
+    """``Relay(key_log=...)`` writing each hop's keys to the key log, one line each (pcap_cmd.py's
+    format): the SRTP master key and salt, and a device's signalling keys (AES, HMAC), each with
+    the relay's label, the identity and the SSRC (opmob pcap decrypt still picks the key whose
+    authentication tag verifies)."""
+    from opmob_host.pcap_cmd import KEYLOG_SIG_TAG, KEYLOG_TAG
 
-    def make(key: bytes, salt: bytes, *args: Any, **kwargs: Any) -> Any:
-        log.write(f"{KEYLOG_TAG} {bytes(key).hex()} {bytes(salt).hex()}\n")
-        return cls(key, salt, *args, **kwargs)
+    def key_log(label: str, identity: str, ssrc: int, key: bytes, salt: bytes) -> None:
+        tag = KEYLOG_SIG_TAG if label.startswith("sig") else KEYLOG_TAG
+        log.write(f"{tag} {key.hex()} {salt.hex()} {label} {identity} {ssrc}\n")
 
-    return make
+    return key_log
 
 
 def cmd_run(config: str, registry_import: str | None, srtp_keylog: str | None = None) -> int:
@@ -395,6 +407,8 @@ def cmd_run(config: str, registry_import: str | None, srtp_keylog: str | None = 
     import_path = registry_import or cfg.registry_import
     # Read and parse the export before the store is touched: a bad file changes nothing.
     export = _read_export(import_path) if import_path else None
+    if import_path:
+        refuse_open_export(import_path, export)
     logger = _setup_logging()
     if backend.name == "pure" and (os.environ.get(accel.ENV, "").strip() or cfg.accel) == "auto":
         logger.warning("%s", pure_fallback_line(accel_source))
@@ -406,14 +420,13 @@ def cmd_run(config: str, registry_import: str | None, srtp_keylog: str | None = 
             accel_source,
         )
 
-    if import_path and export_mode_warning(import_path):
-        logger.warning("%s", export_mode_warning(import_path))
     keylog = None
     if srtp_keylog:
         keylog = open_keylog(srtp_keylog)
         logger.warning(
-            "SRTP KEY LOG ON: every SRTP key of this relay is written to %s; whoever reads it can listen "
-            "to every call through this relay. A lab relay only: never on a relay in service",
+            "SRTP KEY LOG ON: every SRTP and signalling key of this relay is written to %s; whoever reads "
+            "it can listen to every call and read every message through this relay. A lab relay only: "
+            "never on a relay in service",
             srtp_keylog,
         )
     db = Path(cfg.registry_path)
@@ -447,7 +460,8 @@ def cmd_run(config: str, registry_import: str | None, srtp_keylog: str | None = 
             store,
             os.urandom,
             now_ms(),
-            srtp=backend.SrtpSession if keylog is None else keylog_factory(backend.SrtpSession, keylog),
+            srtp=backend.SrtpSession,
+            key_log=None if keylog is None else keylog_writer(keylog),
             fanout=fanout_for(backend),
             codec=backend.link_codec() if any(lk.transcodes for lk in cfg.links) else None,
         )

@@ -222,6 +222,7 @@ class RelayProcess:
     def __init__(self, workdir: Path, export: dict[str, Any]) -> None:
         self.workdir = workdir
         (workdir / "registry.json").write_text(json.dumps(export))
+        (workdir / "registry.json").chmod(0o600)  # it holds secrets: the relay refuses it open to all
         self.status_port = _free_tcp_port()
         self.cfg = workdir / "relay.toml"
         self.cfg.write_text(
@@ -247,10 +248,11 @@ class RelayProcess:
         self.udp: tuple[str, int] | None = None
 
     async def start(self) -> None:
-        root = Path(__file__).resolve().parents[2]
+        from opmob_host import resources
+
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            [str(root / "host_tools"), str(root / "firmware"), env.get("PYTHONPATH", "")]
+            [str(resources.host_tools_root()), str(resources.firmware_root()), env.get("PYTHONPATH", "")]
         )
         with open(self.log, "wb") as log:
             self.proc = await asyncio.create_subprocess_exec(

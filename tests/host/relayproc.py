@@ -223,6 +223,7 @@ class RelayProc:
 
     def start(self) -> RelayProc:
         (self.dir / "export.json").write_text(json.dumps(self.export))
+        (self.dir / "export.json").chmod(0o600)  # it holds secrets: the relay refuses it open to all
         for lk in self.links:
             if "psk" in lk:
                 kf = self.dir / lk["key_file"]

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from opmob_host.vaccessory import MICROPYTHON, ROOT, SPEECH, Fleet
+from opmob_host.vaccessory import MICROPYTHON, SPEECH, Fleet
+
+ROOT = Path(__file__).resolve().parents[2]
 
 GROUP = "fire-1@no"
 

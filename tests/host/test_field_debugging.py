@@ -27,9 +27,10 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from opmob import mcpt
+from opmob import mcpt, sig
 from opmob_host import resources
 from opmob_host.pcap import write_pcap
+from opmob_host.pcap_cmd import PcapError, SigOpener, read_frames, read_keylogs, udp_of
 from relayproc import Output, RelayProc, close_all, expect, export_doc, short_dir, start_clients, toml
 from test_relay_capture import Capture, subtype
 
@@ -105,6 +106,13 @@ def test_the_dissector_shows_every_signalling_vector(tmp_path: Path) -> None:
     messages = VECTORS["messages"] + [dict(m, **m["message"]) for m in VECTORS["decode_only"]]
     raw = [bytes.fromhex(m["hex"]) for m in messages]
     opened = [open_message(w, m["key"]) if m.get("key") else w for w, m in zip(raw, messages, strict=True)]
+    # opmob pcap decrypt opens each protected vector as this independent SIV does, with every
+    # vector's key in its key log (it finds the one whose tag verifies).
+    keys = list(
+        {(bytes.fromhex(m["key"]["enc"]), bytes.fromhex(m["key"]["mac"])) for m in messages if m.get("key")}
+    )
+    opener = SigOpener(keys)
+    assert len(keys) >= 2 and [opener.open(w) for w in raw] == opened
     wants = [
         {k: v for name, val in m["fields"].items() for k, v in expected(name, val).items()} for m in messages
     ]
@@ -151,6 +159,39 @@ def test_the_dissector_shows_every_signalling_vector(tmp_path: Path) -> None:
     assert len(tshark(tmp_path / "reject.pcap", ["frame.number"])) == len(VECTORS["reject"])
 
 
+def tlv_types(body: bytes) -> list[int]:
+    """The TLV types of an open body, in order (protocol.md §3: types from 0xC0 have 2 length bytes)."""
+    out, i = [], 0
+    while i < len(body):
+        t = body[i]
+        hl, n = (3, int.from_bytes(body[i + 1 : i + 3], "big")) if t >= 0xC0 else (2, body[i + 1])
+        out.append(t)
+        i += hl + n
+    return out
+
+
+def test_without_the_option_no_key_leaves_the_relay(tmp_path: Path) -> None:
+    """No --srtp-keylog (the default): after a registration, none of the device's keys is in
+    anything the relay wrote (its log, its state, its directory)."""
+    with short_dir() as d:
+        doc, secrets = export_doc({"ann": (100, [G])}, [G])
+        with RelayProc(d, doc) as r:
+
+            async def register() -> Any:
+                cl = await start_clients(r, secrets, {"ann": [G]})
+                close_all(cl)
+                return cl
+
+            clients = asyncio.run(asyncio.wait_for(register(), 60))
+        ((_ssrc, k),) = clients["ann"].dev.key_log
+        written = b"".join(f.read_bytes() for f in d.rglob("*") if f.is_file())
+        written += "\n".join(r.out.seen).encode()
+        relay_log = (d / "stderr.txt").read_text()
+    assert "KEY LOG" not in relay_log, relay_log
+    for name, value in k.items():
+        assert value.hex().encode() not in written.lower() and value not in written, name
+
+
 class KeylogRelay(RelayProc):
     """``opmob relay run --srtp-keylog FILE`` (RelayProc's relay, with the lab option)."""
 
@@ -162,6 +203,7 @@ class KeylogRelay(RelayProc):
         from test_relay_server import free_tcp_port
 
         (self.dir / "export.json").write_text(json.dumps(self.export))
+        (self.dir / "export.json").chmod(0o600)  # it holds secrets: the relay refuses it open to all
         self._stderr = open(self.dir / "stderr.txt", "w+")  # noqa: SIM115 (closed in stop)
         self.status_port = free_tcp_port()
         self.config_path.write_text(toml(self.config()))
@@ -211,7 +253,17 @@ def test_a_real_call_decrypted_with_the_key_log(tmp_path: Path) -> None:
         relay_log = (d / "stderr.txt").read_text()
     assert "SRTP KEY LOG ON" in relay_log and str(keylog) in relay_log, relay_log[-2000:]
     assert stat.S_IMODE(keylog.stat().st_mode) == 0o600
-    assert len(keylog.read_text().splitlines()) >= 4  # up and down, for each device
+    # Each device's SRTP and signalling keys, both directions, named by label, identity and SSRC.
+    logged = {tuple(line.split()[3:]): line.split()[:3] for line in keylog.read_text().splitlines()}
+    for c in clients.values():
+        ((ssrc, k),) = c.dev.key_log
+        for label, tag, key, other in (
+            ("device_up", "OPMOB_SRTP", k.srtp_up_key, k.srtp_up_salt),
+            ("device_down", "OPMOB_SRTP", k.srtp_down_key, k.srtp_down_salt),
+            ("sig_up", "OPMOB_SIG", k.sig_up_enc, k.sig_up_mac),
+            ("sig_down", "OPMOB_SIG", k.sig_down_enc, k.sig_down_mac),
+        ):
+            assert logged[(label, c.identity, str(ssrc))] == [tag, key.hex(), other.hex()], (label, logged)
 
     out = tmp_path / "plain.pcap"
     p = subprocess.run(
@@ -233,32 +285,71 @@ def test_a_real_call_decrypted_with_the_key_log(tmp_path: Path) -> None:
         timeout=120,
     )
     assert p.returncode == 0 and "without a key" not in p.stdout, p.stdout + p.stderr
+    protected = [u[4] for _, lt, f in read_frames(cap.path) if (u := udp_of(lt, f)) and sig.is_sig(u[4])]
+    protected = [m for m in protected if m[4] & sig.FLAG_PROTECTED]
+    assert len(protected) >= 4 and f"({len(protected)} protected ones opened)" in p.stdout, p.stdout
     mc = "rtcp.app_data.mcptt."
     fields = ["_ws.col.Protocol", "opmob.message", "udp.dstport", "rtp.ssrc", "rtp.payload", "rtcp.app.name",
               "rtcp.app.subtype", mc + "rej_cause", mc + "rej_cause.floor_deny", "rtcp.mcptt.granted_partys_id",
-              mc + "floor_ind", "_ws.malformed"]  # fmt: skip
+              mc + "floor_ind", mc + "priority", "_ws.malformed"]  # fmt: skip
     rows = [dict(zip(fields, row, strict=True)) for row in tshark(out, fields)]
     assert rows and not [x for x in rows if x["_ws.malformed"]]
     kinds = {x["_ws.col.Protocol"] for x in rows}
     assert kinds <= {"OpMob", "RTP", "RTCP"}, kinds  # every datagram: signalling, voice, floor
     assert {"REGISTER", "CHALLENGE", "AUTH_RESPONSE", "REGISTER_ACK"} <= {x["opmob.message"] for x in rows}
+    # Every signalling message open, by name, with every field of its body and nothing amiss.
+    sig_fields = ["opmob.message", "opmob.flags.protected", "opmob.tlv.type", "opmob.unknown", "_ws.expert"]
+    shown = [dict(zip(sig_fields, r, strict=True)) for r in tshark(out, sig_fields, "-Y", "opmob")]
+    plain = [u[4] for _, lt, f in read_frames(out) if (u := udp_of(lt, f)) and sig.is_sig(u[4])]
+    assert len(shown) == len(plain) and plain, (len(shown), len(plain))
+    for x, m in zip(shown, plain, strict=True):
+        assert x["opmob.message"] == sig.type_name(m[3]), (x, m.hex())
+        assert (
+            x["opmob.flags.protected"] in ("False", "0") and not x["opmob.unknown"] and not x["_ws.expert"]
+        ), x
+        assert [int(t, 0) for t in x["opmob.tlv.type"].split("|") if t] == tlv_types(m[16:]), (x, m.hex())
+        if sig.type_name(m[3]) == "REGISTER_ACK":
+            assert len(tlv_types(m[16:])) >= 3, m.hex()  # session's fields, once ciphertext
     by_port = {c.port: c for c in clients.values()}
     down: dict[str, list[tuple[str, ...]]] = {n: [] for n in clients}
     for x in rows:
         if x["rtcp.app.name"] == "MCPT" and int(x["udp.dstport"]) in by_port:
             cause = x[mc + "rej_cause"] or x[mc + "rej_cause.floor_deny"]
             down[by_port[int(x["udp.dstport"])].name].append(
-                (x["rtcp.app.subtype"], cause, x["rtcp.mcptt.granted_partys_id"], x[mc + "floor_ind"])
+                (
+                    x["rtcp.app.subtype"],
+                    cause,
+                    x["rtcp.mcptt.granted_partys_id"],
+                    x[mc + "floor_ind"],
+                    x[mc + "priority"],
+                )  # fmt: skip
             )
     for n, c in clients.items():
         want = [
             (str(subtype(m)), "" if m.reject_cause is None else str(m.reject_cause), m.granted_party or "",
-             "" if m.indicator is None else str(m.indicator))
+             "" if m.indicator is None else str(m.indicator), "" if m.priority is None else str(m.priority))
             for _, _, m in c.floor_log
         ]  # fmt: skip
         assert down[n] == want, (n, down[n], want)
-    assert any(cause == str(mcpt.DENY_ANOTHER_HAS_PERMISSION) for _, cause, _, _ in down["bob"])
+    assert any(cause == str(mcpt.DENY_ANOTHER_HAS_PERMISSION) for _, cause, _, _, _ in down["bob"])
+    assert any(prio for *_, prio in down["ann"]), down["ann"]  # Floor Granted names its priority
     voice_to_bob = [x["rtp.payload"].replace(":", "") for x in rows if x["_ws.col.Protocol"] == "RTP"
                     and int(x["udp.dstport"]) == clients["bob"].port]  # fmt: skip
     assert voice_to_bob == [p[12:].hex() for _, p in clients["bob"].voice_log]
     assert len(sent) == 5 and len(voice_to_bob) == 5
+
+
+def test_the_key_log_reader_takes_both_kinds_and_names_a_bad_line(tmp_path: Path) -> None:
+    log = tmp_path / "keys.log"
+    srtp_line = f"OPMOB_SRTP {'11' * 16} {'22' * 14} device_up ann@no 305419896"
+    sig_line = f"OPMOB_SIG {'33' * 16} {'44' * 32} sig_up ann@no 305419896"
+    log.write_text(f"# comment\n{srtp_line}\n{sig_line}\n{sig_line}\n")
+    assert read_keylogs(log) == ([(b"\x11" * 16, b"\x22" * 14)], [(b"\x33" * 16, b"\x44" * 32)])
+    for bad in (
+        f"OPMOB_SIG {'33' * 15} {'44' * 32}",
+        "OPMOB_SIG zz 44",
+        f"SOMETHING {'11' * 16} {'22' * 14}",
+    ):
+        log.write_text(f"{srtp_line}\n{bad}\n")
+        with pytest.raises(PcapError, match=r"keys.log:2: not a key log line"):
+            read_keylogs(log)

@@ -18,7 +18,7 @@ EXAMPLE = ROOT / "boards" / "rpi-relay" / "registry-example.json"
 def _config(tmp_path: Path) -> Path:
     text = (ROOT / "boards" / "rpi-relay" / "relay.toml").read_text()
     text = text.replace('path = "/var/lib/opmob/registry.sqlite"', 'path = "state/registry.sqlite"')
-    text = text.replace('# import = "/etc/opmob/registry.json"', 'import = "registry.json"')
+    text = text.replace('import = "/etc/opmob/registry.json"', 'import = "registry.json"')
     cfg = tmp_path / "relay.toml"
     cfg.write_text(text)
     return cfg
@@ -48,22 +48,39 @@ def test_check_refuses_an_import_that_run_would_refuse(
 def test_check_passes_a_good_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _config(tmp_path)
     shutil.copy2(EXAMPLE, tmp_path / "registry.json")
+    (tmp_path / "registry.json").chmod(0o600)
     assert json.loads(EXAMPLE.read_text())["system"] == "no"
     assert main(["relay", "check", "--config", str(cfg)]) == 0
     out, _ = capsys.readouterr()
     assert ": OK: relay relay-1@no" in out and f"imports {tmp_path / 'registry.json'} at every start" in out
 
 
-def test_an_export_every_user_can_read_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """It holds device secrets: check says so (a warning, as run logs it) until it is 0600 or 0640."""
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_an_export_with_secrets_open_to_every_user_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """It holds device secrets: check and run refuse it (exit 2, nothing stored), saying what to do,
+    until it is 0600 (or 0640, group opmob); a partner view (no secrets) may be read by all."""
     cfg = _config(tmp_path)
     export = tmp_path / "registry.json"
     shutil.copy2(EXAMPLE, export)
-    export.chmod(0o644)
-    assert main(["relay", "check", "--config", str(cfg)]) == 0
-    err = capsys.readouterr().err
-    assert f"WARNING: {export} holds device secrets and is readable by every user (mode 0644)" in err, err
-    assert f"chmod 600 {export}" in err
-    export.chmod(0o640)
-    assert main(["relay", "check", "--config", str(cfg)]) == 0
-    assert "WARNING" not in capsys.readouterr().err
+    for mode in (0o644, 0o604, 0o666):
+        export.chmod(mode)
+        assert main(["relay", command, "--config", str(cfg)]) == 2
+        out, err = capsys.readouterr()
+        assert f"{export} holds device secrets but is open to every user (mode {mode:04o})" in err, err
+        assert f"run chmod 600 {export}" in err and "Traceback" not in err
+        assert "OK" not in out and not (tmp_path / "state").exists(), "refused before anything is stored"
+    if command == "check":
+        for mode in (0o600, 0o640):
+            export.chmod(mode)
+            assert main(["relay", "check", "--config", str(cfg)]) == 0, capsys.readouterr()
+        doc = json.loads(EXAMPLE.read_text())
+        for d in doc["devices"]:
+            d.pop("secret", None)
+            d.pop("vid", None)
+            d.pop("cseq", None)
+        doc["view"] = "partner"
+        export.write_text(json.dumps(doc))
+        export.chmod(0o644)
+        assert main(["relay", "check", "--config", str(cfg)]) == 0, capsys.readouterr()

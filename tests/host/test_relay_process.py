@@ -46,12 +46,20 @@ def secret_of(identity: str) -> bytes:
     raise KeyError(identity)
 
 
-def config(udp: int, status: int, registry: str, keepalive: int = 15) -> dict[str, Any]:
+def private_export(tmp: Path) -> Path:
+    """The example export as a relay's import must be: readable by its owner only (it holds secrets)."""
+    path = tmp / "registry.json"
+    path.write_bytes(EXAMPLE.read_bytes())
+    path.chmod(0o600)
+    return path
+
+
+def config(udp: int, status: int, registry: str, export: Path, keepalive: int = 15) -> dict[str, Any]:
     return {
         "relay": {"identity": "relay-1@no"},
         "listen": {"host": "127.0.0.1", "port": udp},
         "status": {"host": "127.0.0.1", "port": status},
-        "registry": {"path": registry, "import": str(EXAMPLE)},
+        "registry": {"path": registry, "import": str(export)},
         "timers": {"keepalive": keepalive, "expiry": 600},
     }
 
@@ -115,7 +123,7 @@ async def register(dev: DeviceSession, ep: Endpoint) -> None:
 def test_a_device_registers_and_status_shows_it(tmp_path: Path) -> None:
     status_port = free_tcp_port()
     cfg = tmp_path / "relay.toml"
-    cfg.write_text(toml(config(0, status_port, "state/registry.sqlite")))
+    cfg.write_text(toml(config(0, status_port, "state/registry.sqlite", private_export(tmp_path))))
     with cpython_relay(cfg) as (proc, lines):
         udp = int(lines.seen[-1].split("serving udp 127.0.0.1:")[1].split(",")[0])
         dev = DeviceSession(DEVICE, secret_of(DEVICE), ("127.0.0.1", udp), os.urandom, groups=[GROUP])
@@ -153,7 +161,9 @@ def test_a_device_registers_and_status_shows_it(tmp_path: Path) -> None:
 def test_restart_keeps_the_registration_and_the_device_comes_back_by_itself(tmp_path: Path) -> None:
     udp, status_port = free_udp_port(), free_tcp_port()
     cfg = tmp_path / "relay.toml"
-    cfg.write_text(toml(config(udp, status_port, "state/registry.sqlite", keepalive=1)))
+    cfg.write_text(
+        toml(config(udp, status_port, "state/registry.sqlite", private_export(tmp_path), keepalive=1))
+    )
     dev = DeviceSession(DEVICE, secret_of(DEVICE), ("127.0.0.1", udp), os.urandom, groups=[GROUP])
 
     async def main() -> None:
@@ -185,7 +195,7 @@ def test_micropython_relay_serves_a_device(tmp_path: Path) -> None:
         pytest.fail("MicroPython unix port not installed: run `make setup`")
     udp = free_udp_port()
     cfg = tmp_path / "relay.json"
-    doc = config(udp, 0, "state")
+    doc = config(udp, 0, "state", private_export(tmp_path))
     del doc["status"]
     cfg.write_text(json.dumps(doc))
     env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:.frozen")

@@ -74,6 +74,7 @@ def export(secrets: dict[str, bytes]) -> dict[str, Any]:
 
 def write_config(tmp: Path, udp: int, status: int, secrets: dict[str, bytes]) -> Path:
     (tmp / "registry.json").write_text(json.dumps(export(secrets)))
+    (tmp / "registry.json").chmod(0o600)  # it holds secrets: the relay refuses it open to all
     cfg = tmp / "relay.toml"
     cfg.write_text(
         "\n".join(

@@ -698,7 +698,16 @@ def test_relay_check_accepts_a_good_config(tmp_path: Path, capsys: pytest.Captur
     assert f"opmob relay: {cfg}: OK: relay relay-1@no: udp 127.0.0.1:0, status off" in out
     # Relative paths are taken from the configuration's directory, not from where it is started.
     assert f"registry {tmp_path / 'state' / 'registry.sqlite'}" in out
-    assert opmob_main("relay", "check", "--config", str(ROOT / "boards" / "rpi-relay" / "relay.toml")) == 0
+    # The sample, its import (/etc/opmob/registry.json) here a private copy of the example export.
+    sample = (ROOT / "boards" / "rpi-relay" / "relay.toml").read_text()
+    (tmp_path / "registry.json").write_bytes(
+        (ROOT / "boards" / "rpi-relay" / "registry-example.json").read_bytes()
+    )
+    (tmp_path / "registry.json").chmod(0o600)
+    (tmp_path / "sample.toml").write_text(
+        sample.replace("/etc/opmob/registry.json", str(tmp_path / "registry.json"))
+    )
+    assert opmob_main("relay", "check", "--config", str(tmp_path / "sample.toml")) == 0
 
 
 @pytest.mark.parametrize(
@@ -808,6 +817,7 @@ def test_relay_run_refuses_a_bad_import_and_imports_nothing(tmp_path: Path) -> N
     example["devices"][1]["ceiling"] = 300  # the second device: the first one must not land either
     bad = tmp_path / "export.json"
     bad.write_text(json.dumps(example))
+    bad.chmod(0o600)
     cfg = tmp_path / "relay.toml"
     cfg.write_text(GOOD_CONFIG)
     proc = opmob_proc("relay", "run", "--config", str(cfg), "--registry-import", str(bad))

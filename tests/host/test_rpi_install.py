@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from test_relay_samples import step_3
 from test_wheel_install import _checkout, _clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,17 +84,8 @@ def test_step_2_as_written_installs_a_relay_the_service_can_start(tmp_path: Path
     exe, *args = shlex.split(exec_start.replace("/opt/opmob", str(opt)))
     assert Path(exe) == venv / "bin" / "opmob" and Path(exe).is_file(), exec_start
     assert args == ["relay", "run", "--config", "/etc/opmob/relay.toml"], args
-    # Step 3's check, on the sample the step copies (its paths are the Pi's, which check only names).
-    sample = opt / "boards" / "rpi-relay" / "relay.toml"
+    # Step 3 as written with the relay step 2 installed: the sample and the export it imports.
     etc = tmp_path / "etc"
-    etc.mkdir()
-    shutil.copy2(sample, etc / "relay.toml")
-    r = subprocess.run(
-        [exe, "relay", "check", "--config", str(etc / "relay.toml")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_clean_env(),
-        timeout=60,
-    )
+    r = step_3(opt, etc, PI / "registry-example.json", [exe], _clean_env())
     assert r.returncode == 0 and ": OK: relay relay-1@no" in r.stdout, r.stdout + r.stderr
+    assert f"imports {etc / 'registry.json'} at every start" in r.stdout, r.stdout

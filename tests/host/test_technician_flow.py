@@ -53,6 +53,7 @@ class ExportedFleet(Fleet):
         path = super().relay_toml(i)
         assert self.export_file is not None
         (self.dir / "registry.json").write_bytes(self.export_file.read_bytes())
+        (self.dir / "registry.json").chmod(0o600)
         return path
 
 

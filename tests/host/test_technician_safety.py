@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+import serial
 from opmob_host import deploy
 from opmob_host.vaccessory import Attached
 from virtualdev import ROOT, Virtual, opmob, running, write_inventory
@@ -33,6 +34,17 @@ BOOT_S = 30.0
 def _app_runs(dev: Virtual, tmp_path: Path, name: str = "ada@no") -> None:
     with Attached(name, dev.control_port, tmp_path / "speaker.wav").start(BOOT_S) as a:
         a.wait_for(f"hello unix-sim {name} running")
+
+
+def _app_stopped(dev: Virtual, tmp_path: Path) -> None:
+    """No app answers: no control channel, or (the REPL keeps the stopped app's socket) no hello."""
+    try:
+        a = Attached("ada@no", dev.control_port, tmp_path / "speaker.wav").start(2.0)
+    except AssertionError as e:
+        assert "no control channel" in str(e), e
+        return
+    with a, pytest.raises(AssertionError, match="no report"):
+        a.wait_for("hello unix-sim ada@no running", 3.0)
 
 
 def _deployed_and_running(dev: Virtual, inv: Path, tmp_path: Path) -> None:
@@ -68,6 +80,31 @@ def test_ports_and_a_provision_that_changes_nothing_leave_the_app_running(tmp_pa
         assert row["detected"].endswith("board unix-sim"), row
         with pytest.raises(AssertionError, match="no control channel"):
             Attached("ada@no", dev.control_port, tmp_path / "speaker.wav").start(2.0)
+
+
+def test_after_a_ctrl_c_in_a_terminal_no_command_starts_the_app(tmp_path: Path) -> None:
+    """The technician stopped the app with Ctrl-C in a terminal (screen, mpremote repl, opmob
+    console): it returned to the friendly REPL, and its marker says so. The next command's own
+    Ctrl-C stopped nothing, so it must not start the app that the technician stopped."""
+    inv = write_inventory(tmp_path / "fleet.toml")
+    with running(tmp_path / "dev") as dev:
+        _deployed_and_running(dev, inv, tmp_path)
+        with serial.Serial(dev.port, timeout=0.1) as con:
+            con.write(b"\x03")  # what a terminal sends for Ctrl-C: no soft reset after it
+            seen = b""
+            end = time.monotonic() + 10
+            while b">>> " not in seen and time.monotonic() < end:
+                seen += con.read(4096)
+            assert b">>> " in seen, seen[-500:]
+        time.sleep(1.0)  # the technician reads the console, then runs a command
+        for args in (
+            ("ports", dev.port, "--json"),
+            ("provision", "--inventory", str(inv), "--device", "ada@no"),
+        ):
+            r = opmob(*args, *(() if args[0] == "ports" else ("--port", dev.port)), timeout=60)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert "restarted" not in r.stdout and "started again" not in r.stdout, r.stdout
+            _app_stopped(dev, tmp_path)
 
 
 def _firmware(tmp_path: Path, mark: str) -> Path:

@@ -239,7 +239,7 @@ def _sample_config(built: Built, etc: Path, udp: int, status: int, state: Path) 
         ("port = 7700 ", f"port = {udp} "),
         ("port = 7780 ", f"port = {status} "),
         ('path = "/var/lib/opmob/registry.sqlite"', f'path = "{state}/registry.sqlite"'),
-        ('# import = "/etc/opmob/registry.json"', 'import = "registry.json"'),
+        ('import = "/etc/opmob/registry.json"', 'import = "registry.json"'),
     ):
         assert text.count(old) == 1, old
         text = text.replace(old, new)
@@ -295,8 +295,10 @@ def test_relay_check_run_and_a_device_deployed_provisioned_and_registered(
     built: Built, tmp_path: Path
 ) -> None:
     boards = Path(built.python("from opmob_host.resources import boards_dir; print(boards_dir())").strip())
+    # The shipped sample imports the export the Pi steps install; without it, check says which file.
     r = built.run("relay", "check", "--config", str(boards / "rpi-relay" / "relay.toml"))
-    assert r.returncode == 0 and ": OK: relay relay-1@no" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "/etc/opmob/registry.json: cannot read the registry export" in r.stderr, r.stderr
 
     udp, status = _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM)
     inv = write_inventory(tmp_path / "fleet.toml", udp, "opmob-lab")
@@ -363,6 +365,53 @@ def test_relay_check_run_and_a_device_deployed_provisioned_and_registered(
     print(
         f"\n  installed wheel: deploy+provision+verify {t_deployed - t0:.1f} s, registered {t_registered - t_deployed:.1f} s"
     )
+
+
+DEMO_FLEET = """
+import sys
+from pathlib import Path
+from opmob_host import vaccessory as v
+
+work = Path(sys.argv[1])
+fleet = v.Fleet(work, ["alice@no", "bob@no"], ["fire-1@no"])
+with fleet.relay(), fleet.accessory("alice@no") as a, fleet.accessory("bob@no") as b:
+    for acc in (a, b):
+        acc.wait_for("state registered", 30)
+        acc.wait_for("affiliation fire-1@no ok", 30)
+print("registered", *v.MICROPYTHON_CMD, v.FIRMWARE, v.SIM_BOARD)
+"""
+
+
+def test_the_demo_fleet_runs_from_the_installed_package(built: Built) -> None:
+    """What ``opmob demo`` (and the accessory tests) run: the relay and virtual accessories of
+    vaccessory.Fleet, the unix port and the firmware found in the installation, never a checkout."""
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [str(built.bin / "python"), "-c", DEMO_FLEET, str(built.work / "demo")],
+        capture_output=True,
+        text=True,
+        cwd=built.work,
+        env=_clean_env(),
+        timeout=90,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    head, *paths = r.stdout.split()
+    assert head == "registered" and len(paths) == 3, r.stdout
+    for path in paths:
+        assert Path(path).is_relative_to(built.bin.parent), (path, r.stdout)
+    print(
+        f"\n  installed wheel: relay and two virtual accessories registered in {time.monotonic() - t0:.1f} s"
+    )
+
+
+def test_bench_runs_both_runtimes_from_the_installed_package(built: Built) -> None:
+    """``opmob bench`` finds the unix port and the firmware in the installation (quick, no load)."""
+    out = built.work / "bench.json"
+    r = built.run("bench", "--quick", "--no-relay-load", "--out", str(out), timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert {"cpython", "micropython"} <= {row["runtime"] for row in rows}, rows
+    assert any(row["name"].startswith("relay.cpu_per_packet_us") for row in rows), "the C extension's rows"
 
 
 def test_the_pure_wheel_runs_a_relay_on_the_pure_backend(built: Built, tmp_path: Path) -> None:

@@ -5,8 +5,9 @@
 --
 -- A heuristic dissector on UDP: a datagram that starts with "OM" and version 1 is OpMob
 -- signalling, whatever the port (relays share one port with RTP and RTCP). It shows the header,
--- the message by name and every field of an open body (REGISTER, CHALLENGE, ... and the messages
--- `opmob pcap decrypt` opened); a protected body (flag P) stays ciphertext, shown with its tag.
+-- the message by name and every field of an open body (REGISTER, CHALLENGE, ... and every
+-- protected message `opmob pcap decrypt` opened with a lab relay's key log: it writes them open,
+-- flag P clear, no tag); a protected body (flag P) stays ciphertext, shown with its tag.
 -- Field numbers and names are those of docs/protocol.md §9-§11.
 
 local opmob = Proto("opmob", "OpMob signalling")
