@@ -130,6 +130,39 @@ def test_persist_is_written_before_the_datagrams_go():
         assert a.core.dev.events == [] and a.core.events == []
 
 
+def test_a_bouncing_ptt_contact_requests_once_at_its_first_edge_and_releases_once():
+    with TempDir() as d:
+        a, reports, _l = _app(d, _config())
+        a.core.dev = FakeDev()
+        a.core._joined = ["fire-1@no", "police@no", "ems@no"]
+        a.core._client("fire-1@no").start(0)
+        a._make_buttons()
+        pin = a.hw.buttons["ptt"]
+
+        def run(t0, t1, levels):
+            # levels: {t: level} changes; sampled every ms as the app's task does while busy
+            for t in range(t0, t1):
+                if t in levels:
+                    pin.level = levels[t]
+                a._sample_buttons(t)
+
+        # Pressed through 16 ms of 2 ms bounces: the request goes at the first edge, only once.
+        press = {1000 + 2 * k: k % 2 == 0 for k in range(9)}
+        run(1000, 1001, press)
+        assert a.core.dev.sent == [(mcpt.FLOOR_REQUEST, "fire-1@no")]
+        run(1001, 1300, press)
+        assert a.core.dev.sent == [(mcpt.FLOOR_REQUEST, "fire-1@no")], a.core.dev.sent
+        assert [r for r in reports if r.startswith("button ptt")] == ["button ptt press"]
+        # Released through bounces: one release, at the first edge, and no new request.
+        release = {2000 + 2 * k: k % 2 == 1 for k in range(9)}
+        run(2000, 2300, release)
+        assert a.core.dev.sent == [(mcpt.FLOOR_REQUEST, "fire-1@no"), (mcpt.FLOOR_RELEASE, "fire-1@no")]
+        assert [r for r in reports if r.startswith("button ptt")] == ["button ptt press", "button ptt short"]
+        # A tap shorter than the debounce window: a request, then its release at the window's end.
+        run(3000, 3100, {3000: True, 3008: False})
+        assert [r for r in reports if r.startswith("button ptt")][-2:] == ["button ptt press", "button ptt short"]
+
+
 def test_buttons_drive_the_talk_groups_ptt_client():
     with TempDir() as d:
         a, reports, _l = _app(d, _config())

@@ -237,9 +237,7 @@ class App:
         if hasattr(hw, "control"):
             hw.control.hello = self._hello
             hw.control.on_command = self.command
-        for name in self.board.buttons:
-            lp = self.board.long_press_ms if name in ("emergency", "group_up", "group_down") else None
-            self._buttons[name] = hwmod.Button(name, self.board.debounce_ms, lp)
+        self._make_buttons()
         spawn = self._spawn
         if hw.serve() is not None:
             spawn("control", hw.serve)
@@ -514,23 +512,34 @@ class App:
 
     # --- buttons ----------------------------------------------------------------------------------------
 
-    async def _buttons_task(self):
+    def _make_buttons(self):
+        for name in self.board.buttons:
+            lp = self.board.long_press_ms if name in ("emergency", "group_up", "group_down") else None
+            # PTT and emergency act on the key's first edge (the debounce no longer adds to the
+            # access time); the group keys wait for a level that holds.
+            first = name in ("ptt", "emergency")
+            self._buttons[name] = hwmod.Button(name, self.board.debounce_ms, lp, first)
+
+    def _sample_buttons(self, now):
+        """Every key's level at ``now`` through its Button; True while one needs sampling soon."""
         pins = self.hw.buttons
         btns = self._buttons
-        for b in btns.values():
+        busy = False
+        for name in btns:
+            b = btns[name]
+            ev = b.sample(now, pins[name].pressed())
+            if ev is not None:
+                self._on_button(now, name, ev)
+            if b.busy:
+                busy = True
+        return busy
+
+    async def _buttons_task(self):
+        for b in self._buttons.values():
             b.reset()
         while True:
             self._fault("buttons")
-            now = now_ms()
-            busy = False
-            for name in btns:
-                b = btns[name]
-                ev = b.sample(now, pins[name].pressed())
-                if ev is not None:
-                    self._on_button(now, name, ev)
-                if b.busy:
-                    busy = True
-            if busy:
+            if self._sample_buttons(now_ms()):
                 await compat.sleep_ms(BUTTON_SAMPLE_MS)
             else:
                 await self.hw.wait_button_edge(BUTTON_IDLE_S)

@@ -625,16 +625,20 @@ class SimHardware(hw.Hardware):
                 await compat.sleep_ms(3 * b.debounce_ms)  # the release is debounced too
             return ["ok %s %s" % (cmd, name)]
         if cmd == "bounce":
-            # Contact chatter shorter than the debounce time: the firmware must see nothing.
-            if len(args) != 1 or args[0] not in self.buttons:
-                return ["error bounce needs a button"]
-            for _ in range(5):
-                self._set_button(args[0], True)
-                await compat.sleep_ms(max(1, b.debounce_ms // 5))
-                self._set_button(args[0], False)
-                await compat.sleep_ms(max(1, b.debounce_ms // 5))
+            # A key pressed or released through a bouncing contact: the level chatters in 2 ms
+            # steps for half the debounce time, then settles. The firmware must act once.
+            if len(args) != 2 or args[0] not in self.buttons or args[1] not in ("press", "release"):
+                return ["error bounce needs a button and press|release"]
+            name = args[0]
+            level = args[1] == "press"
+            for _ in range(max(1, b.debounce_ms // 8)):
+                self._set_button(name, level)
+                await compat.sleep_ms(2)
+                self._set_button(name, not level)
+                await compat.sleep_ms(2)
+            self._set_button(name, level)
             await compat.sleep_ms(3 * b.debounce_ms)
-            return ["ok bounce %s" % args[0]]
+            return ["ok bounce %s %s" % (name, args[1])]
         if cmd == "mic" and self.mic is not None:
             if args == ["rewind"]:
                 self.mic.set_source(self.mic.path)
