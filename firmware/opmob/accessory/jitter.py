@@ -80,6 +80,7 @@ RESYNC_FRAMES = const(500)  # a sequence jump this large (10 s) starts a new str
 _MAX_D = const(8000)  # transit differences are clipped at 1 s: one outlier must not ruin J
 K_JITTER = const(4)
 SETTLE_POPS = const(8)  # after a frame is dropped or inserted, the next change waits 160 ms
+FLOOR_DECAY_FRAMES = const(4)  # an underrun's floor under the target falls 1 ms per 4 frames heard
 
 _T_MASK = const(0x3FFFFFFF)  # times and timestamps modulo 2^30
 _T_HALF = const(0x20000000)
@@ -198,6 +199,8 @@ class JitterBuffer:
         # RFC 3550's J times 16, in timestamp units, started where the target is start_ms.
         self._j16 = ((self.start_ms - FRAME_MS) * TS_PER_MS * 16) // K_JITTER
         self._target_ms = self.start_ms
+        self._floor_ms = 0  # what underruns asked for: raised at once, given back slowly
+        self._floor_n = 0
         self._avg16 = 0  # smoothed depth in frames, times 16
         self._wait16 = 0  # smoothed time a played frame waited here, ms times 16
         self._stall = 0
@@ -359,14 +362,24 @@ class JitterBuffer:
             if d > _MAX_D:
                 d = _MAX_D
             self._j16 += d - ((self._j16 + 8) >> 4)
-            t = FRAME_MS + (K_JITTER * self._j16) // (16 * TS_PER_MS)
-            if t < self.min_ms:
-                t = self.min_ms
-            elif t > self.max_ms:
-                t = self.max_ms
-            self._target_ms = t
+            if self._floor_ms:
+                self._floor_n += 1
+                if self._floor_n >= FLOOR_DECAY_FRAMES:
+                    self._floor_n = 0
+                    self._floor_ms -= 1
+            self._set_target()
         self._transit = transit
         self._have_transit = True
+
+    def _set_target(self):
+        t = FRAME_MS + (K_JITTER * self._j16) // (16 * TS_PER_MS)
+        if t < self._floor_ms:
+            t = self._floor_ms
+        if t < self.min_ms:
+            t = self.min_ms
+        elif t > self.max_ms:
+            t = self.max_ms
+        self._target_ms = t
 
     # --- playout --------------------------------------------------------------------------------------
 
@@ -394,9 +407,13 @@ class JitterBuffer:
         d = sdiff(self._high, self._next)
         span = d + 1 if d >= 0 else 0
         if state == BUFFERING:
+            # The first frame waits for the jitter allowance (the target less the frame itself),
+            # or until the frames held cover it: with no jitter measured it plays at the first
+            # pop after it came, one frame of buffering.
+            margin = self._target_ms - FRAME_MS
             if (
-                span < self._target_frames()
-                and tdiff(now_ms, self._first_rx) < self._target_ms
+                (span - 1) * FRAME_MS < margin
+                and tdiff(now_ms, self._first_rx) < margin
                 and not self._ended
             ):
                 return self._silence(out)
@@ -422,8 +439,14 @@ class JitterBuffer:
             stalled = self._stall
             self._stall = 0
             if self._held(self._next):
-                # The frame we waited for was only late: that was an underrun.
+                # The frame we waited for was only late: that was an underrun. The delay has
+                # grown by the wait, and the next bursts start that much deeper at once; the
+                # floor is given back slowly (_estimate).
                 self.counters["underruns"] += 1
+                f = self._target_ms + stalled * FRAME_MS
+                self._floor_ms = f if f < self.max_ms else self.max_ms
+                self._floor_n = 0
+                self._set_target()
             else:
                 # The frames we waited for are missing and later ones are here: they are lost,
                 # and the pops that waited stand in for them, so the delay stays as it was.
