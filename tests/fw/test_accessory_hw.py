@@ -295,6 +295,31 @@ def test_sim_mic_reads_a_file_then_silence_and_reports():
         assert ctl.lines[1:] == ["mic end 200", "mic stop 320"], ctl.lines
 
 
+def test_sim_speaker_models_the_boards_dma():
+    ctl = _NullControl()
+    clock = [1000]
+    with TempDir() as d:
+        spk = hw_sim.SimSpeaker(ctl, d + "/s.wav", dma_frames=2, ticks=lambda: clock[0])
+        spk.start()
+        assert ctl.lines[0].startswith("speaker start ")
+        a = bytes([1]) * 320
+        b = bytes([2]) * 320
+        # Empty DMA: the first frame sounds at once, the next one behind it.
+        assert spk.put(a) and spk.play_at == 1000 and spk.play_pos == 0
+        clock[0] = 1001
+        assert spk.put(b) and spk.play_at == 1020 and spk.play_pos == 160
+        assert spk.queued_ms() == 39
+        # Ran dry at 1040: the DMA played 60 ms of silence before the frame put at 1100.
+        clock[0] = 1100
+        assert spk.put(a) and spk.play_at == 1100 and spk.play_pos == 320 + 60 * 8
+        assert spk.underruns == 1
+        spk.stop()
+        with open(d + "/s.wav", "rb") as f:
+            f.seek(hw_sim.wav_data_offset(f))
+            got = f.read()
+        assert got == a + b + bytes(2 * 60 * 8) + a
+
+
 def test_sim_watchdog_overdue_counts_from_the_last_feed():
     wd = hw_sim.SimWatchdog()
     wd.feed()

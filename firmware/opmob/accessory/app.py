@@ -61,6 +61,7 @@ KILLED = "killed"
 RUNNING = "running"
 
 BUTTON_SAMPLE_MS = 5
+LATE_ENTRY_WINDOW_MS = 2000  # Floor Taken this soon after our affiliation: we joined a running call
 BUTTON_IDLE_S = 1.0  # with no edge, look at the buttons this often anyway
 LINK_CHECK_S = 1.0
 ROAM_SCAN_MS = 30000  # while connected, look for a better relay at most this often (core.ROAM_RSSI)
@@ -157,6 +158,16 @@ class App:
         self._voice_view = None  # memoryview of the capture buffer, as long as the SRTP packet
         self._voice_len = 0
         self.exit_code = 0
+        # Measured at the speaker (docs/accessory-audio.md, "Measured where it happens"): the
+        # PTT key's edge until the talk-permit tone sounds, and the moment a call could first be
+        # heard (an affiliation) until its first voice sounds. Ticks (int ms), None when idle.
+        self._key_edge = None
+        self._permit_wait = False
+        self._entry_at = None
+        self._entry_rx = False
+        self._entry_heard = None
+        self._streams = 0
+        self.voice_trace = False  # "play <seq> <sample>" per voice frame (control channel)
 
     # --- console ------------------------------------------------------------------------------------
 
@@ -361,6 +372,7 @@ class App:
         elif kind == "access":
             self.report("access %s %.1f" % (ev[1], ev[2]))
         elif kind == "rx":
+            self._note_rx(ev[1])
             pb = self.pb
             if self.rx_group is not None:
                 # The talker heard so far has stopped, or another call wins: no concealment
@@ -376,6 +388,11 @@ class App:
         elif kind == "affiliation":
             g, ok, code = ev[1], ev[2], ev[3]
             self.report("affiliation %s %s" % (g, "ok" if ok else "refused %d" % code))
+            if ok and not self._entry_rx:
+                # From here the relay sends us the group's call: a late entry counts from now.
+                self._entry_at = self.ticks_ms()
+                self._entry_heard = None
+                self._streams = self.pb.jitter.counters["streams"]
             if not ok:
                 self.log("opmob accessory: group %s refused by the relay (code %d)" % (g, code))
         elif kind == "registered":
@@ -439,7 +456,49 @@ class App:
     def _tone(self, name):
         if self.pb is not None:
             self.pb.tones.start(name)
+        if name == "talk_permit" and self._key_edge is not None:
+            self._permit_wait = True
         self.report("tone %s" % name)
+
+    def _note_rx(self, group):
+        if group is None:
+            self._entry_at = None
+            self._entry_rx = False
+        elif self._entry_at is not None and tdiff(self.ticks_ms(), self._entry_at) <= LATE_ENTRY_WINDOW_MS:
+            # Floor Taken right after our affiliation: the call was running when we came in.
+            self._entry_rx = True
+            self._late_entry()
+        else:
+            self._entry_at = None
+
+    def _late_entry(self):
+        if self._entry_rx and self._entry_heard is not None:
+            self.report("kpi late_entry %d" % tdiff(self._entry_heard, self._entry_at))
+            self._entry_rx = False
+            self._entry_at = None
+            self._entry_heard = None
+
+    def _heard(self, spk, kind):
+        """After a frame went to the speaker: the measures that end when it sounds. Integer
+        compares only, nothing allocated unless there is something to report."""
+        if self._permit_wait and self.pb.tones.name == "talk_permit":
+            self._permit_wait = False
+            at = getattr(spk, "play_at", None)
+            self.report("kpi access %d" % tdiff(at if at is not None else self.ticks_ms(), self._key_edge))
+            self._key_edge = None
+        if kind != "audio":
+            return
+        if (
+            self._entry_at is not None
+            and self._entry_heard is None
+            and self.pb.jitter.counters["streams"] != self._streams
+        ):
+            # The first voice of a stream begun since the affiliation sounds now.
+            at = getattr(spk, "play_at", None)
+            self._entry_heard = at if at is not None else self.ticks_ms()
+            self._late_entry()
+        if self.voice_trace:
+            self.report("play %d %d" % (self.pb.jitter.played_seq, getattr(spk, "play_pos", -1)))
 
     def _set_transmit(self, on):
         if on == self.transmitting:
@@ -556,8 +615,12 @@ class App:
             return
         if name == "ptt":
             if ev == hwmod.PRESS:
-                # From the key's edge: the debounce is part of what the user waits for.
-                edge = self._buttons[name].edge_at
+                # From the key's edge (the pin's own record of it where the board keeps one).
+                edge = getattr(self.hw.buttons[name], "edge_ms", None)
+                if edge is None:
+                    edge = self._buttons[name].edge_at
+                self._key_edge = edge
+                self._permit_wait = False
                 self._act(lambda t: core.press_ptt(t, edge))
             elif ev in (hwmod.SHORT, hwmod.RELEASE):
                 self._act(core.release_ptt)
@@ -585,6 +648,9 @@ class App:
             self._fault("capture")
             mic.start()
             cap.start_burst(self.ticks_ms())
+            # The burst's first sequence number: with the mic's start time, when each frame's
+            # sound entered the microphone (mouth-to-ear is measured from there).
+            self.report("burst %d" % cap.seq)
             try:
                 while self.transmitting:
                     # Per frame only the mic's wait() awaitable, which allocates nothing: an
@@ -651,11 +717,14 @@ class App:
         beat = self._beat
         while True:
             self._fault("playback")
-            pb.next_frame(self.ticks_ms(), out)
-            # As capture: the speaker's wait() awaitable, not a coroutine per frame.
+            # Room in the DMA first, then the frame: decided as late as the DMA allows, so a
+            # frame waits in the speaker path only behind what the DMA holds. As capture: the
+            # speaker's wait() awaitable, not a coroutine per frame.
             await spk.wait()
+            kind = pb.next_frame(self.ticks_ms(), out)
             while not spk.put(out):
                 await spk.wait()
+            self._heard(spk, kind)
             beat["playback"] = self.ticks_ms()  # an int: a float time is a heap object per frame
 
     # --- link -------------------------------------------------------------------------------------------
@@ -819,6 +888,9 @@ class App:
         cmd = words[0]
         if cmd == "status":
             return ["status " + json.dumps(self.status())]
+        if cmd == "voice" and len(words) == 3 and words[1] == "trace" and words[2] in ("on", "off"):
+            self.voice_trace = words[2] == "on"
+            return ["ok voice trace %s" % words[2]]
         if cmd == "quit":
             self.stop(0)
             return ["ok quit"]

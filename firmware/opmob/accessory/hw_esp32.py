@@ -217,7 +217,10 @@ class Esp32Speaker:
             bits=16,
             format=machine.I2S.MONO,
             rate=s["rate"],
-            ibuf=FRAME_BYTES * 4,
+            # The esp32 port sizes its DMA from ibuf: everything in it is queued ahead of the
+            # frame being written, so it is kept to the board's dma_frames (2: one playing, one
+            # written), not more (each frame more is 20 ms more mouth-to-ear).
+            ibuf=FRAME_BYTES * s["dma_frames"],
         )
         self._wait = _Ready(self.i2s, True)
         self._frame.reset()
