@@ -208,6 +208,19 @@ def test_speaker_hands_the_dma_a_frame_in_as_many_writes_as_it_takes():
     assert spk.enable.level == 0 and spk.i2s is None
 
 
+def test_speaker_drop_starts_the_dma_empty():
+    m = _hw_esp32()
+    spk = m.Esp32Speaker(SPEAKER)
+    assert spk.drop() is False  # not playing: nothing to drop
+    spk.start()
+    old = spk.i2s
+    assert spk.put(bytes(320))
+    assert spk.drop() is True
+    assert not old.open and spk.i2s is not old and spk.i2s.open and bytes(spk.i2s.sink) == b""
+    assert spk.enable.level == 1 and spk.i2s.ibuf == 2 * 320
+    spk.stop()
+
+
 def test_ready_asks_the_i2s_objects_own_poller():
     m = _hw_esp32()
     mic = m.Esp32Mic(MIC)

@@ -168,6 +168,8 @@ class App:
         self._entry_heard = None
         self._streams = 0
         self.voice_trace = False  # "play <seq> <sample>" per voice frame (control channel)
+        self._loud_until = None  # ticks until which the DMA holds voice or a tone (not silence)
+        self._tone_out = None  # a frame buffer for a tone that sounds at once
 
     # --- console ------------------------------------------------------------------------------------
 
@@ -458,7 +460,28 @@ class App:
             self.pb.tones.start(name)
         if name == "talk_permit" and self._key_edge is not None:
             self._permit_wait = True
+        self._sound_now()
         self.report("tone %s" % name)
+
+    def _sound_now(self):
+        """A tone begins: it sounds now rather than behind the silence the speaker's DMA holds
+        (up to dma_frames x 20 ms). Only silence is dropped; after voice or another tone the new
+        tone follows what is queued, as the voice ducked under it does."""
+        spk = self.hw.speaker
+        pb = self.pb
+        if spk is None or pb is None or not hasattr(spk, "drop"):
+            return
+        now = self.ticks_ms()
+        if self._loud_until is not None and tdiff(self._loud_until, now) > 0:
+            return
+        if not spk.drop():
+            return
+        out = self._tone_out
+        if out is None:
+            out = self._tone_out = bytearray(320)
+        kind = pb.next_frame(now, out)
+        if spk.put(out):
+            self._heard(spk, kind)
 
     def _note_rx(self, group):
         if group is None:
@@ -481,6 +504,9 @@ class App:
     def _heard(self, spk, kind):
         """After a frame went to the speaker: the measures that end when it sounds. Integer
         compares only, nothing allocated unless there is something to report."""
+        if kind != "silence" or self.pb.tones.active:
+            at = getattr(spk, "play_at", None)
+            self._loud_until = tadd(at if at is not None else self.ticks_ms(), 20)
         if self._permit_wait and self.pb.tones.name == "talk_permit":
             self._permit_wait = False
             at = getattr(spk, "play_at", None)

@@ -235,6 +235,16 @@ class Esp32Speaker:
             self.i2s = None
             self._wait = None
 
+    def drop(self):
+        """Drop what the DMA holds and has not played (silence: the app asks only then), so a
+        tone sounds at once: the I2S channel is started again, its DMA empty. True when done."""
+        if self.i2s is None:
+            return False
+        self.i2s.deinit()
+        self.i2s = None
+        self.start()
+        return True
+
     def wait(self):
         """Until the DMA has room: the I2S clock paces playback."""
         if self.i2s is None:

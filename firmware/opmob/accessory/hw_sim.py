@@ -273,6 +273,18 @@ class SimSpeaker:
         d = tdiff(self._end, self.ticks())
         return d if d > 0 else 0
 
+    def drop(self):
+        """Drop what the DMA holds and has not played (the app does it only when that is
+        silence, for a tone that must sound now); True when the next frame sounds at once."""
+        if self._f is None:
+            return False
+        q = tdiff(self._end, self.ticks())
+        if q > 0:
+            self._bytes -= q * (2 * RATE // 1000)
+            self._f.seek(WAV_HEADER_LEN + self._bytes)
+            self._end = tadd(self._end, -q)
+        return True
+
     def wait(self):
         """What the playback task awaits before each frame: room for it in the DMA."""
         d = tdiff(self._end, self.ticks()) - (self.dma_frames - 1) * FRAME_MS
