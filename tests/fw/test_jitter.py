@@ -662,3 +662,34 @@ def test_a_jittery_path_grows_at_once_without_audible_glitches():
         assert c["concealed"] <= 20, (phase, c)  # 1 % of 2000
         assert c["concealed"] == early["concealed"] and c["underruns"] == early["underruns"], (phase, early, c)
         assert 40 <= jb.target_ms <= 60, (phase, jb.target_ms)
+
+
+def test_a_speaker_that_fell_behind_skips_the_frames_its_gap_stood_for():
+    jb = JitterBuffer(start_ms=20)
+    out = bytearray(320)
+    jb.skip_late(100)  # nothing playing: nothing to do
+    for i in range(3):
+        jb.push(20 * i, i, 160 * i, SSRC_A, payload(i, True))
+    assert jb.pop(45, out) == AUDIO and jb.played_seq == 0
+    # The whole process stalled 100 ms: the speaker ran dry (5 frames behind), and most of the
+    # packets come after. What is held beyond the target (one frame here) goes as it comes.
+    jb.skip_late(100)
+    assert jb.pop(150, out) == AUDIO and jb.played_seq == 2  # 1 went
+    for i in range(3, 9):
+        jb.push(151, i, 160 * i, SSRC_A, payload(i, True))
+    # 3.. go, down to the target's depth (the late burst raised J, so it may keep more now).
+    assert jb.pop(170, out) == AUDIO
+    skipped = jb.counters["skipped"]
+    assert skipped >= 4 and jb.played_seq == 2 + skipped, (skipped, jb.played_seq)
+    assert jb.depth <= jb._target_frames()
+    while jb.played_seq != 8:
+        assert jb.pop(190, out) == AUDIO
+    # Less than a frame of lateness asks for nothing; a request with nothing to catch up lapses.
+    behind = jb._behind
+    jb.skip_late(19)
+    assert jb._behind == behind
+    jb.skip_late(40)
+    for k in range(12):
+        jb.push(200 + 20 * k, 9 + k, 160 * (9 + k), SSRC_A, payload(9 + k, True))
+        assert jb.pop(205 + 20 * k, out) == AUDIO and jb.played_seq == 9 + k
+    assert jb.counters["skipped"] == skipped and jb._behind == 0

@@ -61,7 +61,7 @@ KILLED = "killed"
 RUNNING = "running"
 
 BUTTON_SAMPLE_MS = 5
-LATE_ENTRY_WINDOW_MS = 2000  # Floor Taken this soon after our affiliation: we joined a running call
+LATE_ENTRY_WINDOW_MS = 500  # Floor Taken this soon after our affiliation: we joined a running call
 BUTTON_IDLE_S = 1.0  # with no edge, look at the buttons this often anyway
 LINK_CHECK_S = 1.0
 ROAM_SCAN_MS = 30000  # while connected, look for a better relay at most this often (core.ROAM_RSSI)
@@ -741,6 +741,7 @@ class App:
         out = bytearray(320)
         spk.start()
         beat = self._beat
+        dry = getattr(spk, "underruns", None)  # boards whose speaker tells when its DMA ran dry
         while True:
             self._fault("playback")
             # Room in the DMA first, then the frame: decided as late as the DMA allows, so a
@@ -750,6 +751,11 @@ class App:
             kind = pb.next_frame(self.ticks_ms(), out)
             while not spk.put(out):
                 await spk.wait()
+            if dry is not None and spk.underruns != dry:
+                # This task woke too late and the DMA ran dry: what the jitter buffer holds is
+                # now that much late; the frames the gap stood for go.
+                dry = spk.underruns
+                pb.jitter.skip_late(spk.gap_ms)
             self._heard(spk, kind)
             beat["playback"] = self.ticks_ms()  # an int: a float time is a heap object per frame
 

@@ -249,6 +249,7 @@ class SimSpeaker:
         self.play_at = 0
         self.play_pos = 0
         self.underruns = 0
+        self.gap_ms = 0  # how long the DMA was dry before the last underrun's frame
         self.started_at = None
 
     def start(self):
@@ -300,6 +301,7 @@ class SimSpeaker:
         if gap > 0:
             # The DMA ran dry: it played silence until now (rare; the slices are made only here).
             self.underruns += 1
+            self.gap_ms = gap
             n = gap * (2 * RATE // 1000)
             while n > 0:
                 k = n if n < FRAME_BYTES else FRAME_BYTES

@@ -112,6 +112,7 @@ COUNTERS = (
     "shrunk",  # frames dropped to make the buffer shallower
     "streams",  # streams started (first packet, new talker, after an end or a resync)
     "ended",  # streams ended by end() (the floor said the talker stopped) once drained
+    "skipped",  # frames dropped because the speaker fell behind (skip_late)
 )
 
 
@@ -204,6 +205,8 @@ class JitterBuffer:
         self._avg16 = 0  # smoothed depth in frames, times 16
         self._wait16 = 0  # smoothed time a played frame waited here, ms times 16
         self._stall = 0
+        self._behind = 0  # frames the speaker fell behind by, to drop as they come (skip_late)
+        self._behind_pops = 0
         self._settle = 0  # pops left before the depth may be changed again
         self._grow = False  # a late packet asked for one frame more
         self._conceal_n = 0
@@ -254,6 +257,36 @@ class JitterBuffer:
         and the stream ends; no concealment past its last frame."""
         if self.state != IDLE:
             self._ended = True
+
+    def skip_late(self, ms):
+        """The speaker fell ``ms`` behind (its DMA ran dry: the playback task woke late), so
+        every frame from now on plays that much later than the network asked for. The frames
+        the gap stood for go as they come (the gap was the glitch; the packets may still be in
+        the socket, late like the task), down to the target's depth, so the delay does not
+        keep the lateness for the rest of the burst."""
+        if self.state == PLAYING and ms >= FRAME_MS:
+            n = self._behind + ms // FRAME_MS
+            m = self.max_ms // FRAME_MS
+            self._behind = n if n < m else m
+            self._behind_pops = SETTLE_POPS
+
+    def _catch_up(self, span):
+        # Drop what skip_late asked for, while more than the target's depth is held.
+        keep = self._target_frames()
+        n = 0
+        while self._behind and span > keep and self._held((self._next + 1) & 0xFFFF):
+            self._advance()
+            span -= 1
+            n += 1
+            self._behind -= 1
+        if n:
+            self.counters["skipped"] += n
+            self._avg16 -= n * 16 if self._avg16 > n * 16 else self._avg16
+        else:
+            self._behind_pops -= 1
+            if self._behind_pops <= 0:
+                self._behind = 0  # nothing came to catch up with: the lateness is gone
+        return span
 
     def push(self, now_ms, seq, ts, ssrc, payload, start=0, end=-1, marker=False):
         """One frame from the network (``marker``: the RTP marker bit, a talk burst's first
@@ -334,6 +367,7 @@ class JitterBuffer:
         self._first_rx = now_ms
         self._have_transit = False
         self._stall = 0
+        self._behind = 0
         self._conceal_n = 0
         self._settle = 0
         self._grow = False
@@ -455,6 +489,8 @@ class JitterBuffer:
                     self._advance()
                     span -= 1
                     stalled -= 1
+        if self._behind:
+            span = self._catch_up(span)
         seq = self._next
         if not self._held(seq):
             self.counters["lost"] += 1
