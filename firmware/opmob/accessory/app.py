@@ -166,7 +166,6 @@ class App:
         self._entry_at = None
         self._entry_rx = False
         self._entry_heard = None
-        self._streams = 0
         self.voice_trace = False  # "play <seq> <sample>" per voice frame (control channel)
         self._loud_until = None  # ticks until which the DMA holds voice or a tone (not silence)
         self._tone_out = None  # a frame buffer for a tone that sounds at once
@@ -394,7 +393,6 @@ class App:
                 # From here the relay sends us the group's call: a late entry counts from now.
                 self._entry_at = self.ticks_ms()
                 self._entry_heard = None
-                self._streams = self.pb.jitter.counters["streams"]
             if not ok:
                 self.log("opmob accessory: group %s refused by the relay (code %d)" % (g, code))
         elif kind == "registered":
@@ -514,12 +512,9 @@ class App:
             self._key_edge = None
         if kind != "audio":
             return
-        if (
-            self._entry_at is not None
-            and self._entry_heard is None
-            and self.pb.jitter.counters["streams"] != self._streams
-        ):
-            # The first voice of a stream begun since the affiliation sounds now.
+        if self._entry_at is not None and self._entry_heard is None:
+            # The first voice since the affiliation sounds now (what played before it left
+            # with the group, ended by the floor).
             at = getattr(spk, "play_at", None)
             self._entry_heard = at if at is not None else self.ticks_ms()
             self._late_entry()
@@ -539,7 +534,28 @@ class App:
     def _play(self, now, buf, n):
         """The core's ``play``: the plain RTP packet ``buf[:n]`` of the call heard, valid during
         the call, to the playback path on the audio clock."""
-        self.pb.on_voice(self.ticks_ms(), buf, n)
+        jb = self.pb.jitter
+        idle = jb.state == "idle"
+        t = self.ticks_ms()
+        self.pb.on_voice(t, buf, n)
+        if idle and jb.state == "buffering":
+            self._align(t)
+
+    def _align(self, t):
+        """A talk burst starts from silence at ``t``: move the speaker's 20 ms frame clock so
+        that a frame is taken from the jitter buffer just when its jitter allowance has passed
+        (else it waits up to a frame more for the next tick, for the whole burst). Done with the
+        silence the DMA holds: dropped, and the right length of silence queued instead."""
+        spk = self.hw.speaker
+        if spk is None or not hasattr(spk, "pad"):
+            return
+        if self._loud_until is not None and tdiff(self._loud_until, t) > 0:
+            return  # a tone or voice still sounds: it is not cut
+        allowance = self.pb.jitter.target_ms - 20
+        if spk.drop():
+            # The playback task takes the next frame when one frame's room is left: that is
+            # allowance (modulo a frame) from now, and it sounds a DMA frame later.
+            spk.pad(20 + allowance % 20)
 
     # --- kill ----------------------------------------------------------------------------------------
 
@@ -742,12 +758,15 @@ class App:
         spk.start()
         beat = self._beat
         dry = getattr(spk, "underruns", None)  # boards whose speaker tells when its DMA ran dry
+        room = getattr(spk, "room", None)
         while True:
             self._fault("playback")
             # Room in the DMA first, then the frame: decided as late as the DMA allows, so a
             # frame waits in the speaker path only behind what the DMA holds. As capture: the
             # speaker's wait() awaitable, not a coroutine per frame.
             await spk.wait()
+            while room is not None and not room():
+                await spk.wait()  # the frame clock was moved meanwhile (_align)
             kind = pb.next_frame(self.ticks_ms(), out)
             while not spk.put(out):
                 await spk.wait()

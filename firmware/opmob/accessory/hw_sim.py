@@ -286,6 +286,40 @@ class SimSpeaker:
             self._end = tadd(self._end, -q)
         return True
 
+    def pad(self, ms):
+        """Queue ``ms`` of silence behind what the DMA holds (the app moves the speaker's frame
+        clock with it, at a talk burst's start). True when queued."""
+        f = self._f
+        if f is None or ms < 0:
+            return False
+        self._dry(self.ticks())
+        self._zeros(ms)
+        self._end = tadd(self._end, ms)
+        return True
+
+    def _zeros(self, ms):
+        # ``ms`` of silence into the file (rare: at a burst's start, after the DMA ran dry)
+        n = ms * (2 * RATE // 1000)
+        while n > 0:
+            k = n if n < FRAME_BYTES else FRAME_BYTES
+            self._f.write(memoryview(self._zero)[:k])
+            self._bytes += k
+            n -= k
+
+    def _dry(self, now):
+        """If the DMA ran dry before ``now``, the silence it played meanwhile; True if it did."""
+        gap = tdiff(now, self._end)
+        if gap <= 0:
+            return False
+        self.gap_ms = gap
+        self._zeros(gap)
+        self._end = now
+        return True
+
+    def room(self):
+        """True when the DMA has room for a frame (what ``wait()`` waits for)."""
+        return tdiff(self._end, self.ticks()) <= (self.dma_frames - 1) * FRAME_MS
+
     def wait(self):
         """What the playback task awaits before each frame: room for it in the DMA."""
         d = tdiff(self._end, self.ticks()) - (self.dma_frames - 1) * FRAME_MS
@@ -296,19 +330,8 @@ class SimSpeaker:
         f = self._f
         if f is None:
             return True
-        now = self.ticks()
-        gap = tdiff(now, self._end)
-        if gap > 0:
-            # The DMA ran dry: it played silence until now (rare; the slices are made only here).
-            self.underruns += 1
-            self.gap_ms = gap
-            n = gap * (2 * RATE // 1000)
-            while n > 0:
-                k = n if n < FRAME_BYTES else FRAME_BYTES
-                f.write(memoryview(self._zero)[:k])
-                self._bytes += k
-                n -= k
-            self._end = now
+        if self._dry(self.ticks()):
+            self.underruns += 1  # the frame comes late: the DMA played silence meanwhile
         self.play_at = self._end
         self.play_pos = self._bytes // 2
         f.write(buf)

@@ -205,6 +205,7 @@ class JitterBuffer:
         self._avg16 = 0  # smoothed depth in frames, times 16
         self._wait16 = 0  # smoothed time a played frame waited here, ms times 16
         self._stall = 0
+        self._stall_at = 0
         self._behind = 0  # frames the speaker fell behind by, to drop as they come (skip_late)
         self._behind_pops = 0
         self._settle = 0  # pops left before the depth may be changed again
@@ -466,6 +467,8 @@ class JitterBuffer:
             # Nothing to play: hold the sequence number, so the frame still plays if it is only
             # late. Nothing for max_ms: the talk burst has ended.
             self._stall += 1
+            if self._stall == 1:
+                self._stall_at = now_ms
             if self._stall * FRAME_MS >= self.max_ms:
                 self.state = IDLE
             return self._conceal(out)
@@ -474,10 +477,11 @@ class JitterBuffer:
             self._stall = 0
             if self._held(self._next):
                 # The frame we waited for was only late: that was an underrun. The delay has
-                # grown by the wait, and the next bursts start that much deeper at once; the
-                # floor is given back slowly (_estimate).
+                # grown by the wait; the next bursts' allowance grows at once by how late it
+                # came after the pop that missed it, and is given back slowly (_estimate).
                 self.counters["underruns"] += 1
-                f = self._target_ms + stalled * FRAME_MS
+                late = tdiff(self._arr[self._next & _SLOT_MASK], self._stall_at)
+                f = self._target_ms + (late if late > 0 else 1)
                 self._floor_ms = f if f < self.max_ms else self.max_ms
                 self._floor_n = 0
                 self._set_target()
