@@ -44,7 +44,11 @@ FRAME_MS = 20
 FRAME_TS = FRAME_SAMPLES
 # Playout starts from one frame of buffering: a new path is taken as a quiet LAN until its
 # jitter is measured (the jitter buffer grows at once on an underrun, docs/accessory-audio.md).
-PLAYOUT_START_MS = 20
+# The first frame waits at least PLAYOUT_MIN_MS less a frame: the talker's and our own task
+# wake-ups wander by a few ms that RFC 3550's J (a mean) does not show, and a frame that misses
+# its turn by 1 ms costs the whole burst 20 ms.
+PLAYOUT_START_MS = 25
+PLAYOUT_MIN_MS = 25
 
 
 class CapturePath:
@@ -160,7 +164,7 @@ class PlaybackPath:
     """
 
     def __init__(self, jitter=None, tones=None, duck=1):
-        self.jitter = jitter if jitter is not None else JitterBuffer(start_ms=PLAYOUT_START_MS)
+        self.jitter = jitter if jitter is not None else JitterBuffer(start_ms=PLAYOUT_START_MS, min_ms=PLAYOUT_MIN_MS)
         self.tones = tones if tones is not None else TonePlayer()
         if not isinstance(duck, int) or not 0 <= duck <= 15:
             raise ValueError("duck must be 0..15 halvings")
