@@ -307,17 +307,19 @@ def test_underrun_holds_the_sequence_so_a_late_frame_still_plays():
     assert played[:14] == list(range(14))
     c = sim.jb.counters
     assert c["underruns"] == 1 and c["lost"] == 0 and c["late"] == 0
-    # The stall made the buffer 60 ms deeper, and the target rose with it at once (the next burst
-    # starts that deep): nothing is dropped right after.
-    assert sim.jb.target_ms >= 90 and c["shrunk"] == 0, (sim.jb.target_ms, c)
+    # The stall made the buffer 60 ms deeper, and the target rose at once by a frame (the frame
+    # came 50 ms after the pop that missed it; one stall raises it by a frame at most): nothing
+    # is dropped right after.
+    assert 55 <= sim.jb.target_ms <= 65 and c["shrunk"] == 0, (sim.jb.target_ms, c)
     assert played == list(range(40))
     assert c["concealed"] >= 1
-    # It is given back slowly: 1 ms per 4 frames heard, then quiet frames (only those) go.
+    # It is given back slowly, 1 ms per 2 frames heard (a burst that began deep drops only quiet
+    # frames to follow).
     steady(sim, 40, 400, start_t=1200)
     sim.run(9200)
     played = sim.played()
     skipped = [s for s in range(420) if s not in played]
-    assert sim.jb.target_ms <= 30 and len(skipped) == c["shrunk"] and 1 <= c["shrunk"] <= 3, (sim.jb.target_ms, c)
+    assert sim.jb.target_ms <= 30 and len(skipped) == c["shrunk"] <= 3, (sim.jb.target_ms, c)
     assert played == sorted(played)
 
 

@@ -80,7 +80,7 @@ RESYNC_FRAMES = const(500)  # a sequence jump this large (10 s) starts a new str
 _MAX_D = const(8000)  # transit differences are clipped at 1 s: one outlier must not ruin J
 K_JITTER = const(4)
 SETTLE_POPS = const(8)  # after a frame is dropped or inserted, the next change waits 160 ms
-FLOOR_DECAY_FRAMES = const(4)  # an underrun's floor under the target falls 1 ms per 4 frames heard
+FLOOR_DECAY_FRAMES = const(2)  # an underrun's floor under the target falls 1 ms per 2 frames heard
 
 _T_MASK = const(0x3FFFFFFF)  # times and timestamps modulo 2^30
 _T_HALF = const(0x20000000)
@@ -478,10 +478,11 @@ class JitterBuffer:
             if self._held(self._next):
                 # The frame we waited for was only late: that was an underrun. The delay has
                 # grown by the wait; the next bursts' allowance grows at once by how late it
-                # came after the pop that missed it, and is given back slowly (_estimate).
+                # came after the pop that missed it (a frame at most: one stall of a busy host
+                # must not set the delay for minutes), and is given back slowly (_estimate).
                 self.counters["underruns"] += 1
                 late = tdiff(self._arr[self._next & _SLOT_MASK], self._stall_at)
-                f = self._target_ms + (late if late > 0 else 1)
+                f = self._target_ms + (1 if late < 1 else FRAME_MS if late > FRAME_MS else late)
                 self._floor_ms = f if f < self.max_ms else self.max_ms
                 self._floor_n = 0
                 self._set_target()
