@@ -160,7 +160,10 @@ def test_a_bouncing_ptt_contact_requests_once_at_its_first_edge_and_releases_onc
         assert [r for r in reports if r.startswith("button ptt")] == ["button ptt press", "button ptt short"]
         # A tap shorter than the debounce window: a request, then its release at the window's end.
         run(3000, 3100, {3000: True, 3008: False})
-        assert [r for r in reports if r.startswith("button ptt")][-2:] == ["button ptt press", "button ptt short"]
+        assert [r for r in reports if r.startswith("button ptt")][-2:] == [
+            "button ptt press",
+            "button ptt short",
+        ]
 
 
 def test_buttons_drive_the_talk_groups_ptt_client():

@@ -662,7 +662,11 @@ def test_a_jittery_path_grows_at_once_without_audible_glitches():
         c = jb.counters
         assert c["played"] == 2000 and c["lost"] == 0, (phase, c)
         assert c["concealed"] <= 20, (phase, c)  # 1 % of 2000
-        assert c["concealed"] == early["concealed"] and c["underruns"] == early["underruns"], (phase, early, c)
+        assert c["concealed"] == early["concealed"] and c["underruns"] == early["underruns"], (
+            phase,
+            early,
+            c,
+        )
         assert 40 <= jb.target_ms <= 60, (phase, jb.target_ms)
 
 

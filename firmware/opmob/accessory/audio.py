@@ -164,7 +164,9 @@ class PlaybackPath:
     """
 
     def __init__(self, jitter=None, tones=None, duck=1):
-        self.jitter = jitter if jitter is not None else JitterBuffer(start_ms=PLAYOUT_START_MS, min_ms=PLAYOUT_MIN_MS)
+        self.jitter = (
+            jitter if jitter is not None else JitterBuffer(start_ms=PLAYOUT_START_MS, min_ms=PLAYOUT_MIN_MS)
+        )
         self.tones = tones if tones is not None else TonePlayer()
         if not isinstance(duck, int) or not 0 <= duck <= 15:
             raise ValueError("duck must be 0..15 halvings")

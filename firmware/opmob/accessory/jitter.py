@@ -4,6 +4,7 @@
     jb.push(now_ms, seq, ts, ssrc, payload, start=0, end=-1, marker=False) -> bool   # a frame arrived
     jb.pop(now_ms, out) -> "audio" | "concealed" | "silence"          # every 20 ms: 320 bytes of PCM
     jb.end()                        # the talker has stopped: play what is held, then silence
+    jb.skip_late(ms)                # the speaker fell ms behind: drop what the gap stood for
     jb.reset()
     jb.state ("idle" | "buffering" | "playing"), jb.target_ms, jb.jitter_ms, jb.depth, jb.depth_ms,
     jb.wait_ms, jb.played_seq, jb.counters
@@ -23,9 +24,14 @@ How it works (docs/accessory-audio.md has the whole story):
   apart: the buffer absorbs it as it absorbs jitter.
 - **Jitter** is RFC 3550's interarrival estimator (A.8, integer form, gain 1/16) over the
   transit time ``arrival - timestamp``. The **target** is ``20 ms + k * J`` (k = 4), kept within
-  ``min_ms..max_ms``; it starts at ``start_ms`` (J starts where the formula gives that).
-- **Start**: a stream buffers until it holds the target (in whole frames) or the target time has
-  passed since its first packet, then plays. A **new talker** (another ``ssrc``) flushes the old
+  ``min_ms..max_ms`` and not below the underrun floor; it starts at ``start_ms`` (J starts where
+  the formula gives that). J and the floor are kept from stream to stream (the same path).
+- **Start**: a stream's first frame waits for the **jitter allowance** (the target less one
+  frame), or until the frames held cover it, then plays: with a one-frame target, at the first
+  pop after it came.
+- **Grows at once, shrinks slowly**: an underrun raises the floor under the target to the target
+  plus how late the frame came (a frame at most), so the next burst starts that much deeper; the
+  floor falls 1 ms per 2 frames heard. A **new talker** (another ``ssrc``) flushes the old
   one's frames at once and starts buffering its own: no waiting for the old talker's audio to drain
   nor for a marker bit, so a late entrant's first packet starts the stream.
 - **The playout point holds for a burst.** Once a stream plays, one frame is played per pop
@@ -42,7 +48,8 @@ How it works (docs/accessory-audio.md has the whole story):
   frames (DVI4 step index <= 24, reached only between words) until it is not. At most one change
   every 160 ms.
 - **Underrun** (nothing left to play): the sequence number waits, so a late frame still plays;
-  each such pop adds 20 ms to the delay, given back at quiet moments if the buffer is then more
+  each such pop adds 20 ms to the delay (and raises the floor, above), given back at quiet
+  moments if the buffer is then more
   than two frames deeper than the target, else at the next burst's start. If what then
   arrives is a later frame (those waited for were lost, not late), the lost frames the waiting
   pops stood in for are skipped, so a loss does not add delay. A stream with nothing to play for
@@ -446,11 +453,7 @@ class JitterBuffer:
             # or until the frames held cover it: with no jitter measured it plays at the first
             # pop after it came, one frame of buffering.
             margin = self._target_ms - FRAME_MS
-            if (
-                (span - 1) * FRAME_MS < margin
-                and tdiff(now_ms, self._first_rx) < margin
-                and not self._ended
-            ):
+            if (span - 1) * FRAME_MS < margin and tdiff(now_ms, self._first_rx) < margin and not self._ended:
                 return self._silence(out)
             self.state = PLAYING
             self._avg16 = span * 16
