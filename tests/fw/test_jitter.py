@@ -670,7 +670,7 @@ def test_a_jittery_path_grows_at_once_without_audible_glitches():
         assert 40 <= jb.target_ms <= 60, (phase, jb.target_ms)
 
 
-def test_a_speaker_that_fell_behind_skips_the_frames_its_gap_stood_for():
+def test_a_speaker_that_fell_behind_skips_the_frames_its_gap_stood_for_between_words():
     jb = JitterBuffer(start_ms=20)
     out = bytearray(320)
     jb.skip_late(100)  # nothing playing: nothing to do
@@ -678,24 +678,34 @@ def test_a_speaker_that_fell_behind_skips_the_frames_its_gap_stood_for():
         jb.push(20 * i, i, 160 * i, SSRC_A, payload(i, True))
     assert jb.pop(45, out) == AUDIO and jb.played_seq == 0
     # The whole process stalled 100 ms: the speaker ran dry (5 frames behind), and most of the
-    # packets come after. What is held beyond the target (one frame here) goes as it comes.
+    # packets come after. Speech is not cut: while the frames are loud, nothing goes.
     jb.skip_late(100)
-    assert jb.pop(150, out) == AUDIO and jb.played_seq == 2  # 1 went
     for i in range(3, 9):
         jb.push(151, i, 160 * i, SSRC_A, payload(i, True))
-    # 3.. go, down to the target's depth (the late burst raised J, so it may keep more now).
-    assert jb.pop(170, out) == AUDIO
-    skipped = jb.counters["skipped"]
-    assert skipped >= 4 and jb.played_seq == 2 + skipped, (skipped, jb.played_seq)
-    assert jb.depth <= jb._target_frames()
-    while jb.played_seq != 8:
-        assert jb.pop(190, out) == AUDIO
-    # Less than a frame of lateness asks for nothing; a request with nothing to catch up lapses.
+    assert jb.pop(150, out) == AUDIO and jb.played_seq == 1
+    assert jb.pop(170, out) == AUDIO and jb.played_seq == 2 and jb.counters["skipped"] == 0
+    # A pause between words (quiet frames 9..14): they go, down to the target's depth.
+    for i in range(9, 15):
+        jb.push(152, i, 160 * i, SSRC_A, payload(i))
+    t = 190
+    while jb.played_seq < 9:
+        assert jb.pop(t, out) == AUDIO
+        t += 20
+    while jb.depth:
+        jb.pop(t, out)
+        t += 20
+    c = jb.counters
+    # What went, went between words (the depth control's quiet drops count as shrunk).
+    assert 1 <= c["skipped"] <= 5 and c["skipped"] + c["shrunk"] <= 5, c
+    assert c["played"] + c["skipped"] + c["shrunk"] == 15 and c["overflow"] == 0, c
+    gone = c["skipped"] + c["shrunk"]
+    # Less than a frame of lateness asks for nothing; a request that finds no pause lapses.
     behind = jb._behind
     jb.skip_late(19)
     assert jb._behind == behind
     jb.skip_late(40)
-    for k in range(12):
-        jb.push(200 + 20 * k, 9 + k, 160 * (9 + k), SSRC_A, payload(9 + k, True))
-        assert jb.pop(205 + 20 * k, out) == AUDIO and jb.played_seq == 9 + k
-    assert jb.counters["skipped"] == skipped and jb._behind == 0
+    seq = 15
+    for k in range(60):
+        jb.push(t + 20 * k, seq + k, 160 * (seq + k), SSRC_A, payload(seq + k, True))
+        jb.pop(t + 5 + 20 * k, out)
+    assert jb._behind == 0 and c["played"] + gone == 75, c

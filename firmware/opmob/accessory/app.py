@@ -992,6 +992,10 @@ class App:
             st["playback"] = dict(self.pb.counters)
             st["jitter"] = dict(self.pb.jitter.counters)
             st["jitter"]["target_ms"] = self.pb.jitter.target_ms
+        spk = self.hw.speaker
+        if spk is not None and hasattr(spk, "underruns"):
+            # the DMA ran dry that often: the playback task woke too late (a busy host)
+            st["speaker"] = {"underruns": spk.underruns, "dma_frames": spk.dma_frames}
         if self.cap is not None:
             st["capture_frames"] = self.cap.frames
         if self.drv is not None:

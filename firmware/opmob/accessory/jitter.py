@@ -87,6 +87,7 @@ RESYNC_FRAMES = const(500)  # a sequence jump this large (10 s) starts a new str
 _MAX_D = const(8000)  # transit differences are clipped at 1 s: one outlier must not ruin J
 K_JITTER = const(4)
 SETTLE_POPS = const(8)  # after a frame is dropped or inserted, the next change waits 160 ms
+SKIP_POPS = const(50)  # skip_late's frames go at quiet moments within a second, or not at all
 FLOOR_DECAY_FRAMES = const(2)  # an underrun's floor under the target falls 1 ms per 2 frames heard
 
 _T_MASK = const(0x3FFFFFFF)  # times and timestamps modulo 2^30
@@ -268,21 +269,27 @@ class JitterBuffer:
 
     def skip_late(self, ms):
         """The speaker fell ``ms`` behind (its DMA ran dry: the playback task woke late), so
-        every frame from now on plays that much later than the network asked for. The frames
-        the gap stood for go as they come (the gap was the glitch; the packets may still be in
-        the socket, late like the task), down to the target's depth, so the delay does not
-        keep the lateness for the rest of the burst."""
+        every frame from now on plays that much later than the network asked for. As many
+        frames go, down to the target's depth, at quiet moments (between words: no speech is
+        cut; the packets may also still be in the socket, late like the task), within a
+        second; so the delay does not keep the lateness for the rest of the burst."""
         if self.state == PLAYING and ms >= FRAME_MS:
             n = self._behind + ms // FRAME_MS
             m = self.max_ms // FRAME_MS
             self._behind = n if n < m else m
-            self._behind_pops = SETTLE_POPS
+            self._behind_pops = SKIP_POPS
 
     def _catch_up(self, span):
         # Drop what skip_late asked for, while more than the target's depth is held.
         keep = self._target_frames()
         n = 0
-        while self._behind and span > keep and self._held((self._next + 1) & 0xFFFF):
+        while (
+            self._behind
+            and span > keep
+            and self._held((self._next + 1) & 0xFFFF)
+            and self._held(self._next)
+            and self._quiet(self._next)
+        ):
             self._advance()
             span -= 1
             n += 1
