@@ -6,11 +6,13 @@ settings:
 - ``accessory.access_ms.p95``: the PTT key's edge (the sim pin's level change, on the talker) to
   the first sample of the talk-permit tone at the talker's speaker: the talker's ``kpi access``
   report (docs/accessory-audio.md, "Measured where it happens"). Goal <= 10 ms.
-- ``voice.mouth_to_ear_ms.p95``: for every voice frame the listener played, the moment its first
-  sample entered the talker's microphone (the mic's start time, reported with the burst's first
-  sequence number: frame n of a burst began 20 n ms later) to the moment it left the listener's
-  speaker (the speaker's start time plus the frame's place in the samples played, reported per
-  frame by ``voice trace on``). Wall clock of this host, shared by the processes. Goal <= 60 ms.
+- ``voice.mouth_to_ear_ms.p95``: for every voice frame of the talker's bursts, from the first one
+  the listener played, the moment its first sample entered the talker's microphone (the mic's
+  start time, reported with the burst's first sequence number: frame n of a burst began 20 n ms
+  later) to the moment it left the listener's speaker (the speaker's start time plus the frame's
+  place in the samples played; ``voice trace on`` reports that place wherever the playout
+  moves, and the frames after sound at the same offset). Wall clock of this host, shared by the
+  processes. Goal <= 60 ms.
 - ``voice.late_entry_ms.p95``: a listener steps its talk group into a group where a call runs;
   from its affiliation's answer (it could first have heard) to the call's first voice at its
   speaker: the listener's ``kpi late_entry`` report. Goal <= 100 ms.
@@ -18,6 +20,8 @@ settings:
   front of the relay: 0..20 ms of jitter talker to listener), rows ``.jitter20``; there also
   ``voice.concealed_pct.jitter20``: frames the listener's jitter buffer concealed, per cent of
   the frames it played (goal <= 1 %).
+- ``voice.speaker_underruns[.jitter20]``: how often the listener's speaker DMA ran dry during
+  the talk bursts (its process woke late: the host's load, which the figures above then carry).
 
 Each figure is over at least ``EVENTS`` (50) events: key presses, talk bursts (every frame of
 them), group entries.
@@ -63,31 +67,38 @@ def _kpis(a: Accessory, kind: str, since: int) -> list[float]:
 
 
 def _mouth_to_ear(talker: Accessory, listener: Accessory, since_t: int, since_l: int) -> list[float]:
-    """Per voice frame the listener played: its speaker time less the talker's microphone time."""
-    bursts: list[tuple[int, float]] = []  # (first seq, wall time its first sample entered the mic)
-    mic_t: float | None = None
+    """Per voice frame the talker sent: the listener's speaker time less the talker's microphone
+    time. The listener reports a frame's place in its speaker's samples where the playout moves
+    (``voice trace on``); the frames after it sound at the same offset until the next report."""
+    bursts: list[tuple[int, int, float]] = []  # (first seq, frames, wall time of its first sample)
+    start: tuple[int, float] | None = None
+    first: int | None = None
     for x in talker.seen("", since_t):
         w = x.text.split()
         if w[:2] == ["mic", "start"]:
-            mic_t = float(w[3])
-        elif w[0] == "burst" and mic_t is not None:
-            bursts.append((int(w[1]), mic_t))
-            mic_t = None
+            start = (int(w[2]), float(w[3]))
+        elif w[0] == "burst" and start is not None:
+            first = int(w[1])
+        elif w[:2] == ["mic", "stop"] and start is not None and first is not None:
+            bursts.append((first, (int(w[2]) - start[0]) // 160, start[1]))
+            start = first = None
     t0 = float(listener.command("speaker flush").split()[3])
-    out = []
+    moves: list[tuple[int, int]] = []  # (seq, sample) where the playout moved
     for x in listener.seen("play ", since_l):
         _, seq_s, pos_s = x.text.split()
-        seq, pos = int(seq_s), int(pos_s)
-        best = None
-        for first, t in bursts:
-            d = _sdiff16(seq, first)
-            if 0 <= d < 2000 and (best is None or d < best[0]):
-                best = (d, t)
-        if best is None:
-            continue
-        mouth = best[1] + best[0] * FRAME_S
-        ear = t0 + pos / RATE
-        out.append((ear - mouth) * 1000)
+        moves.append((int(seq_s), int(pos_s)))
+    out = []
+    for first_seq, frames, mic_t in bursts:
+        # the last move at or before each frame of this burst (sequence numbers wrap at 2^16)
+        mine = [(_sdiff16(s, first_seq), p) for s, p in moves if 0 <= _sdiff16(s, first_seq) < frames]
+        if not mine:
+            continue  # the burst was not heard (it cannot be: the bench waits for it)
+        mine.sort()
+        for n in range(mine[0][0], frames):
+            d, pos = max(m for m in mine if m[0] <= n)
+            ear = t0 + (pos + (n - d) * 160) / RATE
+            mouth = mic_t + n * FRAME_S
+            out.append((ear - mouth) * 1000)
     return out
 
 
@@ -114,6 +125,7 @@ def measure(workdir: Path, jitter_ms: int = 0, events: int = EVENTS) -> dict[str
             a.wait_last("led", "registered", 30)
         bob.command("voice trace on")
         j0 = bob.status()["jitter"]
+        spk0 = bob.status().get("speaker", {}).get("underruns", 0)
         mark_a, mark_b = alice.mark(), bob.mark()
 
         # Access time and mouth-to-ear: alice's talk bursts, heard by bob.
@@ -130,9 +142,14 @@ def measure(workdir: Path, jitter_ms: int = 0, events: int = EVENTS) -> dict[str
             time.sleep(0.1 + rng.uniform(0.0, 0.1))  # the next press at another phase of the ticks
         res["access_ms"] = _kpis(alice, "access", mark_a)
         res["mouth_to_ear_ms"] = _mouth_to_ear(alice, bob, mark_a, mark_b)
-        j1 = bob.status()["jitter"]
+        st = bob.status()
+        j1 = st["jitter"]
         res["played"] = j1["played"] - j0["played"]
         res["concealed"] = j1["concealed"] - j0["concealed"]
+        # What moved playout on the listener, for the reader of the figures: its jitter buffer's
+        # counters and how often its speaker's DMA ran dry (its playback task woke late).
+        res["listener"] = {k: j1[k] - j0[k] for k in ("underruns", "late", "lost", "skipped", "shrunk")}
+        res["listener"]["speaker_underruns"] = st.get("speaker", {}).get("underruns", 0) - spk0
         bob.command("voice trace off")
 
         # Late entry: alice talks on; bob steps out of the call's group and back in.
@@ -174,6 +191,10 @@ def rows() -> list[tuple[str, float, str]]:
         if jitter_ms:
             pct = 100.0 * res["concealed"] / max(1, res["played"])
             out.append((f"voice.concealed_pct{suffix}", pct, "%"))
+        # How often the listener's speaker ran dry because its process woke late: a busy host,
+        # not the path (an ESP32's playback task has the chip to itself); it says how much of
+        # the mouth-to-ear tail is the host's.
+        out.append((f"voice.speaker_underruns{suffix}", float(res["listener"]["speaker_underruns"]), "count"))
     return out
 
 

@@ -166,7 +166,8 @@ class App:
         self._entry_at = None
         self._entry_rx = False
         self._entry_heard = None
-        self.voice_trace = False  # "play <seq> <sample>" per voice frame (control channel)
+        self.voice_trace = False  # "play <seq> <sample>" where the playout moves (control channel)
+        self._trace_off = None
         self._loud_until = None  # ticks until which the DMA holds voice or a tone (not silence)
         self._tone_out = None  # a frame buffer for a tone that sounds at once
 
@@ -519,7 +520,15 @@ class App:
             self._entry_heard = at if at is not None else self.ticks_ms()
             self._late_entry()
         if self.voice_trace:
-            self.report("play %d %d" % (self.pb.jitter.played_seq, getattr(spk, "play_pos", -1)))
+            # Only where the playout moves (a burst's first frame, a stall, a frame dropped):
+            # the frames between sound at the same offset, and a line per frame would itself
+            # load the sim's event loop.
+            seq = self.pb.jitter.played_seq
+            pos = getattr(spk, "play_pos", -1)
+            off = pos - seq * 160
+            if off != self._trace_off:
+                self._trace_off = off
+                self.report("play %d %d" % (seq, pos))
 
     def _set_transmit(self, on):
         if on == self.transmitting:
@@ -941,6 +950,7 @@ class App:
             return ["status " + json.dumps(self.status())]
         if cmd == "voice" and len(words) == 3 and words[1] == "trace" and words[2] in ("on", "off"):
             self.voice_trace = words[2] == "on"
+            self._trace_off = None
             return ["ok voice trace %s" % words[2]]
         if cmd == "quit":
             self.stop(0)
