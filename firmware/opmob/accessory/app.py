@@ -781,7 +781,7 @@ class App:
                 await spk.wait()
             if dry is not None and spk.underruns != dry:
                 # This task woke too late and the DMA ran dry: what the jitter buffer holds is
-                # now that much late; the frames the gap stood for go.
+                # now that much late; as many frames go between words (jitter.skip_late).
                 dry = spk.underruns
                 pb.jitter.skip_late(spk.gap_ms)
             self._heard(spk, kind)
