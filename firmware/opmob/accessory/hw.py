@@ -262,7 +262,11 @@ class Hardware:
       ``await readinto(buf)`` does both, for code that does not mind a coroutine per frame
     - ``speaker``: ``start()``, ``stop()``; per frame ``await speaker.wait()`` (room for it: the
       device's pace) then ``speaker.put(buf)``, True when all of it was taken (False: wait, put
-      again). ``await write(buf)`` does both
+      again). ``await write(buf)`` does both. Optional, where the driver can: ``room()`` (a
+      frame's room now), ``drop()`` (forget what the DMA holds unplayed) and ``pad(ms)`` (queue
+      silence), with which the app moves the frame clock at a burst's start and starts tones at
+      once; the sim's also says when the frame just put sounds (``play_at`` ticks,
+      ``play_pos`` sample) and counts its DMA's underruns
     - ``battery``: ``read_mv()``
     - ``wifi``: ``active(on)``, ``scan()`` -> [(ssid, rssi)] (blocks for a second or two on a
       device), ``connect(ssid, psk)`` -> bool, ``isconnected()``, ``disconnect()``, ``rssi()``
