@@ -130,6 +130,42 @@ def test_persist_is_written_before_the_datagrams_go():
         assert a.core.dev.events == [] and a.core.events == []
 
 
+def test_a_bouncing_ptt_contact_requests_once_at_its_first_edge_and_releases_once():
+    with TempDir() as d:
+        a, reports, _l = _app(d, _config())
+        a.core.dev = FakeDev()
+        a.core._joined = ["fire-1@no", "police@no", "ems@no"]
+        a.core._client("fire-1@no").start(0)
+        a._make_buttons()
+        pin = a.hw.buttons["ptt"]
+
+        def run(t0, t1, levels):
+            # levels: {t: level} changes; sampled every ms as the app's task does while busy
+            for t in range(t0, t1):
+                if t in levels:
+                    pin.level = levels[t]
+                a._sample_buttons(t)
+
+        # Pressed through 16 ms of 2 ms bounces: the request goes at the first edge, only once.
+        press = {1000 + 2 * k: k % 2 == 0 for k in range(9)}
+        run(1000, 1001, press)
+        assert a.core.dev.sent == [(mcpt.FLOOR_REQUEST, "fire-1@no")]
+        run(1001, 1300, press)
+        assert a.core.dev.sent == [(mcpt.FLOOR_REQUEST, "fire-1@no")], a.core.dev.sent
+        assert [r for r in reports if r.startswith("button ptt")] == ["button ptt press"]
+        # Released through bounces: one release, at the first edge, and no new request.
+        release = {2000 + 2 * k: k % 2 == 1 for k in range(9)}
+        run(2000, 2300, release)
+        assert a.core.dev.sent == [(mcpt.FLOOR_REQUEST, "fire-1@no"), (mcpt.FLOOR_RELEASE, "fire-1@no")]
+        assert [r for r in reports if r.startswith("button ptt")] == ["button ptt press", "button ptt short"]
+        # A tap shorter than the debounce window: a request, then its release at the window's end.
+        run(3000, 3100, {3000: True, 3008: False})
+        assert [r for r in reports if r.startswith("button ptt")][-2:] == [
+            "button ptt press",
+            "button ptt short",
+        ]
+
+
 def test_buttons_drive_the_talk_groups_ptt_client():
     with TempDir() as d:
         a, reports, _l = _app(d, _config())
@@ -598,3 +634,56 @@ def test_the_running_tasks_allocate_only_the_hmac_and_the_socket():
         % (res["used"], sent, received, hmac, driver, res["used"] - allowed)
     )
     assert (sent + received) * hmac <= res["used"] <= allowed + 2048, (res, hmac, driver, allowed)
+
+
+def test_access_and_late_entry_are_measured_when_the_speaker_sounds_them():
+    from opmob import rtp
+
+    with TempDir() as d:
+        a, reports, _l = _app(d, _config())
+        clock = [1000]
+        a.ticks_ms = lambda: clock[0]
+        spk = hw_sim.SimSpeaker(a.hw.control, d + "/s.wav", dma_frames=2, ticks=lambda: clock[0])
+        a.hw.speaker = spk
+        spk.start()
+        out = bytearray(320)
+        # The playback task has queued two frames of silence: the DMA holds 40 ms.
+        for _ in range(2):
+            kind = a.pb.next_frame(clock[0], out)
+            assert spk.put(out)
+            a._heard(spk, kind)
+        assert spk.queued_ms() == 40
+        # Key edge at 995, talk permit at 1003: the silence held is dropped, the tone sounds now.
+        a._key_edge = 995
+        clock[0] = 1003
+        a._tone("talk_permit")
+        assert spk.play_at == 1003 and "kpi access 8" in reports, reports
+        # A second tone while the first still sounds is not pulled forward.
+        a._key_edge = 1003
+        a._tone("talk_permit")
+        assert [r for r in reports if r.startswith("kpi access")] == ["kpi access 8"]
+        a._key_edge = None
+        a.pb.tones.stop()
+        # Late entry: our affiliation's answer at 2000, the running call's Floor Taken at 2010,
+        # its voice from 2015; the speaker's frame clock is moved to it (5 ms allowance), the
+        # first frame sounds a DMA frame later.
+        clock[0] = 2000
+        while spk.room():
+            spk.put(bytes(320))
+        a._on_event(("affiliation", "fire-1@no", True, 0))
+        clock[0] = 2010
+        a._on_event(("rx", "fire-1@no", "ann@no", 0x1234))
+        clock[0] = 2015
+        pkt = rtp.encode(rtp.RtpHeader(rtp.PT_DVI4_8K, 7, 1120, 0x1234, marker=True), bytes(84))
+        a._play(clock[0], pkt, len(pkt))
+        assert not spk.room() and spk.queued_ms() == 25
+        clock[0] = 2020
+        assert spk.room()
+        kind = a.pb.next_frame(clock[0], out)
+        assert kind == "audio" and spk.put(out) and spk.play_at == 2040
+        a._heard(spk, kind)
+        assert "kpi late_entry 40" in reports, reports
+        # Once only.
+        a._heard(spk, kind)
+        assert len([r for r in reports if r.startswith("kpi late_entry")]) == 1
+        spk.stop()

@@ -132,6 +132,19 @@ def test_same_i2s_peripheral_twice_is_refused():
     assert keys == ["i2s_out.id"]
 
 
+def test_speaker_dma_frames():
+    # The shipped boards keep two 20 ms frames in the speaker's DMA; absent, two as well.
+    for name in ("esp32-s3-ptt", "esp32-devkitc", "unix-sim"):
+        assert bd.load("%s/%s.json" % (BOARDS, name)).i2s_out["dma_frames"] == 2, name
+    doc = _doc("esp32-devkitc")
+    del doc["i2s_out"]["dma_frames"]
+    assert bd.Board.from_dict(doc, "test").i2s_out["dma_frames"] == bd.DMA_FRAMES == 2
+    for bad in (0, 9, 2.5, "2"):
+        doc["i2s_out"]["dma_frames"] = bad
+        _e, keys = _problems(doc)
+        assert keys == ["i2s_out.dma_frames"], (bad, keys)
+
+
 def test_bad_mcu_stops_early_with_its_key():
     doc = _doc("esp32-s3-ptt")
     doc["mcu"] = "esp8266"

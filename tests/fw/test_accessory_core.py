@@ -306,3 +306,28 @@ def test_a_poll_with_nothing_due_makes_no_object():
     finally:
         gc.enable()
     assert used == 0, used
+
+
+def test_a_late_entrants_floor_taken_that_overtakes_the_affiliation_answer_is_kept():
+    # bob steps into G2 while ann talks there. The relay answers the affiliation and sends the
+    # late entrant's Floor Taken; on a network that reorders, the Floor Taken comes first. It is
+    # kept for the PTT client the answer makes: bob hears the running call at once.
+    for reorder in (False, True):
+        w, (ann, bob) = world(0, ("ann", "bob"))
+        ann.do(ann.core.step_group(w.now, 1))
+        ann.do(ann.core.press_ptt(w.now))
+        assert ann.core.transmitting
+        bob.events()
+        held = []
+        if reorder:
+            w.lose = lambda src, dst, data: dst == bob.addr and held.append((src, dst, data)) is None
+        bob.do(bob.core.step_group(w.now, 1))
+        w.lose = None
+        for d in reversed(held):
+            w.queue.append(d)
+        w.pump()
+        assert len(held) >= 2 or not reorder, held
+        ev = bob.events()
+        assert ("affiliation", G2, True, 0) in ev, ev
+        assert ("rx", G2, "ann@no", ann.core.dev.ssrc) in ev, (reorder, ev)
+        assert bob.core.led() == "receiving" and not bob.core._early_floor

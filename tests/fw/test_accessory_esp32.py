@@ -36,6 +36,7 @@ class _I2S:
         self.chunk = 1 << 20
         self.ready = True
         self.open = True
+        self.ibuf = ibuf
         _I2S.made.append(self)
 
     def readinto(self, mv):
@@ -144,7 +145,7 @@ def _hw_esp32():
 
 
 MIC = {"id": 0, "sck": 12, "ws": 13, "sd": 14, "rate": 8000, "bits": 16, "slot_bits": 32, "gain_shift": 0}
-SPEAKER = {"id": 1, "sck": 15, "ws": 16, "sd": 17, "rate": 8000, "bits": 16, "enable": 18}
+SPEAKER = {"id": 1, "sck": 15, "ws": 16, "sd": 17, "rate": 8000, "bits": 16, "enable": 18, "dma_frames": 2}
 
 
 def _slots(samples, low=0):
@@ -195,6 +196,7 @@ def test_speaker_hands_the_dma_a_frame_in_as_many_writes_as_it_takes():
     assert spk.enable.level == 0  # the amplifier is off until something plays
     spk.start()
     assert spk.enable.level == 1 and spk.i2s.mode == _I2S.TX
+    assert spk.i2s.ibuf == 2 * 320  # the board's dma_frames, no more queued ahead
     spk.i2s.chunk = 128
     a = bytes(range(256)) + bytes(range(64))
     b = bytes(320 * [7])
@@ -204,6 +206,19 @@ def test_speaker_hands_the_dma_a_frame_in_as_many_writes_as_it_takes():
     assert bytes(spk.i2s.sink) == a + b
     spk.stop()
     assert spk.enable.level == 0 and spk.i2s is None
+
+
+def test_speaker_drop_starts_the_dma_empty():
+    m = _hw_esp32()
+    spk = m.Esp32Speaker(SPEAKER)
+    assert spk.drop() is False  # not playing: nothing to drop
+    spk.start()
+    old = spk.i2s
+    assert spk.put(bytes(320))
+    assert spk.drop() is True
+    assert not old.open and spk.i2s is not old and spk.i2s.open and bytes(spk.i2s.sink) == b""
+    assert spk.enable.level == 1 and spk.i2s.ibuf == 2 * 320
+    spk.stop()
 
 
 def test_ready_asks_the_i2s_objects_own_poller():

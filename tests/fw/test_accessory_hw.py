@@ -74,6 +74,71 @@ def test_button_long_press_fires_once_while_held():
     assert [e for _, e in ev] == [hw.PRESS, hw.LONG, hw.RELEASE]
 
 
+def _run_ms(btn, script, end):
+    """As _run, sampled every 1 ms (a contact bounces faster than the 5 ms poll)."""
+    out = []
+    i = 0
+    level = False
+    for t in range(end + 1):
+        while i < len(script) and script[i][0] <= t:
+            level = script[i][1]
+            i += 1
+        ev = btn.sample(t, level)
+        if ev:
+            out.append((t, ev))
+    return out
+
+
+def _bouncing(t, level, n=4, step=2):
+    """A contact reaching ``level`` at ``t`` through ``n`` bounces of ``step`` ms each way."""
+    out = []
+    for k in range(n):
+        out += [(t + 2 * k * step, level), (t + (2 * k + 1) * step, not level)]
+    out.append((t + 2 * n * step, level))
+    return out
+
+
+def test_first_edge_button_acts_at_once_and_a_bouncing_contact_neither_repeats_nor_releases():
+    for base in (0, 60 * DAY_MS, MASK - 200):
+        b = hw.Button("ptt", 20, None, True)
+        ev = _run(b, [(0, False), (100, True), (400, False), (600, False)], base)
+        assert ev == [(100, hw.PRESS), (400, hw.SHORT)], (base, ev)
+        assert b.edge_at == tadd(base, 400)
+    # Bounces of 2 ms for 16 ms after the press edge and after the release edge.
+    b = hw.Button("ptt", 20, None, True)
+    script = [(0, False)] + _bouncing(100, True) + _bouncing(400, False) + [(600, False)]
+    ev = _run_ms(b, script, 600)
+    assert ev == [(100, hw.PRESS), (400, hw.SHORT)], ev
+    assert b.edge_at == 416 and not b.pressed and not b.busy  # where the contact settled
+    # Busy through the window after each edge, so the app samples its end.
+    b = hw.Button("ptt", 20, None, True)
+    assert b.sample(0, True) == hw.PRESS and b.busy
+    assert b.sample(19, True) is None and b.busy
+    assert b.sample(20, True) is None and not b.busy
+
+
+def test_first_edge_press_shorter_than_the_window_is_a_short_press():
+    b = hw.Button("ptt", 20, None, True)
+    ev = _run_ms(b, [(0, False), (100, True), (108, False), (300, False)], 300)
+    # Pressed at its edge; the release inside the window is taken at the window's end.
+    assert ev == [(100, hw.PRESS), (120, hw.SHORT)], ev
+    # Chatter with no press at all is a short press too (a first-edge key cannot tell them apart
+    # before the window ends): one request, one release, never two.
+    b = hw.Button("ptt", 20, None, True)
+    ev = _run_ms(b, [(0, False)] + _bouncing(100, False, 5, 2)[1:], 300)
+    assert [e for _, e in ev] == [hw.PRESS, hw.SHORT], ev
+
+
+def test_first_edge_long_press_counts_from_the_edge_and_bounces_do_not_cancel_it():
+    b = hw.Button("emergency", 20, 1000, True)
+    script = [(0, False)] + _bouncing(100, True) + _bouncing(2500, False) + [(2700, False)]
+    ev = _run_ms(b, script, 2700)
+    assert ev == [(100, hw.PRESS), (1100, hw.LONG), (2500, hw.RELEASE)], ev
+    # The second long press (cancel) fires again.
+    ev = _run_ms(b, [(0, False), (3000, True), (4200, False)], 4400)
+    assert [e for _, e in ev] == [hw.PRESS, hw.LONG, hw.RELEASE], ev
+
+
 def test_led_pattern_table_covers_every_state():
     for name in (
         "idle",
@@ -228,6 +293,36 @@ def test_sim_mic_reads_a_file_then_silence_and_reports():
         assert b == pcm[320:400] + bytes(240)
         assert ctl.lines[0].startswith("mic start 0 ")
         assert ctl.lines[1:] == ["mic end 200", "mic stop 320"], ctl.lines
+
+
+def test_sim_speaker_models_the_boards_dma():
+    ctl = _NullControl()
+    clock = [1000]
+    with TempDir() as d:
+        spk = hw_sim.SimSpeaker(ctl, d + "/s.wav", dma_frames=2, ticks=lambda: clock[0])
+        spk.start()
+        assert ctl.lines[0].startswith("speaker start ")
+        a = bytes([1]) * 320
+        b = bytes([2]) * 320
+        # Empty DMA: the first frame sounds at once, the next one behind it.
+        assert spk.put(a) and spk.play_at == 1000 and spk.play_pos == 0
+        clock[0] = 1001
+        assert spk.put(b) and spk.play_at == 1020 and spk.play_pos == 160
+        assert spk.queued_ms() == 39
+        # Ran dry at 1040: the DMA played 60 ms of silence before the frame put at 1100.
+        clock[0] = 1100
+        assert spk.put(a) and spk.play_at == 1100 and spk.play_pos == 320 + 60 * 8
+        assert spk.underruns == 1
+        # A tone that must sound now: what the DMA holds and has not played is dropped (the
+        # app asks only when that is silence); 1 ms of the last frame had played.
+        clock[0] = 1101
+        assert spk.drop() and spk.queued_ms() == 0
+        assert spk.put(b) and spk.play_at == 1101 and spk.play_pos == 800 + 8
+        spk.stop()
+        with open(d + "/s.wav", "rb") as f:
+            f.seek(hw_sim.wav_data_offset(f))
+            got = f.read(2 * 808 + 320)
+        assert got == a + b + bytes(2 * 60 * 8) + a[:16] + b
 
 
 def test_sim_watchdog_overdue_counts_from_the_last_feed():

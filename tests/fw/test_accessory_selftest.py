@@ -33,8 +33,10 @@ def test_every_peripheral_passes_on_a_good_board():
         assert got["battery"][1] == "3900 mV, 70 %"
         assert got["buttons"][1] == "4 read, none pressed"
         assert h.leds.pattern == "off"
-        # The speaker took one frame of silence (the sim writes it to its WAV file).
-        assert read_bytes(d + "/speaker.wav")[44:] == bytes(320)
+        # The speaker took one frame of silence (the sim writes it to its WAV file, after the
+        # silence its DMA played from its start until the frame came, if a ms or more passed).
+        data = read_bytes(d + "/speaker.wav")[44:]
+        assert 320 <= len(data) <= 320 + 16 * 100 and data == bytes(len(data)), len(data)
 
 
 def test_a_held_button_is_read_not_failed():

@@ -61,6 +61,7 @@ KILLED = "killed"
 RUNNING = "running"
 
 BUTTON_SAMPLE_MS = 5
+LATE_ENTRY_WINDOW_MS = 500  # Floor Taken this soon after our affiliation: we joined a running call
 BUTTON_IDLE_S = 1.0  # with no edge, look at the buttons this often anyway
 LINK_CHECK_S = 1.0
 ROAM_SCAN_MS = 30000  # while connected, look for a better relay at most this often (core.ROAM_RSSI)
@@ -157,6 +158,18 @@ class App:
         self._voice_view = None  # memoryview of the capture buffer, as long as the SRTP packet
         self._voice_len = 0
         self.exit_code = 0
+        # Measured at the speaker (docs/accessory-audio.md, "Measured where it happens"): the
+        # PTT key's edge until the talk-permit tone sounds, and the moment a call could first be
+        # heard (an affiliation) until its first voice sounds. Ticks (int ms), None when idle.
+        self._key_edge = None
+        self._permit_wait = False
+        self._entry_at = None
+        self._entry_rx = False
+        self._entry_heard = None
+        self.voice_trace = False  # "play <seq> <sample>" where the playout moves (control channel)
+        self._trace_off = None
+        self._loud_until = None  # ticks until which the DMA holds voice or a tone (not silence)
+        self._tone_out = None  # a frame buffer for a tone that sounds at once
 
     # --- console ------------------------------------------------------------------------------------
 
@@ -237,9 +250,7 @@ class App:
         if hasattr(hw, "control"):
             hw.control.hello = self._hello
             hw.control.on_command = self.command
-        for name in self.board.buttons:
-            lp = self.board.long_press_ms if name in ("emergency", "group_up", "group_down") else None
-            self._buttons[name] = hwmod.Button(name, self.board.debounce_ms, lp)
+        self._make_buttons()
         spawn = self._spawn
         if hw.serve() is not None:
             spawn("control", hw.serve)
@@ -363,6 +374,7 @@ class App:
         elif kind == "access":
             self.report("access %s %.1f" % (ev[1], ev[2]))
         elif kind == "rx":
+            self._note_rx(ev[1])
             pb = self.pb
             if self.rx_group is not None:
                 # The talker heard so far has stopped, or another call wins: no concealment
@@ -378,6 +390,10 @@ class App:
         elif kind == "affiliation":
             g, ok, code = ev[1], ev[2], ev[3]
             self.report("affiliation %s %s" % (g, "ok" if ok else "refused %d" % code))
+            if ok and not self._entry_rx:
+                # From here the relay sends us the group's call: a late entry counts from now.
+                self._entry_at = self.ticks_ms()
+                self._entry_heard = None
             if not ok:
                 self.log("opmob accessory: group %s refused by the relay (code %d)" % (g, code))
         elif kind == "registered":
@@ -441,7 +457,78 @@ class App:
     def _tone(self, name):
         if self.pb is not None:
             self.pb.tones.start(name)
+        if name == "talk_permit" and self._key_edge is not None:
+            self._permit_wait = True
+        self._sound_now()
         self.report("tone %s" % name)
+
+    def _sound_now(self):
+        """A tone begins: it sounds now rather than behind the silence the speaker's DMA holds
+        (up to dma_frames x 20 ms). Only silence is dropped; after voice or another tone the new
+        tone follows what is queued, as the voice ducked under it does."""
+        spk = self.hw.speaker
+        pb = self.pb
+        if spk is None or pb is None or not hasattr(spk, "drop"):
+            return
+        now = self.ticks_ms()
+        if self._loud_until is not None and tdiff(self._loud_until, now) > 0:
+            return
+        if not spk.drop():
+            return
+        out = self._tone_out
+        if out is None:
+            out = self._tone_out = bytearray(320)
+        kind = pb.next_frame(now, out)
+        if spk.put(out):
+            self._heard(spk, kind)
+
+    def _note_rx(self, group):
+        if group is None:
+            self._entry_at = None
+            self._entry_rx = False
+        elif self._entry_at is not None and tdiff(self.ticks_ms(), self._entry_at) <= LATE_ENTRY_WINDOW_MS:
+            # Floor Taken right after our affiliation: the call was running when we came in.
+            self._entry_rx = True
+            self._late_entry()
+        else:
+            self._entry_at = None
+
+    def _late_entry(self):
+        if self._entry_rx and self._entry_heard is not None:
+            self.report("kpi late_entry %d" % tdiff(self._entry_heard, self._entry_at))
+            self._entry_rx = False
+            self._entry_at = None
+            self._entry_heard = None
+
+    def _heard(self, spk, kind):
+        """After a frame went to the speaker: the measures that end when it sounds. Integer
+        compares only, nothing allocated unless there is something to report."""
+        if kind != "silence" or self.pb.tones.active:
+            at = getattr(spk, "play_at", None)
+            self._loud_until = tadd(at if at is not None else self.ticks_ms(), 20)
+        if self._permit_wait and self.pb.tones.name == "talk_permit":
+            self._permit_wait = False
+            at = getattr(spk, "play_at", None)
+            self.report("kpi access %d" % tdiff(at if at is not None else self.ticks_ms(), self._key_edge))
+            self._key_edge = None
+        if kind != "audio":
+            return
+        if self._entry_at is not None and self._entry_heard is None:
+            # The first voice since the affiliation sounds now (what played before it left
+            # with the group, ended by the floor).
+            at = getattr(spk, "play_at", None)
+            self._entry_heard = at if at is not None else self.ticks_ms()
+            self._late_entry()
+        if self.voice_trace:
+            # Only where the playout moves (a burst's first frame, a stall, a frame dropped):
+            # the frames between sound at the same offset, and a line per frame would itself
+            # load the sim's event loop.
+            seq = self.pb.jitter.played_seq
+            pos = getattr(spk, "play_pos", -1)
+            off = pos - seq * 160
+            if off != self._trace_off:
+                self._trace_off = off
+                self.report("play %d %d" % (seq, pos))
 
     def _set_transmit(self, on):
         if on == self.transmitting:
@@ -456,7 +543,28 @@ class App:
     def _play(self, now, buf, n):
         """The core's ``play``: the plain RTP packet ``buf[:n]`` of the call heard, valid during
         the call, to the playback path on the audio clock."""
-        self.pb.on_voice(self.ticks_ms(), buf, n)
+        jb = self.pb.jitter
+        idle = jb.state == "idle"
+        t = self.ticks_ms()
+        self.pb.on_voice(t, buf, n)
+        if idle and jb.state == "buffering":
+            self._align(t)
+
+    def _align(self, t):
+        """A talk burst starts from silence at ``t``: move the speaker's 20 ms frame clock so
+        that a frame is taken from the jitter buffer just when its jitter allowance has passed
+        (else it waits up to a frame more for the next tick, for the whole burst). Done with the
+        silence the DMA holds: dropped, and the right length of silence queued instead."""
+        spk = self.hw.speaker
+        if spk is None or not hasattr(spk, "pad"):
+            return
+        if self._loud_until is not None and tdiff(self._loud_until, t) > 0:
+            return  # a tone or voice still sounds: it is not cut
+        allowance = self.pb.jitter.target_ms - 20
+        if spk.drop():
+            # The playback task takes the next frame when one frame's room is left: that is
+            # allowance (modulo a frame) from now, and it sounds a DMA frame later.
+            spk.pad(20 + allowance % 20)
 
     # --- kill ----------------------------------------------------------------------------------------
 
@@ -514,23 +622,34 @@ class App:
 
     # --- buttons ----------------------------------------------------------------------------------------
 
-    async def _buttons_task(self):
+    def _make_buttons(self):
+        for name in self.board.buttons:
+            lp = self.board.long_press_ms if name in ("emergency", "group_up", "group_down") else None
+            # PTT and emergency act on the key's first edge (the debounce no longer adds to the
+            # access time); the group keys wait for a level that holds.
+            first = name in ("ptt", "emergency")
+            self._buttons[name] = hwmod.Button(name, self.board.debounce_ms, lp, first)
+
+    def _sample_buttons(self, now):
+        """Every key's level at ``now`` through its Button; True while one needs sampling soon."""
         pins = self.hw.buttons
         btns = self._buttons
-        for b in btns.values():
+        busy = False
+        for name in btns:
+            b = btns[name]
+            ev = b.sample(now, pins[name].pressed())
+            if ev is not None:
+                self._on_button(now, name, ev)
+            if b.busy:
+                busy = True
+        return busy
+
+    async def _buttons_task(self):
+        for b in self._buttons.values():
             b.reset()
         while True:
             self._fault("buttons")
-            now = now_ms()
-            busy = False
-            for name in btns:
-                b = btns[name]
-                ev = b.sample(now, pins[name].pressed())
-                if ev is not None:
-                    self._on_button(now, name, ev)
-                if b.busy:
-                    busy = True
-            if busy:
+            if self._sample_buttons(now_ms()):
                 await compat.sleep_ms(BUTTON_SAMPLE_MS)
             else:
                 await self.hw.wait_button_edge(BUTTON_IDLE_S)
@@ -547,8 +666,12 @@ class App:
             return
         if name == "ptt":
             if ev == hwmod.PRESS:
-                # From the key's edge: the debounce is part of what the user waits for.
-                edge = self._buttons[name].edge_at
+                # From the key's edge (the pin's own record of it where the board keeps one).
+                edge = getattr(self.hw.buttons[name], "edge_ms", None)
+                if edge is None:
+                    edge = self._buttons[name].edge_at
+                self._key_edge = edge
+                self._permit_wait = False
                 self._act(lambda t: core.press_ptt(t, edge))
             elif ev in (hwmod.SHORT, hwmod.RELEASE):
                 self._act(core.release_ptt)
@@ -576,6 +699,9 @@ class App:
             self._fault("capture")
             mic.start()
             cap.start_burst(self.ticks_ms())
+            # The burst's first sequence number: with the mic's start time, when each frame's
+            # sound entered the microphone (mouth-to-ear is measured from there).
+            self.report("burst %d" % cap.seq)
             try:
                 while self.transmitting:
                     # Per frame only the mic's wait() awaitable, which allocates nothing: an
@@ -640,13 +766,25 @@ class App:
         out = bytearray(320)
         spk.start()
         beat = self._beat
+        dry = getattr(spk, "underruns", None)  # boards whose speaker tells when its DMA ran dry
+        room = getattr(spk, "room", None)
         while True:
             self._fault("playback")
-            pb.next_frame(self.ticks_ms(), out)
-            # As capture: the speaker's wait() awaitable, not a coroutine per frame.
+            # Room in the DMA first, then the frame: decided as late as the DMA allows, so a
+            # frame waits in the speaker path only behind what the DMA holds. As capture: the
+            # speaker's wait() awaitable, not a coroutine per frame.
             await spk.wait()
+            while room is not None and not room():
+                await spk.wait()  # the frame clock was moved meanwhile (_align)
+            kind = pb.next_frame(self.ticks_ms(), out)
             while not spk.put(out):
                 await spk.wait()
+            if dry is not None and spk.underruns != dry:
+                # This task woke too late and the DMA ran dry: what the jitter buffer holds is
+                # now that much late; as many frames go between words (jitter.skip_late).
+                dry = spk.underruns
+                pb.jitter.skip_late(spk.gap_ms)
+            self._heard(spk, kind)
             beat["playback"] = self.ticks_ms()  # an int: a float time is a heap object per frame
 
     # --- link -------------------------------------------------------------------------------------------
@@ -810,6 +948,10 @@ class App:
         cmd = words[0]
         if cmd == "status":
             return ["status " + json.dumps(self.status())]
+        if cmd == "voice" and len(words) == 3 and words[1] == "trace" and words[2] in ("on", "off"):
+            self.voice_trace = words[2] == "on"
+            self._trace_off = None
+            return ["ok voice trace %s" % words[2]]
         if cmd == "quit":
             self.stop(0)
             return ["ok quit"]
@@ -860,6 +1002,10 @@ class App:
             st["playback"] = dict(self.pb.counters)
             st["jitter"] = dict(self.pb.jitter.counters)
             st["jitter"]["target_ms"] = self.pb.jitter.target_ms
+        spk = self.hw.speaker
+        if spk is not None and hasattr(spk, "underruns"):
+            # the DMA ran dry that often: the playback task woke too late (a busy host)
+            st["speaker"] = {"underruns": spk.underruns, "dma_frames": spk.dma_frames}
         if self.cap is not None:
             st["capture_frames"] = self.cap.frames
         if self.drv is not None:

@@ -17,7 +17,7 @@ burst's start, by the time that passed since the previous burst's last frame, as
 
 Playback (the network to the speaker)::
 
-    pb = PlaybackPath()                      # a JitterBuffer and a TonePlayer of its own
+    pb = PlaybackPath()                      # a JitterBuffer (one frame to start) and a TonePlayer
     pb.on_voice(now_ms, buf, n)              # the DeviceSession's voice_sink: plain RTP in buf[:n]
     pb.on_voice(now_ms, rtp)                 # or a whole packet (a ("voice", rtp) event)
     kind = pb.next_frame(now_ms, out)        # every 20 ms: 320 bytes for the speaker
@@ -42,6 +42,13 @@ PACKET_LEN = RTP_HEADER + FRAME_PAYLOAD  # 96
 PCM_BYTES = 2 * FRAME_SAMPLES
 FRAME_MS = 20
 FRAME_TS = FRAME_SAMPLES
+# Playout starts from one frame of buffering: a new path is taken as a quiet LAN until its
+# jitter is measured (the jitter buffer grows at once on an underrun, docs/accessory-audio.md).
+# The first frame waits at least PLAYOUT_MIN_MS less a frame: the talker's and our own task
+# wake-ups wander by a few ms that RFC 3550's J (a mean) does not show, and a frame that misses
+# its turn by 1 ms costs the whole burst 20 ms.
+PLAYOUT_START_MS = 25
+PLAYOUT_MIN_MS = 25
 
 
 class CapturePath:
@@ -157,7 +164,9 @@ class PlaybackPath:
     """
 
     def __init__(self, jitter=None, tones=None, duck=1):
-        self.jitter = jitter if jitter is not None else JitterBuffer()
+        self.jitter = (
+            jitter if jitter is not None else JitterBuffer(start_ms=PLAYOUT_START_MS, min_ms=PLAYOUT_MIN_MS)
+        )
         self.tones = tones if tones is not None else TonePlayer()
         if not isinstance(duck, int) or not 0 <= duck <= 15:
             raise ValueError("duck must be 0..15 halvings")

@@ -22,6 +22,7 @@ PULLS = ("up", "down", "none")
 PSRAM = ("none", "quad", "octal")
 AUDIO_RATE = 8000  # the accessory link is DVI4 at 8 kHz (RFC 3551)
 AUDIO_BITS = 16
+DMA_FRAMES = 2  # the speaker's I2S buffer, in 20 ms frames, unless the board says
 
 _TOP = (
     "format",
@@ -366,7 +367,9 @@ def _i2s(doc, key, required, pins, problems, out):
     d = _section(doc, key, required, problems)
     if d is None or not required:
         return None
-    known = ("id", "sck", "ws", "sd", "rate", "bits") + (("enable",) if out else ("slot_bits", "gain_shift"))
+    known = ("id", "sck", "ws", "sd", "rate", "bits") + (
+        ("enable", "dma_frames") if out else ("slot_bits", "gain_shift")
+    )
     _unknown(d, key, known, problems)
     res = {"id": _int(d, "id", 0, 0, 1, problems, key + ".")}
     for line in ("sck", "ws", "sd"):
@@ -378,6 +381,9 @@ def _i2s(doc, key, required, pins, problems, out):
         if en is not None:
             pins.use(key + ".enable", en, problems, output=True)
         res["enable"] = en
+        # The speaker's I2S buffer, in 20 ms frames: all of it is queued ahead of what is played,
+        # so it adds its length to mouth-to-ear; two keep the amplifier fed while one is written.
+        res["dma_frames"] = _int(d, "dma_frames", DMA_FRAMES, 1, 8, problems, key + ".")
     rate = d.get("rate")
     if rate != AUDIO_RATE:
         problems.append(

@@ -90,6 +90,7 @@ class AccessoryCore:
         self.dev = None
         self.relay = None
         self.clients = {}  # group -> PttClient (the talk group's and the scan groups')
+        self._early_floor = {}  # group being joined -> its floor message that came before the answer
         self.lost = False  # the link was lost since the last registration
         self.killed = False
         self.event_errors = 0
@@ -174,6 +175,7 @@ class AccessoryCore:
         for g in self.clients:
             self.clients[g].stop(now)
         self.clients = {}
+        self._early_floor = {}
         # The old session's floors are gone with it: the microphone closes, nothing is heard.
         self._set_transmit(False)
         self._select_rx()
@@ -297,6 +299,9 @@ class AccessoryCore:
         for g in list(self.clients):
             if g not in names:
                 self.clients.pop(g).stop(now)
+        for g in list(self._early_floor):
+            if g not in names:
+                del self._early_floor[g]
         out = []
         dev = self.dev
         if dev is not None:
@@ -370,6 +375,11 @@ class AccessoryCore:
             if c is not None:
                 out.extend(self._floor_out(now, g, c.on_floor(now, ev[2])))
                 self._select_rx()
+            elif self.groups.rank(g) is not None:
+                # A group we are joining: the relay's Floor Taken for a late entrant may overtake
+                # the affiliation's answer on the way. Kept (the latest only) for the client
+                # the answer makes, so the running call is heard at once.
+                self._early_floor[g] = ev[2]
         elif kind == "registered":
             was_lost = self.lost
             self.lost = False
@@ -387,6 +397,10 @@ class AccessoryCore:
                 if c is None:
                     c = self._client(g)
                 out.extend(self._floor_out(now, g, c.start(now)))
+                early = self._early_floor.pop(g, None)
+                if early is not None:
+                    out.extend(self._floor_out(now, g, c.on_floor(now, early)))
+                    self._select_rx()
         elif kind in ("relay_lost", "rejected", "relay_refused"):
             ev_out.append(("session_lost", kind, ev[1] if len(ev) > 1 else None))
             self._link_lost(now)

@@ -2,7 +2,8 @@
 
 This module holds what every board shares and what can be tested without hardware:
 
-- ``Button``: debounce and long press over raw samples (``sample(now, pressed) -> event``);
+- ``Button``: debounce (acting on the first edge, or after the level held) and long press over
+  raw samples (``sample(now, pressed) -> event``);
 - ``PATTERNS`` and ``LedPlayer``: the LED pattern table (on/off timings per LED) and where in
   its cycle a pattern is at a given time;
 - ``battery_percent``: cell voltage to a charge estimate;
@@ -28,37 +29,67 @@ class Button:
     """Debounce and long press for one button, sans-I/O.
 
     ``sample(now, pressed)`` takes the raw level (True = pressed, after active-low inversion) at
-    time ``now`` (int ms, opmob.ticks) and returns None or one event: PRESS when the level has been
-    pressed for ``debounce`` ms, LONG when it has then been held for ``long_press`` ms, and on release
-    SHORT (no LONG was given) or RELEASE. A level that changes back within ``debounce`` (contact
-    bounce, a glove brushing the key) gives nothing. Sample at least every ``debounce / 2`` while
-    ``busy``; otherwise an edge interrupt (or a slow poll) is enough. ``long_press_ms=None``: the
-    button has no long press (a PTT key held for 30 s is not busy).
+    time ``now`` (int ms, opmob.ticks) and returns None or one event: PRESS, LONG when the key has
+    then been held for ``long_press`` ms (once per press), and on release SHORT (no LONG was given)
+    or RELEASE. ``long_press_ms=None``: the button has no long press (a PTT key held for 30 s is
+    not busy).
+
+    Two ways to debounce:
+
+    - ``first_edge=True`` (PTT and emergency: the user waits for what the key does): the first
+      edge acts at once, and the level is then ignored for ``debounce`` ms (contact bounce within
+      that window neither presses again nor releases). At the window's end a level that differs
+      from the state is the next edge: a press shorter than the window gives PRESS at its edge and
+      SHORT at the window's end, the short press it was. The long press counts from the edge.
+    - ``first_edge=False`` (group keys, where a glove brushing a key must do nothing): a level
+      must hold for ``debounce`` ms before it counts; shorter chatter gives nothing.
+
+    Sample at least every ``debounce / 2`` while ``busy``; otherwise an edge interrupt (or a slow
+    poll) is enough.
     """
 
-    __slots__ = ("name", "debounce", "long_press", "pressed", "_raw", "_raw_since", "_down_at", "_long")
+    __slots__ = (
+        "name",
+        "debounce",
+        "long_press",
+        "first_edge",
+        "pressed",
+        "_raw",
+        "_raw_since",
+        "_down_at",
+        "_long",
+        "_locked_at",
+    )
 
-    def __init__(self, name, debounce_ms, long_press_ms):
+    def __init__(self, name, debounce_ms, long_press_ms, first_edge=False):
         self.name = name
         self.debounce = debounce_ms
         self.long_press = long_press_ms
+        self.first_edge = first_edge
         self.pressed = False  # debounced state
         self._raw = False
         self._raw_since = None
         self._down_at = None
         self._long = False
+        self._locked_at = None  # first_edge: the last edge acted on, while its window lasts
 
     def sample(self, now, pressed):
         pressed = bool(pressed)
         if pressed != self._raw or self._raw_since is None:
             self._raw = pressed
             self._raw_since = now
+        if self._locked_at is not None and tdiff(now, self._locked_at) >= self.debounce:
+            self._locked_at = None
         if pressed != self.pressed:
-            if tdiff(now, self._raw_since) < self.debounce:
+            if self.first_edge:
+                if self._locked_at is not None:
+                    return None  # bounce within the window after the edge acted on
+                self._locked_at = now
+            elif tdiff(now, self._raw_since) < self.debounce:
                 return None
             self.pressed = pressed
             if pressed:
-                self._down_at = now
+                self._down_at = self._raw_since if self.first_edge else now
                 self._long = False
                 return PRESS
             return RELEASE if self._long else SHORT
@@ -74,14 +105,19 @@ class Button:
 
     @property
     def edge_at(self):
-        """When the level last changed (the raw edge the current state began with): a PRESS
-        happened this long before the debounce confirmed it."""
+        """When the level last changed (the raw edge the current state began with): with
+        ``first_edge=False`` a PRESS happened this long before the debounce confirmed it."""
         return self._raw_since
 
     @property
     def busy(self):
-        """True while a change is being debounced or a long press timed: sample again soon."""
-        return self._raw != self.pressed or (self.pressed and not self._long and self.long_press is not None)
+        """True while a change is being debounced, a bounce window runs or a long press is
+        timed: sample again soon."""
+        return (
+            self._locked_at is not None
+            or self._raw != self.pressed
+            or (self.pressed and not self._long and self.long_press is not None)
+        )
 
     def reset(self):
         """Forget the state (after a task restart): the next press starts afresh."""
@@ -90,6 +126,7 @@ class Button:
         self._raw_since = None
         self._down_at = None
         self._long = False
+        self._locked_at = None
 
 
 # --- LEDs ------------------------------------------------------------------------------------------
@@ -225,7 +262,11 @@ class Hardware:
       ``await readinto(buf)`` does both, for code that does not mind a coroutine per frame
     - ``speaker``: ``start()``, ``stop()``; per frame ``await speaker.wait()`` (room for it: the
       device's pace) then ``speaker.put(buf)``, True when all of it was taken (False: wait, put
-      again). ``await write(buf)`` does both
+      again). ``await write(buf)`` does both. Optional, where the driver can: ``room()`` (a
+      frame's room now), ``drop()`` (forget what the DMA holds unplayed) and ``pad(ms)`` (queue
+      silence), with which the app moves the frame clock at a burst's start and starts tones at
+      once; the sim's also says when the frame just put sounds (``play_at`` ticks,
+      ``play_pos`` sample) and counts its DMA's underruns
     - ``battery``: ``read_mv()``
     - ``wifi``: ``active(on)``, ``scan()`` -> [(ssid, rssi)] (blocks for a second or two on a
       device), ``connect(ssid, psk)`` -> bool, ``isconnected()``, ``disconnect()``, ``rssi()``

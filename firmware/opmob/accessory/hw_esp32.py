@@ -200,6 +200,7 @@ class Esp32Speaker:
         self.i2s = None
         self._wait = None
         self._frame = _Frame()
+        self._zero = None
         self.enable = None
         if spec.get("enable") is not None:
             self.enable = machine.Pin(spec["enable"], machine.Pin.OUT, value=0)
@@ -217,7 +218,10 @@ class Esp32Speaker:
             bits=16,
             format=machine.I2S.MONO,
             rate=s["rate"],
-            ibuf=FRAME_BYTES * 4,
+            # The esp32 port sizes its DMA from ibuf: everything in it is queued ahead of the
+            # frame being written, so it is kept to the board's dma_frames (2: one playing, one
+            # written), not more (each frame more is 20 ms more mouth-to-ear).
+            ibuf=FRAME_BYTES * s["dma_frames"],
         )
         self._wait = _Ready(self.i2s, True)
         self._frame.reset()
@@ -231,6 +235,33 @@ class Esp32Speaker:
             self.i2s.deinit()
             self.i2s = None
             self._wait = None
+
+    def room(self):
+        """True when the DMA has room for more (what ``wait()`` waits for)."""
+        return self.i2s is not None and self._wait.now()
+
+    def pad(self, ms):
+        """Queue ``ms`` of silence (at most the DMA's size) right after ``drop()``: the app moves
+        the speaker's frame clock with it at a talk burst's start. True when the DMA took it."""
+        if self.i2s is None:
+            return False
+        n = ms * 16  # 8 kHz, 16-bit mono
+        cap = FRAME_BYTES * self.spec["dma_frames"]
+        if n > cap:
+            n = cap
+        if self._zero is None or len(self._zero) < n:
+            self._zero = bytearray(cap)
+        return self.i2s.write(memoryview(self._zero)[:n]) == n
+
+    def drop(self):
+        """Drop what the DMA holds and has not played (silence: the app asks only then), so a
+        tone sounds at once: the I2S channel is started again, its DMA empty. True when done."""
+        if self.i2s is None:
+            return False
+        self.i2s.deinit()
+        self.i2s = None
+        self.start()
+        return True
 
     def wait(self):
         """Until the DMA has room: the I2S clock paces playback."""

@@ -9,9 +9,10 @@
 - **LEDs**: each pattern change is reported as ``led <pattern>``.
 - **Microphone**: 16-bit 8 kHz mono from a raw (s16le) or WAV file, advancing only while the
   firmware captures (while it has the floor); frames are paced by a 20 ms clock.
-- **Speaker**: every frame the firmware plays (silence included) goes to a WAV file at a 20 ms
-  pace, so a sample's place in the file is the time it was played; ``speaker start <wall time>``
-  tells when sample 0 was.
+- **Speaker**: the board's I2S DMA (``i2s_out.dma_frames`` frames of 20 ms) as it plays: every
+  sample goes to a WAV file when it sounds (silence included, and the DMA's own silence when it
+  ran dry), so a sample's place in the file is the time it was played; ``speaker start <wall
+  time>`` tells when sample 0 was.
 - **WiFi**: access points from a scenario file (or one per configured relay), changed by
   ``ap``/``wifi`` commands.
 - **Watchdog**: a thread that kills the process (SIGKILL, as a hardware watchdog resets a chip)
@@ -33,7 +34,6 @@ from opmob.accessory.jitter import FRAME_MS, tadd, tdiff
 
 FRAME_SAMPLES = 160  # 20 ms at 8 kHz
 FRAME_BYTES = 320
-FRAME_S = 0.020
 FAR_BEHIND_MS = 500
 RATE = 8000
 CLIENT_BACKLOG = 4000  # report lines held for a slow client before it is dropped
@@ -126,10 +126,11 @@ class FrameClock:
 
 
 class SimPin:
-    __slots__ = ("level",)
+    __slots__ = ("level", "edge_ms")
 
     def __init__(self):
         self.level = False
+        self.edge_ms = None  # ticks of the last level change: the key's physical edge
 
     def pressed(self):
         return self.level
@@ -225,16 +226,30 @@ class SimMic:
 
 
 class SimSpeaker:
-    """Every frame played goes to a WAV file at the 20 ms pace of a real I2S amplifier."""
+    """The board's I2S amplifier as its DMA plays: every sample played goes to a WAV file, so a
+    sample's place in the file is the time it sounded (``speaker start <wall time>``: sample 0).
 
-    def __init__(self, control, path):
+    The DMA holds ``dma_frames`` 20 ms frames (the board's ``i2s_out.dma_frames``, as the ESP32's
+    ``ibuf``) and plays them at the sample rate: ``wait()`` returns when a frame's room is free,
+    ``put()`` queues a frame behind what is still playing, and ``play_at`` / ``play_pos`` say when
+    (ticks) and at which sample the frame just put will sound. A frame put after the DMA ran dry
+    follows the silence the DMA played meanwhile (``underruns`` counts those), as on the board."""
+
+    def __init__(self, control, path, dma_frames=2, ticks=compat.ticks_ms):
         self.control = control
         self.path = path
-        self.clock = FrameClock()
+        self.dma_frames = dma_frames
+        self.ticks = ticks
         self._f = None
         self._hdr = bytearray(WAV_HEADER_LEN)
+        self._zero = bytearray(FRAME_BYTES)
         self._bytes = 0
         self._frames = 0
+        self._end = 0  # ticks when what the DMA holds has played
+        self.play_at = 0
+        self.play_pos = 0
+        self.underruns = 0
+        self.gap_ms = 0  # how long the DMA was dry before the last underrun's frame
         self.started_at = None
 
     def start(self):
@@ -243,9 +258,9 @@ class SimSpeaker:
         self._f = open(self.path, "wb")
         self._f.write(wav_header(0))
         self._bytes = 0
-        self.clock.reset()
-        # Frame n is written when the clock's tick n + 1 falls due: sample 0 plays 20 ms from now.
-        self.started_at = wall_time() + FRAME_S
+        # The DMA plays from now on (silence until a frame is queued): sample 0 is now.
+        self._end = self.ticks()
+        self.started_at = wall_time()
         self.control.report("speaker start %.6f %s" % (self.started_at, self.path))
 
     def stop(self):
@@ -254,15 +269,73 @@ class SimSpeaker:
             self._f.close()
             self._f = None
 
+    def queued_ms(self):
+        """Audio the DMA holds that has not sounded yet, in ms."""
+        d = tdiff(self._end, self.ticks())
+        return d if d > 0 else 0
+
+    def drop(self):
+        """Drop what the DMA holds and has not played (the app does it only when that is
+        silence, for a tone that must sound now); True when the next frame sounds at once."""
+        if self._f is None:
+            return False
+        q = tdiff(self._end, self.ticks())
+        if q > 0:
+            self._bytes -= q * (2 * RATE // 1000)
+            self._f.seek(WAV_HEADER_LEN + self._bytes)
+            self._end = tadd(self._end, -q)
+        return True
+
+    def pad(self, ms):
+        """Queue ``ms`` of silence behind what the DMA holds (the app moves the speaker's frame
+        clock with it, at a talk burst's start). True when queued."""
+        f = self._f
+        if f is None or ms < 0:
+            return False
+        self._dry(self.ticks())
+        self._zeros(ms)
+        self._end = tadd(self._end, ms)
+        return True
+
+    def _zeros(self, ms):
+        # ``ms`` of silence into the file (rare: at a burst's start, after the DMA ran dry)
+        n = ms * (2 * RATE // 1000)
+        while n > 0:
+            k = n if n < FRAME_BYTES else FRAME_BYTES
+            self._f.write(memoryview(self._zero)[:k])
+            self._bytes += k
+            n -= k
+
+    def _dry(self, now):
+        """If the DMA ran dry before ``now``, the silence it played meanwhile; True if it did."""
+        gap = tdiff(now, self._end)
+        if gap <= 0:
+            return False
+        self.gap_ms = gap
+        self._zeros(gap)
+        self._end = now
+        return True
+
+    def room(self):
+        """True when the DMA has room for a frame (what ``wait()`` waits for)."""
+        return tdiff(self._end, self.ticks()) <= (self.dma_frames - 1) * FRAME_MS
+
     def wait(self):
-        """What the playback task awaits before each frame: the 20 ms pace of the amplifier."""
-        return self.clock.wait()
+        """What the playback task awaits before each frame: room for it in the DMA."""
+        d = tdiff(self._end, self.ticks()) - (self.dma_frames - 1) * FRAME_MS
+        return compat.sleep_ms(d if d > 0 else 0)
 
     def put(self, buf):
-        """Play the 20 ms frame ``buf``; True: all of it was taken."""
-        if self._f is None:
+        """Queue the 20 ms frame ``buf`` behind what the DMA holds; True: all of it was taken."""
+        f = self._f
+        if f is None:
             return True
-        self._f.write(buf)
+        if self._dry(self.ticks()):
+            self.underruns += 1  # the frame comes late: the DMA played silence meanwhile
+        self.play_at = self._end
+        self.play_pos = self._bytes // 2
+        f.write(buf)
+        self._end = tadd(self._end, FRAME_MS)
         self._bytes += len(buf)
         self._frames += 1
         if self._frames % 50 == 0:
@@ -566,7 +639,11 @@ class SimHardware(hw.Hardware):
         if board.has("mic"):
             self.mic = SimMic(self.control, mic if mic is not None else s["mic"])
         if board.has("speaker"):
-            self.speaker = SimSpeaker(self.control, speaker if speaker is not None else s["speaker"])
+            self.speaker = SimSpeaker(
+                self.control,
+                speaker if speaker is not None else s["speaker"],
+                board.i2s_out["dma_frames"] if board.i2s_out is not None else 2,
+            )
         if board.has("battery"):
             self.battery = SimBattery(battery_mv if battery_mv is not None else s["battery_mv"])
         if board.has("wifi"):
@@ -600,7 +677,10 @@ class SimHardware(hw.Hardware):
         self.button_edge.clear()
 
     def _set_button(self, name, level):
-        self.buttons[name].level = level
+        pin = self.buttons[name]
+        if pin.level != level:
+            pin.level = level
+            pin.edge_ms = compat.ticks_ms()
         self.button_edge.set()
 
     async def command(self, words):
@@ -625,16 +705,20 @@ class SimHardware(hw.Hardware):
                 await compat.sleep_ms(3 * b.debounce_ms)  # the release is debounced too
             return ["ok %s %s" % (cmd, name)]
         if cmd == "bounce":
-            # Contact chatter shorter than the debounce time: the firmware must see nothing.
-            if len(args) != 1 or args[0] not in self.buttons:
-                return ["error bounce needs a button"]
-            for _ in range(5):
-                self._set_button(args[0], True)
-                await compat.sleep_ms(max(1, b.debounce_ms // 5))
-                self._set_button(args[0], False)
-                await compat.sleep_ms(max(1, b.debounce_ms // 5))
+            # A key pressed or released through a bouncing contact: the level chatters in 2 ms
+            # steps for half the debounce time, then settles. The firmware must act once.
+            if len(args) != 2 or args[0] not in self.buttons or args[1] not in ("press", "release"):
+                return ["error bounce needs a button and press|release"]
+            name = args[0]
+            level = args[1] == "press"
+            for _ in range(max(1, b.debounce_ms // 8)):
+                self._set_button(name, level)
+                await compat.sleep_ms(2)
+                self._set_button(name, not level)
+                await compat.sleep_ms(2)
+            self._set_button(name, level)
             await compat.sleep_ms(3 * b.debounce_ms)
-            return ["ok bounce %s" % args[0]]
+            return ["ok bounce %s %s" % (name, args[1])]
         if cmd == "mic" and self.mic is not None:
             if args == ["rewind"]:
                 self.mic.set_source(self.mic.path)

@@ -4,6 +4,7 @@
     jb.push(now_ms, seq, ts, ssrc, payload, start=0, end=-1, marker=False) -> bool   # a frame arrived
     jb.pop(now_ms, out) -> "audio" | "concealed" | "silence"          # every 20 ms: 320 bytes of PCM
     jb.end()                        # the talker has stopped: play what is held, then silence
+    jb.skip_late(ms)                # the speaker fell ms behind: drop what the gap stood for
     jb.reset()
     jb.state ("idle" | "buffering" | "playing"), jb.target_ms, jb.jitter_ms, jb.depth, jb.depth_ms,
     jb.wait_ms, jb.played_seq, jb.counters
@@ -23,9 +24,14 @@ How it works (docs/accessory-audio.md has the whole story):
   apart: the buffer absorbs it as it absorbs jitter.
 - **Jitter** is RFC 3550's interarrival estimator (A.8, integer form, gain 1/16) over the
   transit time ``arrival - timestamp``. The **target** is ``20 ms + k * J`` (k = 4), kept within
-  ``min_ms..max_ms``; it starts at ``start_ms`` (J starts where the formula gives that).
-- **Start**: a stream buffers until it holds the target (in whole frames) or the target time has
-  passed since its first packet, then plays. A **new talker** (another ``ssrc``) flushes the old
+  ``min_ms..max_ms`` and not below the underrun floor; it starts at ``start_ms`` (J starts where
+  the formula gives that). J and the floor are kept from stream to stream (the same path).
+- **Start**: a stream's first frame waits for the **jitter allowance** (the target less one
+  frame), or until the frames held cover it, then plays: with a one-frame target, at the first
+  pop after it came.
+- **Grows at once, shrinks slowly**: an underrun raises the floor under the target to the target
+  plus how late the frame came (a frame at most), so the next burst starts that much deeper; the
+  floor falls 1 ms per 2 frames heard. A **new talker** (another ``ssrc``) flushes the old
   one's frames at once and starts buffering its own: no waiting for the old talker's audio to drain
   nor for a marker bit, so a late entrant's first packet starts the stream.
 - **The playout point holds for a burst.** Once a stream plays, one frame is played per pop
@@ -42,7 +48,8 @@ How it works (docs/accessory-audio.md has the whole story):
   frames (DVI4 step index <= 24, reached only between words) until it is not. At most one change
   every 160 ms.
 - **Underrun** (nothing left to play): the sequence number waits, so a late frame still plays;
-  each such pop adds 20 ms to the delay, given back at quiet moments if the buffer is then more
+  each such pop adds 20 ms to the delay (and raises the floor, above), given back at quiet
+  moments if the buffer is then more
   than two frames deeper than the target, else at the next burst's start. If what then
   arrives is a later frame (those waited for were lost, not late), the lost frames the waiting
   pops stood in for are skipped, so a loss does not add delay. A stream with nothing to play for
@@ -80,6 +87,8 @@ RESYNC_FRAMES = const(500)  # a sequence jump this large (10 s) starts a new str
 _MAX_D = const(8000)  # transit differences are clipped at 1 s: one outlier must not ruin J
 K_JITTER = const(4)
 SETTLE_POPS = const(8)  # after a frame is dropped or inserted, the next change waits 160 ms
+SKIP_POPS = const(50)  # skip_late's frames go at quiet moments within a second, or not at all
+FLOOR_DECAY_FRAMES = const(2)  # an underrun's floor under the target falls 1 ms per 2 frames heard
 
 _T_MASK = const(0x3FFFFFFF)  # times and timestamps modulo 2^30
 _T_HALF = const(0x20000000)
@@ -111,6 +120,7 @@ COUNTERS = (
     "shrunk",  # frames dropped to make the buffer shallower
     "streams",  # streams started (first packet, new talker, after an end or a resync)
     "ended",  # streams ended by end() (the floor said the talker stopped) once drained
+    "skipped",  # frames dropped because the speaker fell behind (skip_late)
 )
 
 
@@ -198,9 +208,14 @@ class JitterBuffer:
         # RFC 3550's J times 16, in timestamp units, started where the target is start_ms.
         self._j16 = ((self.start_ms - FRAME_MS) * TS_PER_MS * 16) // K_JITTER
         self._target_ms = self.start_ms
+        self._floor_ms = 0  # what underruns asked for: raised at once, given back slowly
+        self._floor_n = 0
         self._avg16 = 0  # smoothed depth in frames, times 16
         self._wait16 = 0  # smoothed time a played frame waited here, ms times 16
         self._stall = 0
+        self._stall_at = 0
+        self._behind = 0  # frames the speaker fell behind by, to drop as they come (skip_late)
+        self._behind_pops = 0
         self._settle = 0  # pops left before the depth may be changed again
         self._grow = False  # a late packet asked for one frame more
         self._conceal_n = 0
@@ -251,6 +266,42 @@ class JitterBuffer:
         and the stream ends; no concealment past its last frame."""
         if self.state != IDLE:
             self._ended = True
+
+    def skip_late(self, ms):
+        """The speaker fell ``ms`` behind (its DMA ran dry: the playback task woke late), so
+        every frame from now on plays that much later than the network asked for. As many
+        frames go, down to the target's depth, at quiet moments (between words: no speech is
+        cut; the packets may also still be in the socket, late like the task), within a
+        second; so the delay does not keep the lateness for the rest of the burst."""
+        if self.state == PLAYING and ms >= FRAME_MS:
+            n = self._behind + ms // FRAME_MS
+            m = self.max_ms // FRAME_MS
+            self._behind = n if n < m else m
+            self._behind_pops = SKIP_POPS
+
+    def _catch_up(self, span):
+        # Drop what skip_late asked for, while more than the target's depth is held.
+        keep = self._target_frames()
+        n = 0
+        while (
+            self._behind
+            and span > keep
+            and self._held((self._next + 1) & 0xFFFF)
+            and self._held(self._next)
+            and self._quiet(self._next)
+        ):
+            self._advance()
+            span -= 1
+            n += 1
+            self._behind -= 1
+        if n:
+            self.counters["skipped"] += n
+            self._avg16 -= n * 16 if self._avg16 > n * 16 else self._avg16
+        else:
+            self._behind_pops -= 1
+            if self._behind_pops <= 0:
+                self._behind = 0  # nothing came to catch up with: the lateness is gone
+        return span
 
     def push(self, now_ms, seq, ts, ssrc, payload, start=0, end=-1, marker=False):
         """One frame from the network (``marker``: the RTP marker bit, a talk burst's first
@@ -331,6 +382,7 @@ class JitterBuffer:
         self._first_rx = now_ms
         self._have_transit = False
         self._stall = 0
+        self._behind = 0
         self._conceal_n = 0
         self._settle = 0
         self._grow = False
@@ -359,14 +411,24 @@ class JitterBuffer:
             if d > _MAX_D:
                 d = _MAX_D
             self._j16 += d - ((self._j16 + 8) >> 4)
-            t = FRAME_MS + (K_JITTER * self._j16) // (16 * TS_PER_MS)
-            if t < self.min_ms:
-                t = self.min_ms
-            elif t > self.max_ms:
-                t = self.max_ms
-            self._target_ms = t
+            if self._floor_ms:
+                self._floor_n += 1
+                if self._floor_n >= FLOOR_DECAY_FRAMES:
+                    self._floor_n = 0
+                    self._floor_ms -= 1
+            self._set_target()
         self._transit = transit
         self._have_transit = True
+
+    def _set_target(self):
+        t = FRAME_MS + (K_JITTER * self._j16) // (16 * TS_PER_MS)
+        if t < self._floor_ms:
+            t = self._floor_ms
+        if t < self.min_ms:
+            t = self.min_ms
+        elif t > self.max_ms:
+            t = self.max_ms
+        self._target_ms = t
 
     # --- playout --------------------------------------------------------------------------------------
 
@@ -394,11 +456,11 @@ class JitterBuffer:
         d = sdiff(self._high, self._next)
         span = d + 1 if d >= 0 else 0
         if state == BUFFERING:
-            if (
-                span < self._target_frames()
-                and tdiff(now_ms, self._first_rx) < self._target_ms
-                and not self._ended
-            ):
+            # The first frame waits for the jitter allowance (the target less the frame itself),
+            # or until the frames held cover it: with no jitter measured it plays at the first
+            # pop after it came, one frame of buffering.
+            margin = self._target_ms - FRAME_MS
+            if (span - 1) * FRAME_MS < margin and tdiff(now_ms, self._first_rx) < margin and not self._ended:
                 return self._silence(out)
             self.state = PLAYING
             self._avg16 = span * 16
@@ -415,6 +477,8 @@ class JitterBuffer:
             # Nothing to play: hold the sequence number, so the frame still plays if it is only
             # late. Nothing for max_ms: the talk burst has ended.
             self._stall += 1
+            if self._stall == 1:
+                self._stall_at = now_ms
             if self._stall * FRAME_MS >= self.max_ms:
                 self.state = IDLE
             return self._conceal(out)
@@ -422,8 +486,16 @@ class JitterBuffer:
             stalled = self._stall
             self._stall = 0
             if self._held(self._next):
-                # The frame we waited for was only late: that was an underrun.
+                # The frame we waited for was only late: that was an underrun. The delay has
+                # grown by the wait; the next bursts' allowance grows at once by how late it
+                # came after the pop that missed it (a frame at most: one stall of a busy host
+                # must not set the delay for minutes), and is given back slowly (_estimate).
                 self.counters["underruns"] += 1
+                late = tdiff(self._arr[self._next & _SLOT_MASK], self._stall_at)
+                f = self._target_ms + (1 if late < 1 else FRAME_MS if late > FRAME_MS else late)
+                self._floor_ms = f if f < self.max_ms else self.max_ms
+                self._floor_n = 0
+                self._set_target()
             else:
                 # The frames we waited for are missing and later ones are here: they are lost,
                 # and the pops that waited stand in for them, so the delay stays as it was.
@@ -432,6 +504,8 @@ class JitterBuffer:
                     self._advance()
                     span -= 1
                     stalled -= 1
+        if self._behind:
+            span = self._catch_up(span)
         seq = self._next
         if not self._held(seq):
             self.counters["lost"] += 1
