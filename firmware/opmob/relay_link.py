@@ -472,10 +472,6 @@ class Links:
                 out.append(self._link_request(now, link, sig.GROUP_DETACH, group=g))
         return out
 
-    def _att_up(self, g):
-        """The LinkGroup when ``g`` is attached over a link that is up, else None."""
-        return self.groups.attached_up(g)
-
     def _retransmitted(self, now, addr, peer, txid):
         again = self.requests.again(now, addr, peer, txid)
         if again is not None:
@@ -508,13 +504,18 @@ class Links:
         return self._link_at
 
     def member_joined(self, now, s, g):
-        """``s`` joined ``g``'s floor here and ``g`` is attached over a link: it hears the floor
+        """``s`` joined ``g``'s floor here. When ``g`` is attached over a link, it hears the floor
         state last broadcast over the link, and the link learns of a member."""
+        if g not in self.groups.attach_of:
+            return []
         out = self._late_entry(s, g)
         out.extend(self._links_changed(now, g))
         return out
 
     def member_left(self, now, g, s):
+        """``s`` (None: not registered here any more) left ``g``'s floor here."""
+        if g not in self.groups.attach_of:
+            return []
         return self._links_changed(now, g, s)
 
     def voice_out(self, where, g, plain):
@@ -530,7 +531,8 @@ class Links:
         if peer is None:
             return []
         out = []
-        lg = self._att_up(g)
+        at = self.groups.where(g)
+        lg = at.att[g] if at is not LOCAL else None
         if left is not None and lg is not None and left.ssrc in lg.engaged:
             # The controlling relay knows the member only by reference: release for it, so a
             # floor it held or waited for does not wait for the timers.
@@ -693,8 +695,11 @@ class Links:
 
     def _late_entry(self, s, g):
         """A member joining an attached group hears the floor state last broadcast over the link."""
-        lg = self._att_up(g)
-        if lg is None or lg.last_bcast is None:
+        at = self.groups.where(g)
+        if at is LOCAL:
+            return []
+        lg = at.att[g]
+        if lg.last_bcast is None:
             return []
         m = lg.last_bcast
         ch = {"ack_req": False}

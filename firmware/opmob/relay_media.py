@@ -106,7 +106,7 @@ class Media:
         if pairs is None:
             return []
         out = self._floor_out(pairs)
-        if self.links is not None and g in self.groups.attach_of:
+        if self.links is not None:
             out.extend(self.links.member_joined(now, s, g))
         return out
 
@@ -116,7 +116,7 @@ class Media:
         if pairs is None:
             return []
         out = self._floor_out(pairs)
-        if self.links is not None and g in self.groups.attach_of:
+        if self.links is not None:
             out.extend(self.links.member_left(now, g, self.sessions.by_identity.get(identity)))
         return out
 
@@ -335,10 +335,7 @@ class Media:
                 else:
                     out.append(d)
                 continue
-            if (
-                self.groups.attach_of
-                and self.groups.where(self.groups.by_floor_ssrc.get(msg.ssrc)) is not LOCAL
-            ):
+            if self.groups.where(self.groups.by_floor_ssrc.get(msg.ssrc)) is not LOCAL:
                 # This relay's own server for a group it attaches is silent while the
                 # controlling relay arbitrates (it takes over if the link goes down).
                 continue
