@@ -61,6 +61,9 @@ COUNTERS = (
     "accepted",
     "tx_datagrams",
     "sig_retransmits",
+    "sig_pending",
+    "requests_held",
+    "requests_timed_out",
     "challenges",
     "challenges_refused",
     "vector_failures",
@@ -164,6 +167,7 @@ class Relay:
             cfg, registry, rand, srtp_cls, ss, gs, rq, self.media, events, c, now, codec, link_addr, key_log
         )
         self.media.links = self.sig.links = self.links
+        self.links.on_attach = self.sig.attach_resolved
         # Names the tests and the fuzzer read (the parts' own maps).
         self._sessions = ss.by_sid
         self._by_identity = ss.by_identity
@@ -209,6 +213,7 @@ class Relay:
 
     def next_deadline(self):
         d = earliest(self.sessions.next_deadline(), self.links.next_deadline())
+        d = earliest(d, self.sig.next_deadline())
         return earliest(d, self._floor_due.earliest())
 
     def events(self):
@@ -276,6 +281,9 @@ class Relay:
             out.extend(ss.sweep(now))
             self._cache.expire(now)
         out.extend(self.links.poll(now))
+        d = self.sig.next_deadline()
+        if d is not None and due(now, d):
+            out.extend(self.sig.poll(now))
         return out
 
     # --- kept for callers of the relay's former names -------------------------------------------

@@ -131,6 +131,9 @@ class Links:
         self.srtp_cls = srtp_cls
         self._links_init(now, codec, link_addr)
         groups.peers = self._links
+        # on_attach(now, group, attached) -> datagrams: told when a GROUP_ATTACH this relay sent
+        # is answered, or will not be (the signalling part answers AFFILIATEs waiting for it).
+        self.on_attach = None
         sessions.reserve_sids(self._link_by_sid)
         sessions.reserve_ssrcs(self._link_media)
 
@@ -344,10 +347,12 @@ class Links:
                 self._link_media[msg.ssrc] = (link, lg)
                 self._link_media[msg.floor_ssrc] = (link, lg)
                 link.counters["attaches"] += 1
+                out.extend(self._attach_resolved(now, lg.group, True))
         elif msg.type == sig.ERROR:
             link.counters["errors"] += 1
             if t.ctx is not None and t.ctx in link.att and link.att[t.ctx].state == ATTACHING:
                 del link.att[t.ctx]  # tried again at the next keep-alive tick
+                out.extend(self._attach_resolved(now, t.ctx, False))
         return out
 
     def _link_request_in(self, now, addr, link, msg):
@@ -411,6 +416,8 @@ class Links:
         """Back to local arbitration: the members hear the local floor state."""
         out = []
         link.att.pop(lg.group, None)
+        if lg.state == ATTACHING:
+            out.extend(self._attach_resolved(now, lg.group, False))
         if lg.state == ATTACHED:
             self._link_media.pop(lg.ssrc, None)
             self._link_media.pop(floor_ssrc(lg.group), None)
@@ -502,6 +509,18 @@ class Links:
 
     def next_deadline(self):
         return self._link_at
+
+    def attaching(self, g):
+        """Whether a GROUP_ATTACH for ``g`` is on its way to the controlling relay (unanswered)."""
+        peer = self.groups.attach_of.get(g)
+        if peer is None:
+            return False
+        lg = self._links[peer].att.get(g)
+        return lg is not None and lg.state == ATTACHING
+
+    def _attach_resolved(self, now, g, attached):
+        f = self.on_attach
+        return f(now, g, attached) if f is not None else []
 
     def member_joined(self, now, s, g):
         """``s`` joined ``g``'s floor here. When ``g`` is attached over a link, it hears the floor

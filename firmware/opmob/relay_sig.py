@@ -11,7 +11,9 @@ import struct
 
 from opmob import authvec, sig, txn
 from opmob import relay_events as ev
+from opmob.deadlines import Deadlines
 from opmob.errors import WireError
+from opmob.relay_requests import later
 from opmob.relay_session import (
     CHALLENGED,
     CLOSED,
@@ -27,6 +29,7 @@ MIN_CHALLENGES = 16  # half-open registrations allowed at once: this, or max_dev
 CHALLENGES_PER_IDENTITY = 2
 CHALLENGE_GAP = 5000  # ms: a third challenge for one identity within this replaces none: refused
 RETRY_BUSY = 30  # seconds a device refused for lack of room waits before trying again
+ATTACH_WAIT = 8000  # ms an AFFILIATE waits for the controlling relay's answer to GROUP_ATTACH
 
 _KEEP_STUNNED = (sig.KEEPALIVE, sig.DEREGISTER)  # all a stunned device may still do
 
@@ -72,6 +75,96 @@ class Signalling:
         self.store = store
         self.links = None
         sessions.reserve_ssrcs(groups.by_floor_ssrc)
+        # AFFILIATEs kept open until a peer relay's answer (docs/relay.md "Requests kept open").
+        self._held = {}  # (session id, txid) -> [Session, msg, results, groups still waited for]
+        self._held_by_group = {}  # group -> [(session id, txid)]
+        self._held_due = Deadlines()  # (session id, txid) -> when it is answered as it stands
+
+    def next_deadline(self):
+        return self._held_due.earliest()
+
+    def poll(self, now):
+        """Requests kept open whose wait ran out: answered with what is known (a group whose
+        controlling relay did not answer is LOCAL_ONLY: this relay arbitrates it)."""
+        out = []
+        hd = self._held_due
+        key = hd.first_due(now)
+        while key is not None:
+            rec = self._held.get(key)
+            hd.set(key, None)
+            if rec is not None:
+                for g in list(rec[3]):
+                    keys = self._held_by_group.get(g)
+                    if keys is not None and key in keys:
+                        keys.remove(key)
+                        if not keys:
+                            del self._held_by_group[g]
+                    self._settle(rec, g, sig.AFF_LOCAL_ONLY)
+                self.counters["requests_timed_out"] += 1
+                out.extend(self._answer_held(now, key))
+            key = hd.first_due(now)
+        return out
+
+    def attach_resolved(self, now, g, attached):
+        """The controlling relay answered GROUP_ATTACH for ``g`` (``attached``), or it will not
+        (an ERROR, the link went down): the AFFILIATEs waiting for it are answered."""
+        out = []
+        for key in self._held_by_group.pop(g, ()):
+            rec = self._held.get(key)
+            if rec is None:
+                continue
+            self._settle(rec, g, sig.AFF_OK if attached else sig.AFF_LOCAL_ONLY)
+            if not rec[3]:
+                out.extend(self._answer_held(now, key))
+        return out
+
+    def _attaching(self, results):
+        """The groups among ``results`` being attached over a link right now."""
+        lk = self.links
+        if lk is None:
+            return None
+        waiting = None
+        for g, code in results:
+            if code == sig.AFF_OK and lk.attaching(g):
+                if waiting is None:
+                    waiting = []
+                waiting.append(g)
+        return waiting
+
+    def _hold(self, now, s, msg, results, waiting):
+        """Keep ``msg`` open until the peer relay answers for every group in ``waiting`` (or
+        ATTACH_WAIT runs out); retransmissions meanwhile are answered PENDING."""
+        key = (s.sid, msg.txid)
+        self._held[key] = [s, msg, list(results), waiting]
+        for g in waiting:
+            keys = self._held_by_group.get(g)
+            if keys is None:
+                self._held_by_group[g] = [key]
+            else:
+                keys.append(key)
+        self._held_due.set(key, tadd(now, ATTACH_WAIT))
+        self.counters["requests_held"] += 1
+        return later(sig.encode(msg.reply(sig.PENDING), s.tx))
+
+    def _settle(self, rec, g, code):
+        res = rec[2]
+        for i in range(len(res)):
+            if res[i][0] == g:
+                res[i] = (g, code)
+        if g in rec[3]:
+            rec[3].remove(g)
+
+    def _answer_held(self, now, key):
+        rec = self._held.pop(key)
+        self._held_due.set(key, None)
+        s, msg, results = rec[0], rec[1], rec[2]
+        if s.state == CLOSED or s.tx is None or self.sessions.by_sid.get(s.sid) is not s:
+            self.requests.abandon(s.sid, msg.txid)  # its session is gone: nobody to answer
+            return []
+        d = self.requests.answer(
+            now, s.sid, msg.txid, sig.encode(msg.reply(sig.AFFILIATE_ACK, results=results), s.tx)
+        )
+        return [d] if d is not None else []
 
     def on_sig(self, now, addr, h, data):
         if h.down:
@@ -106,11 +199,12 @@ class Signalling:
         return self._answer_once(now, addr, peer, msg.txid, self._request, s, msg)
 
     def _retransmitted(self, now, addr, peer, txid):
-        """The cached answer (as datagrams) when ``txid`` from ``peer`` was answered before, else
-        None; a request still open is dropped (relay_requests.py)."""
+        """The cached answer (as datagrams) when ``txid`` from ``peer`` was answered before, or
+        PENDING while it is kept open, else None (relay_requests.py)."""
+        n = self.requests.pending_sent
         again = self.requests.again(now, addr, peer, txid)
         if again is not None:
-            self.counters["sig_retransmits"] += 1
+            self.counters["sig_pending" if self.requests.pending_sent != n else "sig_retransmits"] += 1
         return again
 
     def _answer_once(self, now, addr, peer, txid, handle, s, msg):
@@ -145,6 +239,9 @@ class Signalling:
             return resp, self.sessions.end(now, s, True)
         if t == sig.AFFILIATE:
             results, out = self._affiliate(now, s, msg.affiliations, True)
+            waiting = self._attaching(results)
+            if waiting:
+                return self._hold(now, s, msg, results, waiting), out
             return sig.encode(msg.reply(sig.AFFILIATE_ACK, results=results), s.tx), out
         if t == sig.DEAFFILIATE:
             return self._on_deaffiliate(now, s, msg)

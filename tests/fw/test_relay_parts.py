@@ -105,7 +105,7 @@ class Parts:
         until = tadd(self.now, ms)
         while True:
             self.pump()
-            d = self.sessions.next_deadline()
+            d = earliest(self.sessions.next_deadline(), self.sig.next_deadline())
             if devices:
                 for dev in self.devs.values():
                     d = earliest(d, dev.next_deadline())
@@ -114,6 +114,8 @@ class Parts:
             if tdiff(d, self.now) > 0:
                 self.now = d
             self.send(RELAY, self.sessions.poll_requests(self.now))
+            if self.sig.next_deadline() is not None:
+                self.send(RELAY, self.sig.poll(self.now))
             if self.sessions.sweep_due(self.now):
                 self.send(RELAY, self.sessions.sweep(self.now))
             if devices:
@@ -225,3 +227,73 @@ def test_sessions_sweep_touches_only_the_sessions_due():
     assert "d003@no" in ss.by_identity and "d010@no" in ss.by_identity
     assert ss.due.get(ss.by_identity["d003@no"].sid) == tadd(PERIOD - 5 + 100, ss.silent_ms)
     assert ss.next_deadline() == tadd(first, 10) and not ss.sweep_due(now)
+
+
+class AttachingLinks:
+    """The links part's one question the signalling part asks (``attaching``): here, every
+    group of ``slow`` is being attached over a link whose peer has not answered yet."""
+
+    def __init__(self, slow):
+        self.slow = slow
+
+    def attaching(self, g):
+        return g in self.slow
+
+
+def test_affiliate_kept_open_until_the_peer_answers_retransmissions_pending():
+    p = Parts(start=PERIOD - 300)
+    p.sig.links = AttachingLinks([G1])
+    d = p.device("ann", [])
+    p.send(p.addr["ann"], d.affiliate(p.now, [G1, G2]))
+    p.pump()
+    # Kept open: no AFFILIATE_ACK yet, though the membership is in force here.
+    assert p.counters["requests_held"] == 1 and p.requests.waiting() == 1
+    assert "ann@no" in p.groups.floors[G1].members and [e for e in d.events if e[0] == "affiliation"] == []
+    # The device's retransmission (at 0.5 s) gets PENDING: it keeps waiting, its next one comes
+    # at the longest interval (4 s) and gets PENDING again.
+    p.run(1600)
+    assert p.counters["sig_pending"] == 1 and d.counters["pending_rx"] == 1 and p.drops == []
+    p.run(3000)
+    assert p.counters["sig_pending"] == 2 and d.counters["pending_rx"] == 2
+    # The peer relay answered GROUP_ATTACH: the one answer, with every group's result.
+    p.send(RELAY, p.sig.attach_resolved(p.now, G1, True))
+    p.pump()
+    assert [e for e in d.events if e[0] == "affiliation"] == [
+        ("affiliation", G1, sig.AFF_OK),
+        ("affiliation", G2, sig.AFF_OK),
+    ]
+    assert p.requests.waiting() == 0 and p.sig.next_deadline() is None
+    # A retransmission after the answer gets the answer's bytes again, not PENDING.
+    n = p.counters["sig_retransmits"]
+    p.run(30000)
+    assert p.counters["sig_pending"] == 2 and p.counters["sig_retransmits"] == n
+
+
+def test_affiliate_kept_open_is_answered_local_only_when_the_peer_never_answers():
+    from opmob.relay_sig import ATTACH_WAIT
+
+    p = Parts()
+    p.sig.links = AttachingLinks([G1])
+    d = p.device("ann", [])
+    t0 = p.now
+    p.send(p.addr["ann"], d.affiliate(p.now, [G1]))
+    p.pump()
+    p.run(ATTACH_WAIT - 1)
+    assert [e for e in d.events if e[0] == "affiliation"] == []
+    p.run(2)
+    assert [e for e in d.events if e[0] == "affiliation"] == [("affiliation", G1, sig.AFF_LOCAL_ONLY)]
+    assert p.counters["requests_timed_out"] == 1 and tdiff(p.now, t0) == ATTACH_WAIT + 1
+    assert d.affiliated == [G1]  # LOCAL_ONLY is affiliated: this relay arbitrates meanwhile
+    # A late answer from the peer finds nobody waiting.
+    assert p.sig.attach_resolved(p.now, G1, True) == []
+
+
+def test_pending_for_a_session_gone_is_never_sent():
+    p = Parts()
+    p.sig.links = AttachingLinks([G1])
+    d = p.device("ann", [])
+    p.send(p.addr["ann"], d.affiliate(p.now, [G1]))
+    p.pump()
+    s = p.sessions.by_identity["ann@no"]
+    p.sessions.end(p.now, s, False)
+    assert p.sig.attach_resolved(p.now, G1, True) == [] and p.requests.waiting() == 0
