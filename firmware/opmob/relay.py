@@ -276,11 +276,15 @@ class Relay:
 
     def _due(self, now):
         ss = self.sessions
-        out = ss.poll_requests(now)
-        if ss.sweep_due(now):
+        d = ss.requests_due.earliest()
+        out = ss.poll_requests(now) if d is not None and due(now, d) else []
+        d = ss.due.earliest()
+        if d is not None and due(now, d):
             out.extend(ss.sweep(now))
             self._cache.expire(now)
-        out.extend(self.links.poll(now))
+        d = self.links.next_deadline()
+        if d is not None and due(now, d):
+            out.extend(self.links.poll(now))
         d = self.sig.next_deadline()
         if d is not None and due(now, d):
             out.extend(self.sig.poll(now))
