@@ -34,6 +34,10 @@ class Deadlines:
         self._heap = []  # [offset from _ref, serial, key]; stale ones are skipped
         self._ref = None
         self._serial = 0
+        # The earliest deadline, remembered until a set: asked after every datagram, while most
+        # heaps (sessions', requests') change far less often than that.
+        self._early = None
+        self._known = True
 
     def __len__(self):
         return len(self._at)
@@ -44,10 +48,12 @@ class Deadlines:
     def set(self, key, t):
         at = self._at
         if t is None:
-            at.pop(key, None)
+            if at.pop(key, None) is not None:
+                self._known = False
             return
         if at.get(key) == t:
             return
+        self._known = False
         at[key] = t
         if self._ref is None:
             self._ref = t
@@ -84,12 +90,14 @@ class Deadlines:
         return None
 
     def earliest(self):
-        e = self._top()
-        return None if e is None else self._at[e[2]]
+        if not self._known:
+            e = self._top()
+            self._early = None if e is None else self._at[e[2]]
+            self._known = True
+        return self._early
 
     def first_due(self, now):
-        e = self._top()
-        if e is None:
+        t = self.earliest()
+        if t is None or not due(now, t):
             return None
-        key = e[2]
-        return key if due(now, self._at[key]) else None
+        return self._top()[2]

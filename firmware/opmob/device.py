@@ -86,6 +86,7 @@ COUNTERS = (
     "voice_refused",
     "voice_rx",
     "floor_rx",
+    "pending_rx",
 )
 
 
@@ -450,6 +451,19 @@ class DeviceSession:
             msg = sig.decode(data, key)
         except WireError as e:
             raise _Skip("sig_" + e.counter)
+        if msg.type == sig.PENDING:
+            # The relay is working on it (waiting for a peer relay or the home system): keep
+            # waiting, the back-off starts over; a retransmission only checks it is still there.
+            t = self._txns.get(msg.txid)
+            if t is None:
+                raise _Skip("sig_unsolicited")
+            if t.data[4] & sig.FLAG_PROTECTED and not msg.protected:
+                # Anyone can forge an open message: only the session's keys may hold up a request
+                # made under them.
+                raise _Skip("sig_unprotected_pending")
+            self._txns.keep_waiting(now, msg.txid)
+            self.counters["pending_rx"] += 1
+            return []
         if msg.is_response:
             t = self._txns.on_response(msg.txid, msg.type)
             if t is None:

@@ -26,14 +26,13 @@ import struct
 
 from opmob import relay_events as ev
 from opmob import sig, srtp, txn
+from opmob.errors import WireError
 from opmob.relay_groups import Groups
 from opmob.relay_link import Links
 from opmob.relay_media import Media
 from opmob.relay_requests import Requests
 from opmob.relay_session import (
-    CLOSED,
     REGISTERED,
-    STALE,
     STUNNED,
     Drop,
     Session,
@@ -41,14 +40,14 @@ from opmob.relay_session import (
     parse_registration,
 )
 from opmob.relay_sessions import Sessions
-from opmob.relay_sig import CHALLENGE_TTL, Signalling
+from opmob.relay_sig import Signalling
+from opmob.relay_store import RelayStore
 from opmob.store import StoreError
-from opmob.ticks import due, earliest, tadd
+from opmob.ticks import due, earliest
 
 _srtp_class = srtp.SrtpSession
 
 MAX_DATAGRAM = 1500  # one Ethernet MTU: nothing of ours is larger
-SILENT_KEEPALIVES = 3  # keep-alive intervals without a word before a registration is dropped
 DROP_PREFIX = "drop_"
 
 ACTIONS = {"stun": sig.CTRL_STUN, "revive": sig.CTRL_REVIVE, "kill": sig.CTRL_KILL}
@@ -62,6 +61,9 @@ COUNTERS = (
     "accepted",
     "tx_datagrams",
     "sig_retransmits",
+    "sig_pending",
+    "requests_held",
+    "requests_timed_out",
     "challenges",
     "challenges_refused",
     "vector_failures",
@@ -137,9 +139,9 @@ class Relay:
         signalling keys (protocol.md §5): "sig_up" / "sig_down", ``key`` the AES-128 key Ke and
         ``salt`` the HMAC-SHA256 key Km of that direction."""
         self.cfg = cfg
-        self._events = ev.EventLog()
+        self._events = events = ev.EventLog()
         self._key_log = key_log
-        self._srtp = _srtp_class if srtp is None else srtp
+        self._srtp = srtp_cls = _srtp_class if srtp is None else srtp
         self._fanout = fanout
         self.registry = registry
         self.store = store
@@ -148,33 +150,39 @@ class Relay:
         for k in COUNTERS:
             c[k] = 0
         self.counters = c
-        # Every registration, its indexes and allocators (relay_sessions.py); the planes read the
-        # indexes under their old names, only the Sessions part changes them.
-        self.sessions = Sessions(rand)
-        self._sessions = self.sessions.by_sid
-        self._by_identity = self.sessions.by_identity
-        self._by_ssrc = self.sessions.by_ssrc
-        # Every group, its floor and where it lives, its members' routes (relay_groups.py).
-        self.groups = Groups(cfg.floor, self._events, self._by_ssrc)
-        self._floors = self.groups.floors
-        self._floor_due = self.groups.due
-        self._floor_groups = self.groups.by_floor_ssrc
-        self._alerts = self.groups.alerts
-        self._attach_of = self.groups.attach_of  # group -> peer it is attached over
-        self._remote_pids = self.groups.routes  # participant -> (link, reference) over a link
+        # The parts, each given the parts it uses (docs/relay.md "Parts"). What is kept: the
+        # store adapter. Every registration, its indexes, allocators, deadlines and transitions.
+        self.kept = RelayStore(store, c)
+        self.sessions = ss = Sessions(rand, self.kept, events, c, cfg.keepalive_ms)
+        # Every group, its floor and where it lives, its members' routes.
+        self.groups = gs = Groups(cfg.floor, events, ss.by_ssrc, c)
         # Room for every device's requests of a whole cache lifetime: an entry evicted early turns
         # a retransmission into a replay, which is dropped, and the device would lose the relay.
         self._cache = txn.ResponseCache(max(txn.CACHE_ENTRIES, 8 * cfg.max_devices))
-        self._requests = Requests(self._cache)  # each request executed once, answered now or later
-        self._busy = {}  # session id -> Session with requests in flight to its device
-        self._txn_at = None
-        self._sweep_at = None
-        self.sig = Signalling(self)
-        self.media = Media(self)
-        self.links = Links(self, now, codec, link_addr)
+        self._requests = rq = Requests(self._cache)  # each request executed once, now or later
+        self.media = Media(ss, gs, registry, events, c, fanout)
+        ss.floors = self.media
+        self.sig = Signalling(
+            cfg, registry, rand, srtp_cls, ss, gs, rq, self.media, self.kept, events, c, key_log
+        )
+        self.links = Links(
+            cfg, registry, rand, srtp_cls, ss, gs, rq, self.media, events, c, now, codec, link_addr, key_log
+        )
+        self.media.links = self.sig.links = self.links
+        self.links.on_attach = self.sig.attach_resolved
+        # Names the tests and the fuzzer read (the parts' own maps).
+        self._sessions = ss.by_sid
+        self._by_identity = ss.by_identity
+        self._by_ssrc = ss.by_ssrc
+        self._floors = gs.floors
+        self._floor_due = gs.due
+        self._floor_groups = gs.by_floor_ssrc
+        self._alerts = gs.alerts
+        self._attach_of = gs.attach_of
+        self._remote_pids = gs.routes
         self._restore(now)
 
-    # --- the driver's interface -------------------------------------------------------------------
+    # --- the driver's interface: a thin dispatcher ------------------------------------------------
 
     def on_datagram(self, now, addr, data):
         c = self.counters
@@ -197,7 +205,7 @@ class Relay:
         g = fd.first_due(now)
         while g is not None:
             srv = self._floors[g]
-            out.extend(self.media._floor_out(srv.poll(now)))
+            out.extend(self.media.floor_out(srv.poll(now)))
             d = fd.get(g)
             if d is not None and due(now, d):
                 break  # a server must move its deadline past now (floor_server.py); never spin
@@ -206,19 +214,14 @@ class Relay:
         return out
 
     def next_deadline(self):
-        d = earliest(self._sweep_at, self.links._link_at)
-        d = earliest(d, self._txn_at)
+        d = earliest(self.sessions.next_deadline(), self.links.next_deadline())
+        d = earliest(d, self.sig.next_deadline())
         return earliest(d, self._floor_due.earliest())
 
     def events(self):
         """The relay events (relay_events.py) since the last call, oldest first: the driver drains
         them after each call it makes."""
         return self._events.drain()
-
-    def _log_keys(self, label, identity, ssrc, key, salt):
-        kl = self._key_log
-        if kl is not None:
-            kl(label, identity, ssrc, bytes(key), bytes(salt))
 
     def dropped(self):
         """Datagrams dropped so far, all reasons together."""
@@ -241,13 +244,13 @@ class Relay:
             # RFC 5761: RTCP packet types 192..223 sit where RTP payload types 64..95 with the
             # marker bit would, which an RTP session must not use.
             rtcp = n > 1 and 192 <= data[1] <= 223
-            if self.links._link_media and n >= 12:
+            if n >= 12:
                 # A stream on a link is known by its SSRC, as a device's is.
-                lm = self.links._link_media.get(struct.unpack_from(">I", data, 4 if rtcp else 8)[0])
+                lm = self.links.media_stream(struct.unpack_from(">I", data, 4 if rtcp else 8)[0])
                 if lm is not None:
                     if rtcp:
-                        return self.links._on_link_rtcp(now, addr, data, lm[0], lm[1])
-                    return self.links._on_link_rtp(now, addr, data, lm[0], lm[1])
+                        return self.links.on_rtcp(now, addr, data, lm[0], lm[1])
+                    return self.links.on_rtp(now, addr, data, lm[0], lm[1])
             if rtcp:
                 return self._on_rtcp(now, addr, data)
             return self._on_rtp(now, addr, data)
@@ -257,231 +260,62 @@ class Relay:
     # fault in one kind overrides these).
 
     def _on_sig(self, now, addr, data):
-        return self.sig._on_sig(now, addr, data)
+        try:
+            h = sig.peek(data)
+        except WireError as e:
+            raise Drop("sig_" + e.counter)
+        if self.links.owns(h):
+            return self.links.on_sig(now, addr, h, data)
+        return self.sig.on_sig(now, addr, h, data)
 
     def _on_rtcp(self, now, addr, data):
-        return self.media._on_rtcp(now, addr, data)
+        return self.media.on_rtcp(now, addr, data)
 
     def _on_rtp(self, now, addr, data):
-        return self.media._on_rtp(now, addr, data)
+        return self.media.on_rtp(now, addr, data)
 
     # --- timers -----------------------------------------------------------------------------------
 
-    def _arm(self, t):
-        self._sweep_at = earliest(self._sweep_at, t)
-
     def _due(self, now):
-        out = []
-        if self._txn_at is not None and due(now, self._txn_at):
-            nxt = None
-            for sid in list(self._busy):
-                s = self._busy[sid]
-                resend, dead = s.txns.poll(now)
-                for data in resend:
-                    out.append((s.addr, data))
-                for t in dead:
-                    self.counters["device_requests_timed_out"] += 1
-                    if s.ctrl_txid == t.txid:
-                        s.ctrl_txid = None
-                d = s.txns.deadline()
-                if d is None:
-                    del self._busy[sid]
-                    if s.state == CLOSED:
-                        self._arm(now)
-                else:
-                    nxt = earliest(nxt, d)
-            self._txn_at = nxt
-        if self._sweep_at is not None and due(now, self._sweep_at):
-            out.extend(self._sweep(now))
-        if self.links._link_at is not None and due(now, self.links._link_at):
-            out.extend(self.links._link_poll(now))
+        ss = self.sessions
+        d = ss.requests_due.earliest()
+        out = ss.poll_requests(now) if d is not None and due(now, d) else []
+        d = ss.due.earliest()
+        if d is not None and due(now, d):
+            out.extend(ss.sweep(now))
+            self._cache.expire(now)
+        d = self.links.next_deadline()
+        if d is not None and due(now, d):
+            out.extend(self.links.poll(now))
+        d = self.sig.next_deadline()
+        if d is not None and due(now, d):
+            out.extend(self.sig.poll(now))
         return out
 
-    def _silent_after(self):
-        return (2 * SILENT_KEEPALIVES + 1) * self.cfg.keepalive_ms // 2
-
-    def _sweep(self, now):
-        out = []
-        nxt = None
-        silent = self._silent_after()
-        for sid in list(self._sessions):
-            s = self._sessions.get(sid)
-            if s is None:
-                continue
-            st = s.state
-            if st == CLOSED:
-                if sid in self._busy:
-                    continue  # ends when its requests are answered or time out
-                d = s.expires_at if s.expires_at is not None else now
-                if due(now, d):
-                    del self._sessions[sid]
-                    s.drop_keys()
-                    continue
-            elif st == REGISTERED or st == STUNNED or st == STALE:
-                d = earliest(tadd(s.last_seen, silent), s.expires_at)
-                if due(now, d):
-                    self.counters["sessions_expired"] += 1
-                    out.extend(self._end(now, s, False, cause="expired"))
-                    continue
-            else:
-                d = tadd(s.created, CHALLENGE_TTL)
-                if due(now, d):
-                    self.sessions.forget_challenge(s)
-                    continue
-            nxt = earliest(nxt, d)
-        self._cache.expire(now)
-        self._sweep_at = nxt
-        return out
-
-    # --- sessions ---------------------------------------------------------------------------------
-
-    def _rand_u32(self):
-        return struct.unpack(">I", self.rand(4))[0]
-
-    def _new_sid(self):
-        return self.sessions.new_sid(self.links._link_by_sid)
-
-    def _new_ssrc(self):
-        return self.sessions.new_ssrc(self._floor_groups, self.links._link_media)
-
-    def _seen(self, s, now, addr):
-        s.last_seen = now
-        if addr != s.addr:
-            s.addr = addr  # a new address (NAT rebinding, roaming between access points)
-            if s.live:
-                self._store_apply((("put", "registration", s.identity, s.registration_record()),))
-
-    def _retire(self, now, old, new_state):
-        """``old`` is replaced by a new registration of the same device. Its floor memberships
-        carry over (the new session re-joins under the same identity, keeping a floor it holds)."""
-        out = []
-        if old.state == REGISTERED and new_state != REGISTERED:
-            for a in old.affs:
-                out.extend(self._leave(now, old.identity, a[0]))
-        self.sessions.retire(old)
-        self._busy.pop(old.sid, None)
-        return out
-
-    def _end(self, now, s, linger, keep_txns=False, cause="deregistered"):
-        """The registration is over (de-registered, silent, expired, killed)."""
-        out = []
-        if s.state != CLOSED:
-            self._events.add((ev.DEREGISTERED, s.identity, cause))
-        if s.state == REGISTERED:
-            for a in s.affs:
-                out.extend(self._leave(now, s.identity, a[0]))
-        self.sessions.unindex(s)
-        self._unsave(s.identity)
-        s.state = CLOSED
-        s.srtp_rx = s.srtp_tx = None
-        if not keep_txns:
-            s.txns = None
-            self._busy.pop(s.sid, None)
-        if linger:
-            # Its keys stay a cache lifetime, so a retransmitted request gets its cached answer.
-            s.expires_at = tadd(now, txn.CACHE_TTL)
-            self._arm(s.expires_at)
-        elif s.sid in self._busy:
-            s.expires_at = now
-        else:
-            self._sessions.pop(s.sid, None)
-            s.drop_keys()
-        return out
-
-    # --- floors -----------------------------------------------------------------------------------
+    # --- kept for callers of the relay's former names -------------------------------------------
 
     def _floor(self, g):
-        srv = self.groups.floor(g)
-        if srv is None:
-            self.counters["floor_ssrc_collisions"] += 1
-        return srv
-
-    def _join(self, now, s, g):
-        srv = self._floor(g)
-        if srv is None:
-            return []
-        dev = self.registry.device(s.identity)
-        grp = self.registry.group(g)
-        ceiling = dev.ceiling if dev is not None else 0
-        ro = grp is not None and s.identity in grp.receive_only
-        if self._remote_pids:
-            self.groups.route_local(s.identity, g)
-        out = self.media._floor_out(
-            srv.join(now, s.identity, s.identity, s.ssrc, ceiling=ceiling, receive_only=ro)
-        )
-        if self._attach_of:
-            out.extend(self.links._late_entry(s, g))
-            out.extend(self.links._links_changed(now, g))
-        return out
-
-    def _leave(self, now, identity, g):
-        srv = self._floors.get(g)
-        if srv is None:
-            return []
-        if self._remote_pids and self.groups.routed_remote(identity, g) is not None:
-            return []  # the member talks through another relay now: that route stays
-        out = self.media._floor_out(srv.leave(now, identity))
-        if self._attach_of:
-            out.extend(self.links._links_changed(now, g, self._by_identity.get(identity)))
-        return out
-
-    # --- the store --------------------------------------------------------------------------------
-
-    def _store_apply(self, ops):
-        # A store that cannot be written must not stop a call: the relay carries on from memory,
-        # and the counter (in status) tells the operator that a restart would lose state.
-        try:
-            self.store.apply(ops)
-        except (StoreError, OSError, ValueError):
-            self.counters["store_errors"] += 1
-
-    def _save(self, s):
-        ops = [("put", "registration", s.identity, s.registration_record())]
-        if s.affs:
-            ops.append(("put", "affiliation", s.identity, s.affiliation_record()))
-        else:
-            ops.append(("delete", "affiliation", s.identity))
-        self._store_apply(ops)
-
-    def _unsave(self, identity):
-        self._store_apply((("delete", "registration", identity), ("delete", "affiliation", identity)))
+        return self.groups.floor(g)
 
     def _revive_pending(self, identity):
-        try:
-            m = self.store.get("meta", "revive:" + identity)
-        except (StoreError, ValueError):
-            self.counters["store_errors"] += 1
-            m = None
-        return isinstance(m, dict) and m.get("pending") is True
-
-    def _set_revive_pending(self, identity, on):
-        # A device stunned earlier stays stunned in its own mind until the home's proof reaches
-        # it, so a revive it has not acknowledged is delivered whenever it next registers.
-        if self._revive_pending(identity) != on:
-            key = "revive:" + identity
-            if on:
-                self._store_apply((("put", "meta", key, {"pending": True}),))
-            else:
-                self._store_apply((("delete", "meta", key),))
+        return self.kept.revive_pending(identity)
 
     def _restore(self, now):
-        try:
-            regs = self.store.items("registration")
-        except (StoreError, ValueError):
-            self.counters["store_errors"] += 1
+        regs = self.kept.registrations()
+        if regs is None:
             return
         for ident, reg in regs:
             try:
                 dev = self.registry.device(ident)
                 if dev is None or dev.status == "killed":
                     raise ValueError("no longer a device")
-                aff = self.store.get("affiliation", ident)
+                aff = self.kept.affiliation(ident)
                 sid, ssrc, key_id, addr, affs = parse_registration(ident, reg, aff, self.cfg.max_affiliations)
                 if sid in self._sessions or ssrc == 0 or ssrc in self._by_ssrc:
                     raise ValueError("duplicate session or SSRC")
             except (ValueError, StoreError):
                 self.counters["restore_dropped"] += 1
-                self._unsave(ident)
+                self.kept.unsave(ident)
                 continue
             s = Session(ident, sid, addr, now)
             s.ssrc = ssrc
@@ -489,8 +323,6 @@ class Relay:
             s.affs = affs
             self.sessions.restore(s)
             self.counters["restored"] += 1
-        if self._sessions:
-            self._arm(tadd(now, self._silent_after()))
 
     # --- operator interface -----------------------------------------------------------------------
 
@@ -514,18 +346,18 @@ class Relay:
                 out.extend(self.sig._control(now, s, code))
             self.registry.set_status(identity, _ACTION_STATUS[action])
             if s is not None:
-                out.extend(self._end(now, s, False, keep_txns=live, cause="killed"))
-            self._set_revive_pending(identity, False)
+                out.extend(self.sessions.end(now, s, False, keep_txns=live, cause="killed"))
+            self.kept.set_revive_pending(identity, False)
         elif action == "stun":
             self.registry.set_status(identity, _ACTION_STATUS[action])
             if live:
                 if s.state == REGISTERED:
                     for a in s.affs:
-                        out.extend(self._leave(now, identity, a[0]))
+                        out.extend(self.media.leave(now, identity, a[0]))
                 s.state = STUNNED
                 s.revive_pending = False
                 out.extend(self.sig._control(now, s, code))
-            self._set_revive_pending(identity, False)
+            self.kept.set_revive_pending(identity, False)
         else:
             self.registry.set_status(identity, _ACTION_STATUS[action])
             if live:
@@ -535,8 +367,8 @@ class Relay:
                 if s.state == STUNNED:
                     s.state = REGISTERED
                     for a in s.affs:
-                        out.extend(self._join(now, s, a[0]))
-            self._set_revive_pending(identity, True)
+                        out.extend(self.media.join(now, s, a[0]))
+            self.kept.set_revive_pending(identity, True)
         self.counters["tx_datagrams"] += len(out)
         return out
 
@@ -548,8 +380,8 @@ class Relay:
         out = self._due(now)
         srv = self._floors.get(group)
         if srv is not None:
-            out.extend(self.media._floor_out(srv.cancel_emergency(now, None)))
-            out.extend(self.media._floor_out(srv.cancel_imminent_peril(now, None)))
+            out.extend(self.media.floor_out(srv.cancel_emergency(now, None)))
+            out.extend(self.media.floor_out(srv.cancel_imminent_peril(now, None)))
         if self._alerts.pop(group, None):
             out.extend(self.sig._tell_members(now, group, None, sig.EMERGENCY_CANCEL))
         self._events.add((ev.EMERGENCY_CANCELLED, group, None))

@@ -1,12 +1,14 @@
 """Every group a relay arbitrates or takes part in, in one place: its floor and where that floor
 lives, its members' routes, sans-I/O (docs/relay.md "Floor control and voice", "Links").
 
-    gs = Groups(floor_cfg, events, by_ssrc)
+    gs = Groups(floor_cfg, events, by_ssrc, counters=None)
     gs.floor(g) -> _Floor | None        the group's floor server here, made on first use (None:
                                         its floor SSRC collides with one in use: counted)
     gs.get(g) / gs.of_floor_ssrc(ssrc)  gs.floors / gs.due (their deadlines, a heap)
-    gs.where(g, links) -> LOCAL | Peer  where the group's floor is arbitrated right now
-    gs.attached_up(g, links) -> LinkGroup | None
+    gs.join(now, pid, ssrc, g, ceiling, receive_only) -> [(pid, FloorMsg)] | None
+    gs.leave(now, pid, g) -> [(pid, FloorMsg)] | None   a member here joins / leaves ``g``'s floor
+    gs.where(g) -> LOCAL | Peer         where the group's floor is arbitrated right now
+    gs.attached_up(g) -> LinkGroup | None          (``gs.peers``: peer -> Peer, the links part's)
     gs.route_remote(pid, link, lg, ref) / gs.routed_remote(pid, g) / gs.route_local(pid, g)
 
 A group's floor lives here (``LOCAL``: this relay's FloorServer arbitrates) unless the group is
@@ -99,9 +101,11 @@ class _Floor(FloorServer):
 
 
 class Groups:
-    def __init__(self, floor_cfg, events, by_ssrc):
+    def __init__(self, floor_cfg, events, by_ssrc, counters=None):
         self.cfg = floor_cfg
         self.events = events
+        self.counters = counters if counters is not None else {}
+        self.peers = {}  # peer relay -> Peer: the links part files its links here
         self._by_ssrc = by_ssrc  # media SSRCs of registrations: a floor SSRC must not be one
         self.floors = {}  # group -> _Floor
         self.by_floor_ssrc = {}  # floor server SSRC -> group
@@ -122,31 +126,54 @@ class Groups:
         if srv is None:
             f = floor_ssrc(g)
             if f in self.by_floor_ssrc or f in self._by_ssrc:
+                c = self.counters
+                c["floor_ssrc_collisions"] = c.get("floor_ssrc_collisions", 0) + 1
                 return None
             srv = _Floor(g, self.cfg, f, self.due, self.events)
             self.floors[g] = srv
             self.by_floor_ssrc[f] = g
         return srv
 
+    # --- members here --------------------------------------------------------------------------------
+
+    def join(self, now, pid, ssrc, g, ceiling, receive_only):
+        """Member ``pid`` (registered here, media SSRC ``ssrc``) joins ``g``'s floor: what the
+        floor server says, or None when ``g`` can have no floor here (counted). A route over a
+        link that ``pid`` had for ``g`` ends: it talks here now."""
+        srv = self.floor(g)
+        if srv is None:
+            return None
+        if self.routes:
+            self.route_local(pid, g)
+        return srv.join(now, pid, pid, ssrc, ceiling=ceiling, receive_only=receive_only)
+
+    def leave(self, now, pid, g):
+        """Member ``pid`` leaves ``g``'s floor here, unless it talks through another relay now
+        (that route stays: None, as when ``g`` has no floor here): what the floor server says."""
+        srv = self.floors.get(g)
+        if srv is None or (self.routes and self.routed_remote(pid, g) is not None):
+            return None
+        return srv.leave(now, pid)
+
     # --- where the floor lives -------------------------------------------------------------------
 
-    def attached_up(self, g, links):
+    def attached_up(self, g, links=None):
         """The LinkGroup when ``g`` is attached over a link that is up, else None."""
         peer = self.attach_of.get(g)
         if peer is None:
             return None
-        link = links[peer]
+        link = (self.peers if links is None else links)[peer]
         lg = link.att.get(g)
         if lg is None or lg.state != ATTACHED or not link.up:
             return None
         return lg
 
-    def where(self, g, links):
+    def where(self, g, links=None):
         """``LOCAL`` when this relay's floor server arbitrates ``g`` now, else the Peer whose
-        relay does."""
-        if self.attached_up(g, links) is None:
+        relay does (its ``att[g]`` the LinkGroup)."""
+        if g not in self.attach_of or self.attached_up(g, links) is None:
             return LOCAL
-        return links[self.attach_of[g]]
+        return (self.peers if links is None else links)[self.attach_of[g]]
 
     # --- members over a link -----------------------------------------------------------------------
 

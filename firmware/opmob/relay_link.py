@@ -24,7 +24,7 @@ from opmob import authvec, mcpt, sig, txn
 from opmob import relay_events as ev
 from opmob.errors import BadValue, WireError
 from opmob.floorid import floor_ssrc
-from opmob.relay_groups import ATTACHED, ATTACHING
+from opmob.relay_groups import ATTACHED, ATTACHING, LOCAL
 from opmob.relay_peer import (  # noqa: F401  (names this module had before Peer moved out)
     AGREEMENT,
     GRANTS,
@@ -87,24 +87,55 @@ class LinkGroup:
 
 
 class Links:
-    """The relay's links part (composed into ``Relay`` as ``relay.links``): groups attached and
-    served over links, their floor control and voice across them. Each link's own state machine
-    is a ``relay_peer.Peer``; this part routes datagrams to it and acts on groups when it goes up
-    or down."""
+    """The relay's links part (``relay.links``): groups attached and served over links, their
+    floor control and voice across them. Each link's own state machine is a ``relay_peer.Peer``;
+    this part routes datagrams to it and acts on groups when it goes up or down. Built from the
+    parts it uses; it files its peers in ``groups.peers`` (``groups.where(g)`` names them)::
 
-    def __init__(self, relay, now, codec, link_addr):
-        self.r = relay  # what spans parts: a registration's life, floors joined, the store
-        self.cache = relay._cache
-        self.cfg = relay.cfg
-        self.counters = relay.counters
-        self.events = relay._events
-        self.groups = relay.groups
-        self.key_log = relay._key_log
-        self.rand = relay.rand
-        self.registry = relay.registry
-        self.sessions = relay.sessions
-        self.srtp_cls = relay._srtp
+        links = Links(cfg, registry, rand, srtp_cls, sessions, groups, requests, media, events,
+                      counters, now, codec=None, link_addr=None, key_log=None)
+        links.owns(header) / links.on_sig(now, addr, header, data)
+        links.media_stream(ssrc) -> (Peer, LinkGroup) | None; links.on_rtp/on_rtcp(..., link, lg)
+        links.member_joined(now, s, g) / links.member_left(now, g, s)   (the media part calls)
+        links.voice_out(where, g, plain)   links.poll(now)   links.next_deadline()
+    """
+
+    def __init__(
+        self,
+        cfg,
+        registry,
+        rand,
+        srtp_cls,
+        sessions,
+        groups,
+        requests,
+        media,
+        events,
+        counters,
+        now,
+        codec=None,
+        link_addr=None,
+        key_log=None,
+    ):
+        self.cache = requests.cache
+        self.cfg = cfg
+        self.counters = counters
+        self.events = events
+        self.groups = groups
+        self.key_log = key_log
+        self.media = media
+        self.rand = rand
+        self.registry = registry
+        self.requests = requests
+        self.sessions = sessions
+        self.srtp_cls = srtp_cls
         self._links_init(now, codec, link_addr)
+        groups.peers = self._links
+        # on_attach(now, group, attached) -> datagrams: told when a GROUP_ATTACH this relay sent
+        # is answered, or will not be (the signalling part answers AFFILIATEs waiting for it).
+        self.on_attach = None
+        sessions.reserve_sids(self._link_by_sid)
+        sessions.reserve_ssrcs(self._link_media)
 
     def _links_init(self, now, codec, link_addr):
         self._codec = codec
@@ -207,7 +238,7 @@ class Links:
         if msg.is_response:
             return self._on_link_response(now, addr, link, msg)
         peer = link.pid
-        again = self.r.sig._retransmitted(now, addr, peer, msg.txid)
+        again = self._retransmitted(now, addr, peer, msg.txid)
         if again is not None:
             return again
         if msg.type == sig.LINK_AUTH:
@@ -216,7 +247,7 @@ class Links:
             raise Drop("link_unknown_session")
         if not link.fresh_request(now, addr, msg.txid):
             raise Drop("link_replayed")
-        return self.r.sig._answer_once(now, addr, peer, msg.txid, self._link_request_in, link, msg)
+        return self.requests.handle(now, addr, peer, msg.txid, self._link_request_in, link, msg)
 
     def _on_link_hello(self, now, addr, data):
         try:
@@ -236,7 +267,7 @@ class Links:
             raise Drop("link_bad_agreement")
         if link.pend is not None:
             self._link_by_sid.pop(link.pend[0], None)
-        sid = self.r._new_sid()
+        sid = self.sessions.new_sid(self._link_by_sid)
         resp = link.challenge(now, msg, sid, self.rand(authvec.NONCE_LEN))
         self._link_by_sid[sid] = link
         self.cache.store(now, addr, msg.txid, resp)
@@ -316,10 +347,12 @@ class Links:
                 self._link_media[msg.ssrc] = (link, lg)
                 self._link_media[msg.floor_ssrc] = (link, lg)
                 link.counters["attaches"] += 1
+                out.extend(self._attach_resolved(now, lg.group, True))
         elif msg.type == sig.ERROR:
             link.counters["errors"] += 1
             if t.ctx is not None and t.ctx in link.att and link.att[t.ctx].state == ATTACHING:
                 del link.att[t.ctx]  # tried again at the next keep-alive tick
+                out.extend(self._attach_resolved(now, t.ctx, False))
         return out
 
     def _link_request_in(self, now, addr, link, msg):
@@ -344,7 +377,7 @@ class Links:
         if g in self.groups.attach_of or self.registry.group(g) is None:
             # Not controlled here: homed elsewhere, or attached by this relay itself.
             return sig.encode(msg.reply(sig.ERROR, cause=sig.CAUSE_UNKNOWN_GROUP), link.tx), []
-        srv = self.r._floor(g)
+        srv = self.groups.floor(g)
         if srv is None:
             return sig.encode(msg.reply(sig.ERROR, cause=sig.CAUSE_NO_RESOURCES), link.tx), []
         lg = link.served.get(g)
@@ -359,7 +392,7 @@ class Links:
             link.counters["attaches"] += 1
             # Never a talker itself, but it stands for members who may request the floor: its
             # Floor Taken must say they may (the participating relay restricts receive-only ones).
-            out = self.r.media._floor_out(srv.join(now, link.pid, link.peer, lg.ssrc, ceiling=0))
+            out = self.media.floor_out(srv.join(now, link.pid, link.peer, lg.ssrc, ceiling=0))
         ack = msg.reply(sig.GROUP_ATTACH_ACK, floor_ssrc=srv.server_ssrc, ssrc=lg.ssrc)
         return sig.encode(ack, link.tx), out
 
@@ -369,7 +402,7 @@ class Links:
         pids = list(lg.remote) + [link.pid]
         for pid in pids:
             if srv is not None:
-                out.extend(self.r.media._floor_out(srv.leave(now, pid)))
+                out.extend(self.media.floor_out(srv.leave(now, pid)))
         for pid in lg.remote:
             self.groups.routes.pop(pid, None)
         lg.remote = {}
@@ -383,6 +416,8 @@ class Links:
         """Back to local arbitration: the members hear the local floor state."""
         out = []
         link.att.pop(lg.group, None)
+        if lg.state == ATTACHING:
+            out.extend(self._attach_resolved(now, lg.group, False))
         if lg.state == ATTACHED:
             self._link_media.pop(lg.ssrc, None)
             self._link_media.pop(floor_ssrc(lg.group), None)
@@ -392,7 +427,7 @@ class Links:
             for pid in srv.members:
                 s = self.sessions.by_identity.get(pid)
                 if s is not None and s.state == REGISTERED:
-                    out.extend(self.r._join(now, s, lg.group))
+                    out.extend(self.media.join(now, s, lg.group))
         return out
 
     def _close_slots(self, lg):
@@ -403,7 +438,7 @@ class Links:
 
     def _new_link_ssrc(self):
         while True:
-            v = self.r._new_ssrc()
+            v = self.sessions.new_ssrc(self.groups.by_floor_ssrc, self._link_media)
             if v not in self._link_media:
                 return v
 
@@ -444,9 +479,70 @@ class Links:
                 out.append(self._link_request(now, link, sig.GROUP_DETACH, group=g))
         return out
 
-    def _att_up(self, g):
-        """The LinkGroup when ``g`` is attached over a link that is up, else None."""
-        return self.groups.attached_up(g, self._links)
+    def _retransmitted(self, now, addr, peer, txid):
+        again = self.requests.again(now, addr, peer, txid)
+        if again is not None:
+            self.counters["sig_retransmits"] += 1
+        return again
+
+    # --- what the other parts call ---------------------------------------------------------------
+
+    def owns(self, h):
+        """Whether a signalling datagram (its header ``h``) is a link's."""
+        return bool(self._links) and self._link_owns(h)
+
+    def on_sig(self, now, addr, h, data):
+        return self._on_link_sig(now, addr, h, data)
+
+    def media_stream(self, ssrc):
+        """``(Peer, LinkGroup)`` whose stream on a link has ``ssrc``, else None."""
+        return self._link_media.get(ssrc)
+
+    def on_rtp(self, now, addr, data, link, lg):
+        return self._on_link_rtp(now, addr, data, link, lg)
+
+    def on_rtcp(self, now, addr, data, link, lg):
+        return self._on_link_rtcp(now, addr, data, link, lg)
+
+    def poll(self, now):
+        return self._link_poll(now)
+
+    def next_deadline(self):
+        return self._link_at
+
+    def attaching(self, g):
+        """Whether a GROUP_ATTACH for ``g`` is on its way to the controlling relay (unanswered)."""
+        peer = self.groups.attach_of.get(g)
+        if peer is None:
+            return False
+        lg = self._links[peer].att.get(g)
+        return lg is not None and lg.state == ATTACHING
+
+    def _attach_resolved(self, now, g, attached):
+        f = self.on_attach
+        return f(now, g, attached) if f is not None else []
+
+    def member_joined(self, now, s, g):
+        """``s`` joined ``g``'s floor here. When ``g`` is attached over a link, it hears the floor
+        state last broadcast over the link, and the link learns of a member."""
+        if g not in self.groups.attach_of:
+            return []
+        out = self._late_entry(s, g)
+        out.extend(self._links_changed(now, g))
+        return out
+
+    def member_left(self, now, g, s):
+        """``s`` (None: not registered here any more) left ``g``'s floor here."""
+        if g not in self.groups.attach_of:
+            return []
+        return self._links_changed(now, g, s)
+
+    def voice_out(self, where, g, plain):
+        """A local talker's voice in ``g`` onto links: to the peer that arbitrates (``where``),
+        or, floor local, to every peer whose members this relay serves."""
+        if where is LOCAL:
+            return self._voice_to_links(g, plain) if self._links else []
+        return self._voice_to_link(where, where.att[g], plain)
 
     def _links_changed(self, now, g, left=None):
         """Local membership of ``g`` changed; ``left``: the session of a member that left."""
@@ -454,7 +550,8 @@ class Links:
         if peer is None:
             return []
         out = []
-        lg = self._att_up(g)
+        at = self.groups.where(g)
+        lg = at.att[g] if at is not LOCAL else None
         if left is not None and lg is not None and left.ssrc in lg.engaged:
             # The controlling relay knows the member only by reference: release for it, so a
             # floor it held or waited for does not wait for the timers.
@@ -529,7 +626,7 @@ class Links:
         for m in msgs:
             ti = m.track_info
             if ti is None or not ti.refs:
-                out.extend(self.r.media._floor_out(srv.on_message(now, link.pid, m)))
+                out.extend(self.media.floor_out(srv.on_message(now, link.pid, m)))
                 continue
             ref = ti.refs[0]
             m.track_info = None
@@ -549,7 +646,7 @@ class Links:
                 # Its relay told it the floor state already (broadcast to the link): the late
                 # entrant's copy would be a second one.
                 srv.join(now, pid, user, ref, ceiling=ceiling, receive_only=ro)
-            out.extend(self.r.media._floor_out(srv.on_message(now, pid, m)))
+            out.extend(self.media.floor_out(srv.on_message(now, pid, m)))
         return out
 
     def _floor_from_controlling(self, now, link, lg, msgs):
@@ -617,8 +714,11 @@ class Links:
 
     def _late_entry(self, s, g):
         """A member joining an attached group hears the floor state last broadcast over the link."""
-        lg = self._att_up(g)
-        if lg is None or lg.last_bcast is None:
+        at = self.groups.where(g)
+        if at is LOCAL:
+            return []
+        lg = at.att[g]
+        if lg.last_bcast is None:
             return []
         m = lg.last_bcast
         ch = {"ack_req": False}
@@ -725,7 +825,7 @@ class Links:
             r = self.groups.routes.get(h) if h is not None else None
             if r is None or r[0] is not link:
                 raise Drop("link_rtp_not_permitted")
-            out.extend(self.r.media._floor_out(srv.on_media(now, h)))
+            out.extend(self.media.floor_out(srv.on_media(now, h)))
             if not srv.may_send_media(h):
                 raise Drop("link_rtp_not_permitted", out)
         elif lg.state != ATTACHED:
@@ -754,7 +854,7 @@ class Links:
                 ext = lg.ext + d if d < 0x8000 else lg.ext - (0x10000 - d)
             if lg.ext is None or ext > lg.ext:
                 lg.ext = ext
-            self.r.media._local_fanout(srv.members, None, lg.ssrc, p, ext, out)
+            self.media._local_fanout(srv.members, None, lg.ssrc, p, ext, out)
             if serving:
                 out.extend(self._voice_to_links(g, p, skip=link))
         return out

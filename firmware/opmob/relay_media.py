@@ -25,6 +25,7 @@ import struct
 from opmob import mcpt
 from opmob.errors import WireError
 from opmob.floorid import floor_ssrc
+from opmob.relay_groups import LOCAL
 from opmob.relay_session import REGISTERED, STUNNED, Drop
 
 _DENY_OTHER_GROUP = "floor held in another group"
@@ -72,17 +73,61 @@ def _follow(streams, ssrc, plain, ext):
 
 
 class Media:
-    """The relay's media part (composed into ``Relay`` as ``relay.media``): floor control over
-    SRTCP and voice over SRTP for the relay's own devices. Groups whose floor lives at a peer
-    relay are handed to the links part (``relay.links``)."""
+    """The relay's media part (``relay.media``): floor control over SRTCP and voice over SRTP for
+    the relay's own devices, and their floor memberships (``join``/``leave``, which the
+    signalling and sessions parts call). Built from the parts it reads::
 
-    def __init__(self, relay):
-        self.r = relay  # what spans parts: a registration's life, floors joined, the store
-        self.counters = relay.counters
-        self.events = relay._events
-        self.fanout = relay._fanout
-        self.groups = relay.groups
-        self.sessions = relay.sessions
+        media = Media(sessions, groups, registry, events, counters, fanout=None)
+        media.links = links            # optional: the links part, for groups whose floor is at
+                                       # a peer (``groups.where(g)`` is not LOCAL)
+        media.on_rtp(now, addr, data) / media.on_rtcp(now, addr, data) -> [(addr, bytes)]
+        media.join(now, s, g) / media.leave(now, identity, g) -> [(addr, bytes)]
+        media.floor_out([(identity, FloorMsg)]) -> [(addr, bytes)]
+    """
+
+    def __init__(self, sessions, groups, registry, events, counters, fanout=None):
+        self.counters = counters
+        self.events = events
+        self.fanout = fanout
+        self.groups = groups
+        self.registry = registry
+        self.sessions = sessions
+        self.links = None
+
+    # --- floor memberships ----------------------------------------------------------------------
+
+    def join(self, now, s, g):
+        """Registration ``s`` joins ``g``'s floor (it is registered and affiliated to it)."""
+        dev = self.registry.device(s.identity)
+        grp = self.registry.group(g)
+        ceiling = dev.ceiling if dev is not None else 0
+        ro = grp is not None and s.identity in grp.receive_only
+        pairs = self.groups.join(now, s.identity, s.ssrc, g, ceiling, ro)
+        if pairs is None:
+            return []
+        out = self._floor_out(pairs)
+        if self.links is not None:
+            out.extend(self.links.member_joined(now, s, g))
+        return out
+
+    def leave(self, now, identity, g):
+        """``identity`` leaves ``g``'s floor here."""
+        pairs = self.groups.leave(now, identity, g)
+        if pairs is None:
+            return []
+        out = self._floor_out(pairs)
+        if self.links is not None:
+            out.extend(self.links.member_left(now, g, self.sessions.by_identity.get(identity)))
+        return out
+
+    def floor_out(self, pairs):
+        return self._floor_out(pairs)
+
+    def on_rtp(self, now, addr, data):
+        return self._on_rtp(now, addr, data)
+
+    def on_rtcp(self, now, addr, data):
+        return self._on_rtcp(now, addr, data)
 
     def _media_session(self, data, off, plane):
         ssrc = struct.unpack_from(">I", data, off)[0]
@@ -104,17 +149,17 @@ class Media:
             plain = s.srtp_rx.unprotect(data)
         except WireError as e:
             raise Drop("rtp_" + e.counter)
-        self.r._seen(s, now, addr)
+        self.sessions.seen(now, s, addr)
         g = self._voice_group(s)
         srv = self.groups.floors.get(g) if g is not None else None
         if srv is None:
             raise Drop("rtp_no_group")
         me = s.identity
-        lg = self.r.links._att_up(g) if self.groups.attach_of else None
-        if lg is not None:
+        at = self.groups.where(g)
+        if at is not LOCAL:
             # The controlling relay gates the voice; here it goes out only from the member it
             # granted the floor to.
-            if lg.holder != me:
+            if at.att[g].holder != me:
                 raise Drop("rtp_not_permitted")
             out = []
         else:
@@ -128,11 +173,9 @@ class Media:
         top = s.srtp_rx.highest_index(s.ssrc)
         ext = top - (((top & 0xFFFF) - ((plain[2] << 8) | plain[3])) & 0xFFFF)
         self._local_fanout(srv.members, me, s.ssrc, plain, ext, out)
-        if lg is not None:
-            link = self.r.links._links[self.groups.attach_of[g]]
-            out.extend(self.r.links._voice_to_link(link, lg, plain))
-        elif self.r.links._links:
-            out.extend(self.r.links._voice_to_links(g, plain))
+        if self.links is not None:
+            # To the peer whose relay arbitrates, or to the peers whose members this relay serves.
+            out.extend(self.links.voice_out(at, g, plain))
         return out
 
     def _local_fanout(self, members, me, ssrc, plain, ext, out):
@@ -202,7 +245,7 @@ class Media:
             msgs = mcpt.decode_compound(s.srtp_rx.unprotect_rtcp(data))
         except WireError as e:
             raise Drop("rtcp_" + e.counter)
-        self.r._seen(s, now, addr)
+        self.sessions.seen(now, s, addr)
         if not msgs:
             raise Drop("rtcp_no_floor_message")
         out = []
@@ -213,13 +256,12 @@ class Media:
                 self.counters["floor_not_affiliated"] += 1
                 continue
             done += 1
-            lg = self.r.links._att_up(g) if self.groups.attach_of else None
-            if lg is not None:
+            at = self.groups.where(g)
+            if at is not LOCAL:
+                # The peer's relay arbitrates: the message goes to it.
                 if m.kind == mcpt.FLOOR_REQUEST:
                     s.floor_group = g
-                out.extend(
-                    self.r.links._forward_floor(now, s, self.r.links._links[self.groups.attach_of[g]], lg, m)
-                )
+                out.extend(self.links._forward_floor(now, s, at, at.att[g], m))
                 continue
             if m.kind == mcpt.FLOOR_REQUEST:
                 if self._floor_engaged(s, g) is not None:
@@ -287,16 +329,13 @@ class Media:
         for pid, msg in pairs:
             ls = by_id.get(pid)
             if pid in self.groups.routes:  # a member over a link (its route wins: relay_link.py)
-                d = self.r.links._floor_to_link(pid, msg)
+                d = self.links._floor_to_link(pid, msg)
                 if d is None:
                     c["floor_undeliverable"] += 1
                 else:
                     out.append(d)
                 continue
-            if (
-                self.groups.attach_of
-                and self.r.links._att_up(self.groups.by_floor_ssrc.get(msg.ssrc)) is not None
-            ):
+            if self.groups.where(self.groups.by_floor_ssrc.get(msg.ssrc)) is not LOCAL:
                 # This relay's own server for a group it attaches is silent while the
                 # controlling relay arbitrates (it takes over if the link goes down).
                 continue
@@ -307,8 +346,8 @@ class Media:
             b = enc.get(k)
             if b is None:
                 m = msg
-                if msg.kind == mcpt.FLOOR_TAKEN and self.r.links._links:
-                    m = self.r.links._taken_for_locals(msg)
+                if msg.kind == mcpt.FLOOR_TAKEN and self.links is not None and self.groups.peers:
+                    m = self.links._taken_for_locals(msg)
                 b = mcpt.encode(m)
                 enc[k] = b
             try:

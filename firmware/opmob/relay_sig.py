@@ -11,7 +11,9 @@ import struct
 
 from opmob import authvec, sig, txn
 from opmob import relay_events as ev
+from opmob.deadlines import Deadlines
 from opmob.errors import WireError
+from opmob.relay_requests import later
 from opmob.relay_session import (
     CHALLENGED,
     CLOSED,
@@ -23,41 +25,148 @@ from opmob.relay_session import (
 from opmob.store import StoreError
 from opmob.ticks import earliest, tadd, tdiff
 
-CHALLENGE_TTL = 30000  # ms: a challenge outlives the device's whole retransmission span (19.5 s)
 MIN_CHALLENGES = 16  # half-open registrations allowed at once: this, or max_devices if larger
 CHALLENGES_PER_IDENTITY = 2
 CHALLENGE_GAP = 5000  # ms: a third challenge for one identity within this replaces none: refused
 RETRY_BUSY = 30  # seconds a device refused for lack of room waits before trying again
+ATTACH_WAIT = 8000  # ms an AFFILIATE waits for the controlling relay's answer to GROUP_ATTACH
 
 _KEEP_STUNNED = (sig.KEEPALIVE, sig.DEREGISTER)  # all a stunned device may still do
 
 
 class Signalling:
-    """The relay's signalling part (composed into ``Relay`` as ``relay.sig``): registration,
-    keep-alive, affiliation, emergency and the relay's own requests to devices. It reads the
-    relay's sessions and groups parts and its request layer, and asks the relay (``self.r``) for
-    what spans parts: a registration's start and end, joining and leaving floors, the store."""
+    """The relay's signalling part (``relay.sig``): registration, keep-alive, affiliation,
+    emergency and the relay's own requests to devices. Built from the parts it uses::
 
-    def __init__(self, relay):
-        self.r = relay  # what spans parts: a registration's life, floors joined, the store
-        self.cfg = relay.cfg
-        self.counters = relay.counters
-        self.events = relay._events
-        self.groups = relay.groups
-        self.key_log = relay._key_log
-        self.rand = relay.rand
-        self.registry = relay.registry
-        self.requests = relay._requests
-        self.sessions = relay.sessions
-        self.srtp_cls = relay._srtp
+        sg = Signalling(cfg, registry, rand, srtp_cls, sessions, groups, requests, media, store,
+                        events, counters, key_log=None)
+        sg.on_sig(now, addr, header, data) -> [(addr, bytes)]   (header: sig.peek(data))
 
-    def _on_sig(self, now, addr, data):
-        try:
-            h = sig.peek(data)
-        except WireError as e:
-            raise Drop("sig_" + e.counter)
-        if self.r.links._links and self.r.links._link_owns(h):
-            return self.r.links._on_link_sig(now, addr, h, data)
+    A registration's transitions are the sessions part's (``sessions.end``/``replace``), floor
+    memberships the media part's (``media.join``/``leave``), what is kept the store adapter's
+    (relay_store.RelayStore). ``sg.links``: the links part, when the relay has one."""
+
+    def __init__(
+        self,
+        cfg,
+        registry,
+        rand,
+        srtp_cls,
+        sessions,
+        groups,
+        requests,
+        media,
+        store,
+        events,
+        counters,
+        key_log=None,
+    ):
+        self.cfg = cfg
+        self.counters = counters
+        self.events = events
+        self.groups = groups
+        self.key_log = key_log
+        self.media = media
+        self.rand = rand
+        self.registry = registry
+        self.requests = requests
+        self.sessions = sessions
+        self.srtp_cls = srtp_cls
+        self.store = store
+        self.links = None
+        sessions.reserve_ssrcs(groups.by_floor_ssrc)
+        # AFFILIATEs kept open until a peer relay's answer (docs/relay.md "Requests kept open").
+        self._held = {}  # (session id, txid) -> [Session, msg, results, groups still waited for]
+        self._held_by_group = {}  # group -> [(session id, txid)]
+        self._held_due = Deadlines()  # (session id, txid) -> when it is answered as it stands
+
+    def next_deadline(self):
+        return self._held_due.earliest()
+
+    def poll(self, now):
+        """Requests kept open whose wait ran out: answered with what is known (a group whose
+        controlling relay did not answer is LOCAL_ONLY: this relay arbitrates it)."""
+        out = []
+        hd = self._held_due
+        key = hd.first_due(now)
+        while key is not None:
+            rec = self._held.get(key)
+            hd.set(key, None)
+            if rec is not None:
+                for g in list(rec[3]):
+                    keys = self._held_by_group.get(g)
+                    if keys is not None and key in keys:
+                        keys.remove(key)
+                        if not keys:
+                            del self._held_by_group[g]
+                    self._settle(rec, g, sig.AFF_LOCAL_ONLY)
+                self.counters["requests_timed_out"] += 1
+                out.extend(self._answer_held(now, key))
+            key = hd.first_due(now)
+        return out
+
+    def attach_resolved(self, now, g, attached):
+        """The controlling relay answered GROUP_ATTACH for ``g`` (``attached``), or it will not
+        (an ERROR, the link went down): the AFFILIATEs waiting for it are answered."""
+        out = []
+        for key in self._held_by_group.pop(g, ()):
+            rec = self._held.get(key)
+            if rec is None:
+                continue
+            self._settle(rec, g, sig.AFF_OK if attached else sig.AFF_LOCAL_ONLY)
+            if not rec[3]:
+                out.extend(self._answer_held(now, key))
+        return out
+
+    def _attaching(self, results):
+        """The groups among ``results`` being attached over a link right now."""
+        lk = self.links
+        if lk is None:
+            return None
+        waiting = None
+        for g, code in results:
+            if code == sig.AFF_OK and lk.attaching(g):
+                if waiting is None:
+                    waiting = []
+                waiting.append(g)
+        return waiting
+
+    def _hold(self, now, s, msg, results, waiting):
+        """Keep ``msg`` open until the peer relay answers for every group in ``waiting`` (or
+        ATTACH_WAIT runs out); retransmissions meanwhile are answered PENDING."""
+        key = (s.sid, msg.txid)
+        self._held[key] = [s, msg, list(results), waiting]
+        for g in waiting:
+            keys = self._held_by_group.get(g)
+            if keys is None:
+                self._held_by_group[g] = [key]
+            else:
+                keys.append(key)
+        self._held_due.set(key, tadd(now, ATTACH_WAIT))
+        self.counters["requests_held"] += 1
+        return later(sig.encode(msg.reply(sig.PENDING), s.tx))
+
+    def _settle(self, rec, g, code):
+        res = rec[2]
+        for i in range(len(res)):
+            if res[i][0] == g:
+                res[i] = (g, code)
+        if g in rec[3]:
+            rec[3].remove(g)
+
+    def _answer_held(self, now, key):
+        rec = self._held.pop(key)
+        self._held_due.set(key, None)
+        s, msg, results = rec[0], rec[1], rec[2]
+        if s.state == CLOSED or s.tx is None or self.sessions.by_sid.get(s.sid) is not s:
+            self.requests.abandon(s.sid, msg.txid)  # its session is gone: nobody to answer
+            return []
+        d = self.requests.answer(
+            now, s.sid, msg.txid, sig.encode(msg.reply(sig.AFFILIATE_ACK, results=results), s.tx)
+        )
+        return [d] if d is not None else []
+
+    def on_sig(self, now, addr, h, data):
         if h.down:
             # D=1: a session the peer owns, i.e. an interconnect link; none is configured.
             raise Drop("sig_wrong_direction")
@@ -86,15 +195,16 @@ class Signalling:
             if not s.window.fresh(msg.txid):
                 raise Drop("sig_replayed")
             s.window.accept(msg.txid)
-            self.r._seen(s, now, addr)
+            self.sessions.seen(now, s, addr)
         return self._answer_once(now, addr, peer, msg.txid, self._request, s, msg)
 
     def _retransmitted(self, now, addr, peer, txid):
-        """The cached answer (as datagrams) when ``txid`` from ``peer`` was answered before, else
-        None; a request still open is dropped (relay_requests.py)."""
+        """The cached answer (as datagrams) when ``txid`` from ``peer`` was answered before, or
+        PENDING while it is kept open, else None (relay_requests.py)."""
+        n = self.requests.pending_sent
         again = self.requests.again(now, addr, peer, txid)
         if again is not None:
-            self.counters["sig_retransmits"] += 1
+            self.counters["sig_pending" if self.requests.pending_sent != n else "sig_retransmits"] += 1
         return again
 
     def _answer_once(self, now, addr, peer, txid, handle, s, msg):
@@ -126,9 +236,12 @@ class Signalling:
         if t == sig.DEREGISTER:
             self.counters["deregistrations"] += 1
             resp = sig.encode(msg.reply(sig.DEREGISTER_ACK), s.tx)
-            return resp, self.r._end(now, s, True)
+            return resp, self.sessions.end(now, s, True)
         if t == sig.AFFILIATE:
             results, out = self._affiliate(now, s, msg.affiliations, True)
+            waiting = self._attaching(results)
+            if waiting:
+                return self._hold(now, s, msg, results, waiting), out
             return sig.encode(msg.reply(sig.AFFILIATE_ACK, results=results), s.tx), out
         if t == sig.DEAFFILIATE:
             return self._on_deaffiliate(now, s, msg)
@@ -184,14 +297,13 @@ class Signalling:
             # The registry cannot issue one (its store fails, the device's ids are used up).
             self.counters["vector_failures"] += 1
             return self._reject(msg, sig.CAUSE_INTERNAL_ERROR, retry_after=RETRY_BUSY), []
-        s = Session(ident, self.r._new_sid(), addr, now)
+        s = Session(ident, self.sessions.new_sid(), addr, now)
         s.vector = vec
         s.nonce = msg.nonce
         s.caps = msg.caps or 0
         s.req_affs = msg.affiliations
         s.set_challenge_keys(authvec.derive(vec[3], vec[1], msg.nonce))
         self.sessions.open_challenge(s)
-        self.r._arm(tadd(now, CHALLENGE_TTL))
         self.counters["challenges"] += 1
         ch = sig.SigMsg(
             sig.CHALLENGE, txid=msg.txid, session=s.sid, down=True, rand=vec[1], autn=vec[4], vid=vec[0]
@@ -232,7 +344,6 @@ class Signalling:
     def _close_challenge(self, now, s):
         """The challenge is answered (rejected): keep its keys while its answer may be asked again."""
         self.sessions.close_challenge(s, tadd(now, txn.CACHE_TTL))
-        self.r._arm(s.expires_at)
 
     def _on_auth_failure(self, now, msg):
         s = self.sessions.by_sid.get(msg.session)
@@ -287,20 +398,22 @@ class Signalling:
             return resp, []
         k = s.keys
         s.key_srtp(self.srtp_cls)
-        self.sessions.registered(s, STUNNED if dev.status == "stunned" else REGISTERED, self.r._new_ssrc())
+        self.sessions.registered(
+            s, STUNNED if dev.status == "stunned" else REGISTERED, self.sessions.new_ssrc()
+        )
         if self.key_log is not None:
-            self.r._log_keys("device_up", ident, s.ssrc, k.srtp_up_key, k.srtp_up_salt)
-            self.r._log_keys("device_down", ident, s.ssrc, k.srtp_down_key, k.srtp_down_salt)
+            self._log_keys("device_up", ident, s.ssrc, k.srtp_up_key, k.srtp_up_salt)
+            self._log_keys("device_down", ident, s.ssrc, k.srtp_down_key, k.srtp_down_salt)
             # The signalling keys (docs/protocol.md §5): their "key" is the AES key, "salt" the MAC key.
-            self.r._log_keys("sig_up", ident, s.ssrc, k.sig_up_enc, k.sig_up_mac)
-            self.r._log_keys("sig_down", ident, s.ssrc, k.sig_down_enc, k.sig_down_mac)
+            self._log_keys("sig_up", ident, s.ssrc, k.sig_up_enc, k.sig_up_mac)
+            self._log_keys("sig_down", ident, s.ssrc, k.sig_down_enc, k.sig_down_mac)
         s.key_id = ((old.key_id if old is not None else 0) + 1) & 0xFFFF
-        s.txns = txn.Transactions(self.r._rand_u32(), answers=sig.answers)
+        s.txns = txn.Transactions(self.sessions._u32(), answers=sig.answers)
         s.expires_at = tadd(now, self.cfg.expiry_ms)
         out = []
         inherited = old.affs if old is not None else []
         if old is not None:
-            out.extend(self.r._retire(now, old, s.state))
+            out.extend(self.sessions.replace(now, old, s.state))
         req = s.req_affs
         s.req_affs = None
         results = []
@@ -312,14 +425,14 @@ class Signalling:
             results, _ = self._affiliate(now, s, req, False)
             for a in inherited:
                 if s.aff(a[0]) is None:
-                    out.extend(self.r._leave(now, ident, a[0]))
+                    out.extend(self.media.leave(now, ident, a[0]))
         else:
             s.affs = inherited
         self.sessions.index(s)
         if s.state == REGISTERED:
             for a in s.affs:
-                out.extend(self.r._join(now, s, a[0]))
-        self.r._save(s)
+                out.extend(self.media.join(now, s, a[0]))
+        self.store.save(s)
         self.counters["registrations"] += 1
         self.events.add((ev.REGISTERED, ident, s.ssrc))
         ack = sig.SigMsg(
@@ -337,11 +450,15 @@ class Signalling:
         resp = sig.encode(ack, s.tx)
         if s.state == STUNNED:
             out.extend(self._control(now, s, sig.CTRL_STUN))
-        elif self.r._revive_pending(ident):
+        elif self.store.revive_pending(ident):
             s.revive_pending = True
             out.extend(self._control(now, s, sig.CTRL_REVIVE))
-        self.r._arm(earliest(s.expires_at, tadd(now, self.r._silent_after())))
+        self.sessions.arm(s, earliest(s.expires_at, tadd(now, self.sessions.silent_ms)))
         return resp, out
+
+    def _log_keys(self, label, identity, ssrc, key, salt):
+        if self.key_log is not None:
+            self.key_log(label, identity, ssrc, bytes(key), bytes(salt))
 
     def _keepalive_s(self):
         return max(1, min(0xFFFF, int(self.cfg.keepalive)))
@@ -395,11 +512,11 @@ class Signalling:
                     # Homed elsewhere and no interconnect yet: this relay arbitrates locally.
                     code = sig.AFF_LOCAL_ONLY
                 if new and join and s.state == REGISTERED:
-                    out.extend(self.r._join(now, s, g))
+                    out.extend(self.media.join(now, s, g))
             results.append((g, code))
             self.events.add((ev.AFFILIATED, s.identity, g, code))
         if changed and join:
-            self.r._save(s)
+            self.store.save(s)
         self.counters["affiliations"] += len(entries)
         return results, out
 
@@ -409,7 +526,7 @@ class Signalling:
             if self.registry.group(g) is None and sig.system_of(g) == self.cfg.system:
                 return sig.AFF_UNKNOWN_GROUP
             return sig.AFF_NOT_AUTHORIZED
-        if self.r._floor(g) is None:
+        if self.groups.floor(g) is None:
             return sig.AFF_UNKNOWN_GROUP
         return sig.AFF_OK
 
@@ -426,11 +543,11 @@ class Signalling:
             changed = True
             if s.floor_group == g:
                 s.floor_group = None
-            out.extend(self.r._leave(now, s.identity, g))
+            out.extend(self.media.leave(now, s.identity, g))
             results.append((g, sig.AFF_OK))
             self.events.add((ev.DEAFFILIATED, s.identity, g))
         if changed:
-            self.r._save(s)
+            self.store.save(s)
         return sig.encode(msg.reply(sig.DEAFFILIATE_ACK, results=results), s.tx), out
 
     # --- emergency --------------------------------------------------------------------------------
@@ -478,8 +595,8 @@ class Signalling:
             if srv is not None:
                 # The floor server lifts a state only for the member that raised it. There is no
                 # message of its own for imminent peril: the emergency cancel ends both.
-                out.extend(self.r.media._floor_out(srv.cancel_emergency(now, me)))
-                out.extend(self.r.media._floor_out(srv.cancel_imminent_peril(now, me)))
+                out.extend(self.media.floor_out(srv.cancel_emergency(now, me)))
+                out.extend(self.media.floor_out(srv.cancel_imminent_peril(now, me)))
             if had:
                 out.extend(self._tell_members(now, g, me, sig.EMERGENCY_CANCEL, identity=me))
                 self.events.add((ev.EMERGENCY_CANCELLED, g, me))
@@ -502,10 +619,8 @@ class Signalling:
     def _send_request(self, now, s, mtype, **fields):
         m = sig.SigMsg(mtype, txid=s.txns.new_txid(), session=s.sid, down=True, **fields)
         data = sig.encode(m, s.tx)
-        t = s.txns.start(now, data)
-        self.r._busy[s.sid] = s
-        if self.r._txn_at is None or t.deadline < self.r._txn_at:
-            self.r._txn_at = t.deadline
+        s.txns.start(now, data)
+        self.sessions.request_started(s)
         return (s.addr, data)
 
     def _control(self, now, s, action):
@@ -535,12 +650,12 @@ class Signalling:
         if t is None:
             raise Drop("sig_unsolicited_response")
         if s.live:
-            self.r._seen(s, now, addr)
+            self.sessions.seen(now, s, addr)
         if msg.type == sig.DEVICE_CONTROL_ACK:
             self.counters["device_control_acks"] += 1
             if msg.action == sig.CTRL_REVIVE:
                 s.revive_pending = False
-                self.r._set_revive_pending(s.identity, False)
+                self.store.set_revive_pending(s.identity, False)
         elif msg.type == sig.ERROR:
             self.counters["device_errors"] += 1
         return []

@@ -84,6 +84,7 @@ LINK_CHALLENGE = 0xA8
 LINK_ACK = 0xA9
 GROUP_ATTACH_ACK = 0xAC
 GROUP_DETACH_ACK = 0xAD
+PENDING = 0xFE  # "your request arrived and is being worked on": keep waiting (protocol.md §7)
 ERROR = 0xFF
 
 # --- code points ----------------------------------------------------------------------------
@@ -295,6 +296,7 @@ MESSAGES = {
     ),
     GROUP_DETACH: ("GROUP_DETACH", _PROT, ((0x03, REQ),)),
     GROUP_DETACH_ACK: ("GROUP_DETACH_ACK", _PROT, ()),
+    PENDING: ("PENDING", _OPEN, ()),
     ERROR: ("ERROR", _OPEN, ((0x22, REQ), (0x23, OPT), (0x38, OPT))),
 }
 
@@ -657,7 +659,7 @@ class SigMsg:
         """A response to this request: same transaction id and session, the other direction."""
         if self.is_response:
             raise BadValue("%s is a response; it has no reply" % self.name)
-        if not answers(self.type, type):
+        if not answers(self.type, type) and not (type == PENDING and self.type in ANSWERS):
             raise BadValue("%s does not answer %s" % (type_name(type), self.name))
         return SigMsg(type, txid=self.txid, session=self.session, down=not self.down, **fields)
 

@@ -176,6 +176,18 @@ class Transactions:
             d = earliest(d, op[txid].deadline)
         return d
 
+    def keep_waiting(self, now, txid):
+        """The responder said the request is being worked on (PENDING): its attempts start over,
+        at the longest interval (it is known to have arrived; a retransmission only asks whether
+        the responder is still there). The Transaction, or None when ``txid`` is not in flight."""
+        t = self._open.get(txid)
+        if t is None:
+            return None
+        t.sends = 1
+        t.rto = t.rto_max
+        t.deadline = tadd(now, self._wait(t))
+        return t
+
     def on_response(self, txid, response_type=None):
         """The Transaction a response completes, or None for a duplicate, late, unsolicited or
         mistyped response (which the caller drops)."""

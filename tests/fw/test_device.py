@@ -334,3 +334,32 @@ def test_device_drops_foreign_and_garbage():
         d.on_datagram(w.now, RELAY, bytes(p))
     w.check_counters()
     assert d.state == "registered"
+
+
+def test_pending_keeps_a_request_waiting_only_under_the_session_keys():
+    import struct
+
+    w = World()
+    d = w.device("ann", [G1])
+    (dst, req) = d.affiliate(w.now, [G2])[0]  # never delivered: the relay is working on it
+    assert dst == RELAY
+    txid = struct.unpack(">I", req[8:12])[0]
+    s = w.relay._by_identity["ann@no"]
+    forged = sig.encode(sig.SigMsg(sig.PENDING, txid=txid, session=d.session, down=True))
+    assert d.on_datagram(w.now, RELAY, forged) == []
+    assert d.counters["drop_sig_unprotected_pending"] == 1 and d.counters["pending_rx"] == 0
+    real = sig.encode(sig.SigMsg(sig.PENDING, txid=txid, session=d.session, down=True), s.tx)
+    t0 = w.now
+    for at in (500, 1500, 3500, 7500, 11500):  # its retransmissions, none answered
+        w.now = t0 + at
+        assert d.poll(w.now) == [(RELAY, req)]
+    assert d._txns.get(txid).sends == 6  # one send left before it gives up
+    w.now = t0 + 12000
+    assert d.on_datagram(w.now, RELAY, real) == [] and d.counters["pending_rx"] == 1
+    # Keep waiting: the attempts start over, the next one at the longest interval.
+    t = d._txns.get(txid)
+    assert t.sends == 1 and t.deadline == w.now + 4000
+    # A PENDING for nothing in flight is unsolicited.
+    other = sig.encode(sig.SigMsg(sig.PENDING, txid=txid + 99, session=d.session, down=True), s.tx)
+    d.on_datagram(w.now, RELAY, other)
+    assert d.counters["drop_sig_unsolicited"] == 1

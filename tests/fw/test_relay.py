@@ -678,8 +678,7 @@ def _scanned_deadline(relay):
     """What next_deadline used to compute by asking every floor server."""
     from opmob.ticks import earliest
 
-    d = earliest(relay._sweep_at, relay.links._link_at)
-    d = earliest(d, relay._txn_at)
+    d = earliest(relay.sessions.next_deadline(), relay.links.next_deadline())
     for g in relay._floors:
         d = earliest(d, relay._floors[g].next_deadline())
     return d

@@ -1,9 +1,10 @@
 """The relay's request layer (opmob.relay_requests) alone, on both runtimes: executed once,
-answered once, now or later; retransmissions of an open request dropped as in progress."""
+answered once, now or later; retransmissions of an open request answered PENDING (or, with no
+PENDING given, dropped as in progress)."""
 
 from fwtest import raises
 from opmob import txn
-from opmob.relay_requests import LATER, Requests
+from opmob.relay_requests import LATER, Requests, later
 from opmob.relay_session import Drop
 from opmob.ticks import PERIOD, tadd
 
@@ -52,3 +53,14 @@ def test_abandoned_or_dropped_requests_are_new_again():
 
     raises(Drop, req.handle, T0, A1, 1, 2, refuse)
     assert req.again(T0, A1, 1, 2) is None
+
+
+def test_kept_open_retransmissions_get_pending_until_the_answer():
+    req = Requests(txn.ResponseCache())
+    out = req.handle(T0, A1, 3, 9, lambda now, addr: (later(b"pending-9"), [(("10.0.0.9", 7700), b"attach")]))
+    assert out == [(("10.0.0.9", 7700), b"attach")] and req.is_open(3, 9)
+    assert req.again(tadd(T0, 500), A1, 3, 9) == [(A1, b"pending-9")]
+    assert req.again(tadd(T0, 4500), A2, 3, 9) == [(A2, b"pending-9")] and req.pending_sent == 2
+    assert req.retransmits == 0  # nothing answered yet
+    assert req.answer(tadd(T0, 5000), 3, 9, b"ack-9") == (A2, b"ack-9") and not req.is_open(3, 9)
+    assert req.again(tadd(T0, 6000), A2, 3, 9) == [(A2, b"ack-9")] and req.pending_sent == 2

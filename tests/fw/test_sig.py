@@ -314,7 +314,10 @@ def test_answers_table_is_complete():
         for a in sig.ANSWERS[t]:
             assert a >= 0x80 and sig.answers(t, a)
             answered.add(a)
-    assert answered | set((sig.ERROR,)) == set(responses)
+    assert answered | set((sig.ERROR, sig.PENDING)) == set(responses)
+    # PENDING completes nothing: the requester keeps waiting (Transactions.keep_waiting).
+    for t in requests:
+        assert not sig.answers(t, sig.PENDING)
     assert not sig.answers(sig.CHALLENGE, sig.ERROR)
     assert not sig.answers(sig.REGISTER, sig.REGISTER_ACK)
     assert sig.type_name(0x7E) == "type 0x7e" and sig.type_name(sig.ERROR) == "ERROR"
@@ -323,7 +326,7 @@ def test_answers_table_is_complete():
 def test_must_protect_set():
     open_types = set(t for t in sig.MESSAGES if not sig.must_protect(t))
     want = (sig.REGISTER, sig.CHALLENGE, sig.AUTH_FAILURE, sig.REGISTER_REJECT)
-    want += (sig.LINK_HELLO, sig.LINK_CHALLENGE, sig.ERROR)
+    want += (sig.LINK_HELLO, sig.LINK_CHALLENGE, sig.ERROR, sig.PENDING)
     assert open_types == set(want)
 
 

@@ -280,3 +280,27 @@ def test_lossy_exchange_executes_each_request_once():
     assert sorted(executed.values()) == [1] * 40
     # Duplicates did arrive (lost responses): the cache, not luck, kept execution to once.
     assert sum(received.values()) > 50
+
+
+def test_pending_keeps_a_request_waiting_at_the_longest_interval():
+    t = txn.Transactions(7)
+    data = req(t.new_txid())
+    t.start(at(0.0), data)
+    now = at(0.0)
+    for _ in range(5):  # 0.5 1.5 3.5 7.5 11.5 s: two sends left
+        now = t.deadline()
+        assert t.poll(now) == ([data], [])
+    # PENDING at 12 s: the attempts start over, every 4 s (rto_max), for another full span.
+    assert t.keep_waiting(at(12.0), 7).sends == 1 and t.keep_waiting(at(12.0), 99) is None
+    sent_at = []
+    while True:
+        now = t.deadline()
+        resend, dead = t.poll(now)
+        if dead:
+            break
+        sent_at.append(tdiff(now, T0))
+    assert sent_at == [16000, 20000, 24000, 28000, 32000, 36000] and tdiff(now, T0) == 40000
+    # The response still completes it while it waits.
+    t.start(at(50.0), req(t.new_txid()))
+    t.keep_waiting(at(50.5), 8)
+    assert t.on_response(8, sig.CHALLENGE).txid == 8 and len(t) == 0

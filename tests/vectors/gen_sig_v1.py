@@ -446,6 +446,7 @@ def messages() -> list[tuple[str, str, sig.SigMsg, dict[str, str] | None]]:
             DEV_DOWN,
         ),
         ("affiliate_large", dev, M(sig.AFFILIATE, d + 12, s, False, affiliations=big), DEV_UP),
+        ("pending", net, M(sig.PENDING, d + 2, s, True), DEV_DOWN),
     ]
 
 
