@@ -32,7 +32,8 @@ dropped when its path is cut as it is sent or as it arrives. Loss and jitter com
 xorshift32 generator, so a run replays identically, on either runtime, from its seed and script.
 
 Taps see every datagram: ``tap(event, t, src, dst, data)`` with event "sent", "delivered",
-"lost", "cut" or "nowhere" (no node at dst) and ``t`` the virtual ms. ``counters`` count the same.
+"lost", "cut" or "nowhere" (no node at dst) and ``t`` the virtual ms. ``counters`` count the same,
+and the events run ("events": "wakes" of nodes, "actions", datagrams reaching a node).
 """
 
 import heapq
@@ -125,6 +126,7 @@ class Sim:
             "lost": 0,
             "cut": 0,
             "nowhere": 0,
+            "discarded": 0,
             "wakes": 0,
             "actions": 0,
             "events": 0,
@@ -276,6 +278,22 @@ class Sim:
             self._seq += 1
             self._in_flight += 1
             heapq.heappush(self._heap, (at, self._seq, _DELIVER, src, dst, data))
+
+    def discard_in_flight(self):
+        """Every datagram on its way is lost (counted "discarded"): a process restarting, a
+        network swapped out under the nodes."""
+        keep = []
+        n = 0
+        for e in self._heap:
+            if e[2] == _DELIVER:
+                n += 1
+            else:
+                keep.append(e)
+        heapq.heapify(keep)
+        self._heap = keep
+        self._in_flight = 0
+        self.counters["discarded"] += n
+        return n
 
     def _fate(self, what, src, dst, data):
         self.counters[what] += 1

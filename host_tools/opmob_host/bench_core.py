@@ -91,6 +91,7 @@ def run(quick: bool = False) -> "Iterator[tuple[str, float, str, float | None, s
     # First, before the other rows import the rest of the core: the accessory's heap is measured
     # from a clean start.
     yield from _accessory_rows(scale)
+    yield from sim_rows(scale)
     key, salt = bytes(range(16)), bytes(range(16, 30))
     tx = srtp.SrtpSession(key, salt)
     rx = srtp.SrtpSession(key, salt)
@@ -206,6 +207,189 @@ def run(quick: bool = False) -> "Iterator[tuple[str, float, str, float | None, s
         "us",
         None,
         "server side: Request -> Granted + 9 Taken, Release -> 10 Idle (messages built, not encoded)",
+    )
+
+
+# --- the simulator: a mixed load ------------------------------------------------------------------
+
+
+def _load_store(relay: int, groups: int, members: int) -> "MemoryStore":
+    """Relay ``relay``'s registry: ``groups`` open groups of ``members`` devices each."""
+    from opmob.registry import Registry
+    from opmob.store import MemoryStore
+
+    devices = []
+    for g in range(groups):
+        for m in range(members):
+            devices.append(
+                {
+                    "identity": "d%d-%d-%d@no" % (relay, g, m),
+                    "secret": "%032x" % (relay * 100003 + g * 1009 + m + 1),
+                    "groups": ["g%d-%d@no" % (relay, g)],
+                    "ceiling": 100,
+                    "status": "active",
+                    "vid": 0,
+                    "cseq": 0,
+                }
+            )
+    doc = {
+        "format": "opmob-registry",
+        "version": 1,
+        "system": "no",
+        "devices": devices,
+        "groups": [
+            {
+                "identity": "g%d-%d@no" % (relay, g),
+                "policy": "open",
+                "e2e": False,
+                "key_ids": [],
+                "receive_only": [],
+            }
+            for g in range(groups)
+        ],
+    }
+    store = MemoryStore()
+    Registry(store, "no").load_export(doc)
+    return store
+
+
+class SimLoad:
+    """A few relays and many DeviceSessions in one ``opmob.sim.Sim``, 60 days into the clock: every
+    device registers (half name their group in REGISTER, half AFFILIATE afterwards), then in every
+    group one member after another takes the floor, talks 1 s (50 voice packets) and releases.
+    Paths have a 2..5 ms delay. Used by the ``sim.events_per_s`` row and its test."""
+
+    def __init__(self, relays: int = 3, groups: int = 10, members: int = 10, seed: int = 1) -> None:
+        from opmob import ticks
+        from opmob.device import DeviceSession
+        from opmob.registry import Registry
+        from opmob.relay import Relay
+        from opmob.relay_config import RelayConfig
+        from opmob.sim import Sim
+
+        self.sim = sim = Sim(seed, start=60 * ticks.DAY_MS)
+        sim.set_default(delay=2, jitter=3)
+        self.groups: "list[tuple[object, str, list[tuple[object, Any]]]]" = []
+        self.devs: "list[Any]" = []
+        self.bursts = 0
+        self.voice_sent = 0
+        for r in range(relays):
+            addr = ("10.0.%d.1" % r, 7700)
+            store = _load_store(r, groups, members)
+            cfg = RelayConfig.from_dict(
+                {
+                    "relay": {"identity": "relay-%d@no" % r},
+                    "registry": {"path": "unused"},
+                    "limits": {"max_devices": groups * members + 10},
+                }
+            )
+            sim.attach(Relay(cfg, Registry(store, "no"), store, Rand(seed + 7 * r), sim.now), addr)
+            for g in range(groups):
+                group = "g%d-%d@no" % (r, g)
+                people = []
+                for m in range(members):
+                    n = len(self.devs)
+                    d = DeviceSession(
+                        "d%d-%d-%d@no" % (r, g, m),
+                        (r * 100003 + g * 1009 + m + 1).to_bytes(16, "big"),
+                        addr,
+                        Rand(1000 + n),
+                        groups=[group] if m % 2 == 0 else [],
+                    )
+                    a = ("10.%d.%d.%d" % (1 + r, g, m + 2), 5000)
+                    sim.attach(d, a)
+                    people.append((a, d))
+                    self.devs.append(d)
+                    sim.at(n % 997, self._starter(a, d))
+                    if m % 2:
+                        sim.at(3000 + n % 997, self._affiliator(a, d, group))
+                self.groups.append((addr, group, people))
+        # Events pile up on a DeviceSession that nobody reads: the load reads none.
+        sim.after_call = _drop_events
+
+    def _starter(self, a: object, d: "Any") -> "Callable[[], None]":
+        sim = self.sim
+        return lambda: sim.send(a, d.start(sim.now))
+
+    def _affiliator(self, a: object, d: "Any", group: str) -> "Callable[[], None]":
+        sim = self.sim
+        return lambda: sim.send(a, d.affiliate(sim.now, [group]))
+
+    def talk(self, until_ms: int) -> None:
+        """Bursts in every group, one after another, from 5 s until ``until_ms`` (virtual)."""
+        for k, g in enumerate(self.groups):
+            self.sim.at(5000 + 37 * k, self._burst(g, 0, until_ms))
+
+    def _burst(
+        self, g: "tuple[object, str, list[tuple[object, Any]]]", turn: int, until_ms: int
+    ) -> "Callable[[], None]":
+        from opmob import mcpt, rtp
+
+        sim = self.sim
+        _relay, group, people = g
+        a, d = people[turn % len(people)]
+        state = [0]
+        payload = bytes(range(84))
+
+        def step() -> None:
+            i = state[0]
+            state[0] = i + 1
+            if i == 0:
+                self.bursts += 1
+                req = mcpt.FloorMsg(mcpt.FLOOR_REQUEST, indicator=mcpt.IND_QUEUEING_SUPPORTED)
+                sim.send(a, d.send_floor(sim.now, req, group))
+                sim.after(100, step)
+            elif i <= 50:
+                seq = (turn * 64 + i) & 0xFFFF
+                pkt = rtp.encode(rtp.RtpHeader(rtp.PT_DVI4_8K, seq, seq * 160, 0), payload)
+                sim.send(a, d.send_voice(sim.now, pkt))
+                self.voice_sent += 1
+                sim.after(20, step)
+            else:
+                sim.send(a, d.send_floor(sim.now, mcpt.FloorMsg(mcpt.FLOOR_RELEASE), group))
+                if sim.t + 300 < until_ms:
+                    sim.after(300, self._burst(g, turn + 1, until_ms))
+
+        return step
+
+    def registered(self) -> int:
+        return sum(1 for d in self.devs if d.state == "registered")
+
+    def voice_heard(self) -> int:
+        return sum(d.counters["voice_rx"] for d in self.devs)
+
+
+def _drop_events(addr: object, node: "Any") -> None:
+    ev = getattr(node, "events", None)
+    if type(ev) is list and ev:
+        ev.clear()
+
+
+def sim_rows(scale: int) -> "Iterator[tuple[str, float, str, float | None, str]]":
+    relays, groups, members = (3, 10, 10) if scale > 1 else (2, 4, 8)
+    virtual_ms = 20000 if scale > 1 else 8000
+    load = SimLoad(relays, groups, members)
+    load.talk(virtual_ms)
+    sim = load.sim
+    t0 = _now_us()
+    sim.run_until(virtual_ms)
+    el = _elapsed_us(t0)
+    # Every packet reaches the other members of its group, or the load is not what it claims.
+    if load.registered() != len(load.devs) or load.voice_heard() < load.voice_sent * (members - 1) * 0.95:
+        raise RuntimeError(
+            "sim load: %d of %d registered, %d voice packets heard for %d sent"
+            % (load.registered(), len(load.devs), load.voice_heard(), load.voice_sent)
+        )
+    c = sim.counters
+    yield (
+        "sim.events_per_s",
+        c["events"] * 1e6 / el,
+        "ev/s",
+        None,
+        "opmob.sim throughput (events: datagrams delivered, deadlines, script steps) on a mixed load: "
+        "%d relays, %d DeviceSessions registering, affiliating, %d talk bursts, %d voice packets; "
+        "%d events in %.0f s virtual, %.2f s wall"
+        % (relays, len(load.devs), load.bursts, load.voice_sent, c["events"], virtual_ms / 1000, el / 1e6),
     )
 
 

@@ -155,6 +155,18 @@ def test_loss_rate_and_counters():
     assert len(sink.got) == got and c["delivered"] == got + 100
 
 
+def test_discard_in_flight():
+    s = Sim()
+    sink = s.attach(Sink(s), B)
+    t = s.attach(Ticker(s.now, 10), C)
+    s.path(A, B, delay=50)
+    s.send(A, [(B, b"1"), (B, b"2")])
+    s.run_for(10)
+    assert s.discard_in_flight() == 2 and s.in_flight() == 0 and s.idle()
+    s.run_for(100)
+    assert sink.got == [] and len(t.fired) == 11 and s.counters["discarded"] == 2
+
+
 def test_drop_if_and_nowhere():
     s = Sim()
     sink = s.attach(Sink(s), B)
