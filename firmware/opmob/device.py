@@ -2,12 +2,15 @@
 
     dev = DeviceSession(identity, secret, relay_addr, rand, groups=["fire-1@no"])
     dev.start(now) -> [(addr, bytes)]            dev.on_datagram(now, addr, data) -> [(addr, bytes)]
-    dev.poll(now) -> [(addr, bytes)]             dev.next_deadline() -> float | None
+    dev.poll(now) -> [(addr, bytes)]             dev.next_deadline() -> int | None
     dev.affiliate(now, groups)  dev.deaffiliate(now, groups)  dev.deregister(now)
     dev.send_floor(now, FloorMsg, group=None)    dev.send_voice(now, rtp_bytes)
     dev.send_voice_into(now, buf, n) -> length   dev.voice_sink = f(now, buf, n)   (no allocation)
     dev.emergency(now, group=None, location=None) / dev.cancel_emergency(now, group=None)
     dev.events  (the app drains it)              dev.state, dev.ssrc, dev.affiliated
+
+``now`` is integer milliseconds modulo 2^30 (opmob/ticks.py), deadlines are such ints, compared
+wrap-safely. ``keepalive`` and ``expiry`` stay in seconds, as the relay sent them.
 
 It registers (checking the relay's AUTN before it answers, protocol.md §6.3), keeps the
 registration alive, re-registers by itself (at 80 % of the expiry, when the relay asks, when the
@@ -39,6 +42,7 @@ import struct
 from opmob import authvec, mcpt, sig, srtp, txn
 from opmob.errors import AuthFailed, Replayed, UnknownStream, WireError
 from opmob.floorid import floor_ssrc
+from opmob.ticks import due, tadd
 
 IDLE = "idle"  # not started, or de-registered
 REGISTERING = "registering"
@@ -47,11 +51,16 @@ STUNNED = "stunned"  # registered, but may do nothing until the home revives it
 WAITING = "waiting"  # refused or lost: registers again when the back-off runs out
 KILLED = "killed"
 
-BACKOFF_MIN = 1.0
-BACKOFF_MAX = 64.0
-BACKOFF_REFUSED = 300.0  # a relay that is not our home's, or a registry that refuses us
+BACKOFF_MIN = 1000  # ms
+BACKOFF_MAX = 64000  # ms
+BACKOFF_REFUSED = 300000  # ms: a relay that is not our home's, or a registry that refuses us
 REREGISTER_AT = 0.8  # of the expiry (protocol.md §8.1)
-PROBE = 1.0  # a Floor Request unanswered this long: ask the relay whether it still knows us
+PROBE = 1000  # ms: a Floor Request unanswered this long: ask the relay whether it still knows us
+EMERGENCY_RTO = 100  # ms: an emergency's first retransmission comes sooner than other requests'
+# ms: the longest wait a timer is set for. The clock compares times correctly only while they are
+# less than 2^29 ms (6.2 days) apart; a relay's expiry may be longer (up to 2^32 s on the wire), so
+# the re-registration it implies is brought forward to this (it only renews the registration).
+MAX_WAIT = 5 * 86400000
 RX_STREAMS = 256  # talkers and floor servers heard under one key; bounded, never evicted
 UP_STREAMS = 2
 RX_BUF_MIN = 128  # bytes: a DVI4 voice packet (12 + 84 + the 10-byte tag) and some room
@@ -201,12 +210,12 @@ class DeviceSession:
     def emergency(self, now, group=None, location=None):
         if self.state != REGISTERED:
             return []
-        return self._request(now, sig.EMERGENCY_ALERT, group=group, location=location, rto=0.1)
+        return self._request(now, sig.EMERGENCY_ALERT, group=group, location=location, rto=EMERGENCY_RTO)
 
     def cancel_emergency(self, now, group=None):
         if self.state != REGISTERED:
             return []
-        return self._request(now, sig.EMERGENCY_CANCEL, group=group, rto=0.1)
+        return self._request(now, sig.EMERGENCY_CANCEL, group=group, rto=EMERGENCY_RTO)
 
     def send_floor(self, now, msg, group=None):
         """Send a floor message (its SSRC is set to ours). ``group`` names the group it is for by
@@ -218,7 +227,7 @@ class DeviceSession:
         if group is not None:
             msg.ssrc_field = floor_ssrc(group)
         if msg.kind == mcpt.FLOOR_REQUEST:
-            self._probe_at = now + PROBE
+            self._probe_at = tadd(now, PROBE)
         return [(self.relay_addr, self._up.protect_rtcp(mcpt.encode(msg)))]
 
     def send_voice(self, now, rtp):
@@ -276,14 +285,14 @@ class DeviceSession:
             out.append((self.relay_addr, data))
         for t in dead:
             out.extend(self._timed_out(now, t))
-        if self._retry_at is not None and now >= self._retry_at:
+        if self._retry_at is not None and due(now, self._retry_at):
             out.extend(self._register(now))
-        if self._rereg_at is not None and now >= self._rereg_at:
+        if self._rereg_at is not None and due(now, self._rereg_at):
             self._rereg_at = None
             out.extend(self._register(now))
-        if self._ka_at is not None and now >= self._ka_at:
+        if self._ka_at is not None and due(now, self._ka_at):
             out.extend(self._keepalive(now))
-        if self._probe_at is not None and now >= self._probe_at:
+        if self._probe_at is not None and due(now, self._probe_at):
             self._probe_at = None
             if self.registered and self._ka_txid is None:
                 out.extend(self._keepalive(now))
@@ -317,19 +326,24 @@ class DeviceSession:
             self._deregistered()
         return []
 
+    def _later(self, now, delay):
+        """The deadline ``delay`` ms after ``now``, brought forward to at most MAX_WAIT."""
+        return tadd(now, delay if delay < MAX_WAIT else MAX_WAIT)
+
     def _wait(self, now, delay):
-        """Try to register again later; a registration still in force carries on meanwhile."""
+        """Try to register again later (``delay`` in ms; None: the back-off); a registration still
+        in force carries on meanwhile."""
         if delay is None:
             delay = self._backoff
             self._backoff = min(self._backoff * 2, BACKOFF_MAX)
         # Up to a quarter longer (never shorter: a retry_after is a minimum), so that devices that
         # lost the same relay do not all come back in the same instant.
-        delay *= 1.0 + 0.25 * self.rand(1)[0] / 256
+        delay += delay * self.rand(1)[0] // 1024
         if self.registered:
-            self._rereg_at = now + delay
+            self._rereg_at = self._later(now, delay)
         else:
             self.state = WAITING
-            self._retry_at = now + delay
+            self._retry_at = self._later(now, delay)
 
     # --- sending ------------------------------------------------------------------------------------
 
@@ -471,7 +485,7 @@ class DeviceSession:
             return self._on_register_ack(now, msg)
         if rt == sig.KEEPALIVE:
             self._ka_txid = None
-            self._ka_at = now + self.keepalive
+            self._ka_at = self._later(now, self.keepalive * 1000)
             self._backoff = BACKOFF_MIN
             if msg.status == sig.KA_STUNNED:
                 self._stun()
@@ -501,7 +515,7 @@ class DeviceSession:
             if t.ctx == _REFUSED or t.txid != self._reg_txid:
                 return []
             self._clear_attempt()
-            self._wait(now, msg.retry_after)
+            self._wait(now, None if msg.retry_after is None else msg.retry_after * 1000)
             return []
         if rt == sig.DEREGISTER:
             self._deregistered()
@@ -510,7 +524,7 @@ class DeviceSession:
             self._aff_txid = None
         if rt == sig.KEEPALIVE:
             self._ka_txid = None
-            self._ka_at = now + self.keepalive
+            self._ka_at = self._later(now, self.keepalive * 1000)
         if cause == sig.CAUSE_UNKNOWN_SESSION:
             # The relay has no keys for us (it restarted, or dropped us): register again. An open
             # ERROR is advice only, and trying again is all it can make us do (protocol.md §5).
@@ -575,7 +589,7 @@ class DeviceSession:
         cause = msg.cause
         self.events.append(("rejected", cause))
         self._clear_attempt()
-        delay = msg.retry_after
+        delay = None if msg.retry_after is None else msg.retry_after * 1000
         if delay is None and cause in _LONG_CAUSES:
             delay = BACKOFF_REFUSED
         self._wait(now, delay)
@@ -602,8 +616,8 @@ class DeviceSession:
         self.state = STUNNED if self._stunned else REGISTERED
         self._backoff = BACKOFF_MIN
         self._retry_at = None
-        self._ka_at = now + self.keepalive
-        self._rereg_at = now + REREGISTER_AT * self.expiry
+        self._ka_at = self._later(now, self.keepalive * 1000)
+        self._rereg_at = self._later(now, self.expiry * 800)  # REREGISTER_AT of it, in ms
         self.counters["registrations"] += 1
         self.events.append(("registered", self.ssrc))
         self._results = {}
@@ -691,7 +705,7 @@ class DeviceSession:
         try:
             msgs = mcpt.decode_compound(self._down.unprotect_rtcp(data))
         except UnknownStream:
-            raise _Skip(self._stream_trouble("rtcp"))
+            raise _Skip(self._stream_trouble(now, "rtcp"))
         except WireError as e:
             raise _Skip("rtcp_" + e.counter)
         self._probe_at = None
@@ -729,7 +743,7 @@ class DeviceSession:
                 buf[:n] = data  # a slice literal store: no slice object on MicroPython >= 1.23
                 n = self._down.unprotect_into(buf, n)
         except UnknownStream:
-            raise _Skip(self._stream_trouble("rtp"))
+            raise _Skip(self._stream_trouble(now, "rtp"))
         except WireError as e:
             raise _Skip("rtp_" + e.counter)
         self.counters["voice_rx"] += 1
@@ -739,9 +753,9 @@ class DeviceSession:
         sink(now, buf, n)
         return _NOTHING
 
-    def _stream_trouble(self, plane):
+    def _stream_trouble(self, now, plane):
         if self._down.stream_count() >= RX_STREAMS and self._reg_txid is None:
             # Heard more streams than one key may hold: fresh keys give fresh tables.
-            self._rereg_at = 0.0
+            self._rereg_at = now
             return plane + "_streams_full"
         return plane + "_unknown_stream"

@@ -1,7 +1,7 @@
 """Controlling floor-control server for one group (3GPP TS 24.380 clause 6.3), sans-I/O.
 
 The relay keeps one ``FloorServer`` per group it controls. It feeds in events with the current time
-(``now``, float seconds from any monotonic clock) and sends what comes back. Every entry point
+(``now``, integer milliseconds modulo 2^30 from opmob/ticks.py, compared wrap-safely) and sends what comes back. Every entry point
 returns a list of ``(pid, FloorMsg)``: one tuple per recipient, never a symbolic "all", because the
 content can differ per recipient (Permission to Request the Floor is 0 for receive-only members)
 and because only the server knows who is a member at that instant. Recipients of one broadcast
@@ -41,6 +41,7 @@ from opmob.mcpt import (
     SOURCE_CONTROLLING,
     FloorMsg,
 )
+from opmob.ticks import due, earliest, ms, tadd, tdiff
 
 # General state machine (TS 24.380 clause 6.3.4)
 G_START_STOP = "Start-stop"
@@ -106,15 +107,17 @@ _DENY_CAUSES = (1, 2, 3, 4, 5, 6, 7, 255)
 _REVOKE_CAUSES = (1, 2, 3, 4, 6, 255)
 
 
-def _ceil(x):
-    n = int(x)
-    return n + 1 if n < x else n
+def _ceil_s(ms_left):
+    """Whole seconds, rounded up, of a duration in milliseconds (Floor Granted's Duration)."""
+    return (ms_left + 999) // 1000
 
 
 class FloorConfig:
     """Timer values and policy for one group; the relay fills it from relay.toml.
 
-    Timers in seconds, counters as the total number of transmissions (first one included):
+    Timers in seconds (as relay.toml gives them), converted once to int milliseconds that the
+    server uses (``t1_ms`` ... ``t20_ms``, ``tail_grace_ms``); counters as the total number of
+    transmissions (first one included):
     t1 end of RTP media, t2 stop talking (longest burst), t3 stop-talking grace after a Floor
     Revoke, t7/c7 Floor Idle repeat, t8 Floor Revoke repeat, t20/c20 Floor Granted repeat.
     ``tail_grace``: media from a participant that has just sent Floor Release is dropped silently
@@ -176,6 +179,13 @@ class FloorConfig:
         self.imminent_peril_priority = imminent_peril_priority
         self.deny_only_one = bool(deny_only_one)
         self.tail_grace = tail_grace
+        self.t1_ms = ms(t1)
+        self.t2_ms = ms(t2)
+        self.t3_ms = ms(t3)
+        self.t7_ms = ms(t7)
+        self.t8_ms = ms(t8)
+        self.t20_ms = ms(t20)
+        self.tail_grace_ms = ms(tail_grace)
 
 
 class _Member:
@@ -314,14 +324,13 @@ class FloorServer:
         return h is not None and h.pid == pid and self.state in (G_TAKEN, G_PENDING_REVOKE)
 
     def next_deadline(self):
-        d = None
-        for t in (self._t1, self._t2, self._t3, self._t8, self._t20, self._t7):
-            if t is not None and (d is None or t < d):
-                d = t
+        d = earliest(self._t1, self._t2)
+        d = earliest(d, self._t3)
+        d = earliest(d, self._t8)
+        d = earliest(d, self._t20)
+        d = earliest(d, self._t7)
         for pid in self._order:
-            t = self._members[pid].rogue_t8
-            if t is not None and (d is None or t < d):
-                d = t
+            d = earliest(d, self._members[pid].rogue_t8)
         return d
 
     # ---- events ------------------------------------------------------------------------------
@@ -367,7 +376,7 @@ class FloorServer:
             if pid not in self._idle_pending:
                 self._idle_pending[pid] = 1
             if self._t7 is None:
-                self._t7 = now + self.cfg.t7
+                self._t7 = tadd(now, self.cfg.t7_ms)
         else:
             out.append((pid, self._taken_msg(m.receive_only)))
         return out
@@ -423,7 +432,7 @@ class FloorServer:
         out = self._fire_due(now)
         h = self._holder
         if h is not None and h.pid == pid and self.state in (G_TAKEN, G_PENDING_REVOKE):
-            self._t1 = now + self.cfg.t1
+            self._t1 = tadd(now, self.cfg.t1_ms)
             # Voice from the holder proves Floor Granted arrived, as a Floor Ack would.
             self._t20 = None
             return out
@@ -431,7 +440,7 @@ class FloorServer:
         m = self._members.get(pid)
         if m is None or self.state == G_RELEASING:
             return out
-        if m.released_at is not None and now - m.released_at < self.cfg.tail_grace:
+        if m.released_at is not None and tdiff(now, m.released_at) < self.cfg.tail_grace_ms:
             self.counters["media_tail_dropped"] += 1
             return out
         if m.rogue:
@@ -439,7 +448,7 @@ class FloorServer:
             return out
         m.rogue = True
         m.rogue_media = False
-        m.rogue_t8 = now + self.cfg.t8
+        m.rogue_t8 = tadd(now, self.cfg.t8_ms)
         self._count_revoke(REVOKE_NO_PERMISSION)
         out.append((pid, self._revoke_msg(REVOKE_NO_PERMISSION)))
         return out
@@ -639,11 +648,11 @@ class FloorServer:
         self._holder = claim
         self.state = G_TAKEN
         self._revoke_cause = None
-        self._t1 = now + cfg.t1
-        self._t2 = now + cfg.t2
+        self._t1 = tadd(now, cfg.t1_ms)
+        self._t2 = tadd(now, cfg.t2_ms)
         self._t3 = None
         self._t8 = None
-        self._t20 = now + cfg.t20
+        self._t20 = tadd(now, cfg.t20_ms)
         self._c20 = 1
         self._t7 = None
         self._idle_pending = {}
@@ -662,8 +671,8 @@ class FloorServer:
         self._revoke_cause = cause
         self._t2 = None
         self._t20 = None
-        self._t3 = now + self.cfg.t3
-        self._t8 = now + self.cfg.t8
+        self._t3 = tadd(now, self.cfg.t3_ms)
+        self._t8 = tadd(now, self.cfg.t8_ms)
         self._count_revoke(cause)
         return [(self._holder.pid, self._revoke_msg())]
 
@@ -686,7 +695,7 @@ class FloorServer:
         for pid in self._order:
             self._idle_pending[pid] = 1
             out.append((pid, msg))
-        self._t7 = now + self.cfg.t7 if self._idle_pending else None
+        self._t7 = tadd(now, self.cfg.t7_ms) if self._idle_pending else None
         return out
 
     # ---- timers ------------------------------------------------------------------------------
@@ -706,12 +715,12 @@ class FloorServer:
                 ("t8", self._t8),
                 ("t7", self._t7),
             ):
-                if t is not None and t <= now and (best is None or t < best):
+                if t is not None and due(now, t) and (best is None or tdiff(t, best) < 0):
                     best = t
                     which = name
             for pid in self._order:
                 t = self._members[pid].rogue_t8
-                if t is not None and t <= now and (best is None or t < best):
+                if t is not None and due(now, t) and (best is None or tdiff(t, best) < 0):
                     best = t
                     which = pid
             if which is None:
@@ -729,7 +738,7 @@ class FloorServer:
                 out.extend(self._on_t20(now))
             elif which == "t8":
                 self.counters["t8_revoke_repeats"] += 1
-                self._t8 = now + self.cfg.t8
+                self._t8 = tadd(now, self.cfg.t8_ms)
                 out.append((self._holder.pid, self._revoke_msg()))
             elif which == "t7":
                 out.extend(self._on_t7(now))
@@ -742,7 +751,7 @@ class FloorServer:
             self.counters["t20_gave_up"] += 1
             return []
         self._c20 += 1
-        self._t20 = now + self.cfg.t20
+        self._t20 = tadd(now, self.cfg.t20_ms)
         self.counters["t20_granted_repeats"] += 1
         return [(self._holder.pid, self._granted_msg(now, True))]
 
@@ -760,13 +769,13 @@ class FloorServer:
             pending[pid] = n + 1
             out.append((pid, msg))
         self.counters["t7_idle_repeats"] += len(out)
-        self._t7 = now + self.cfg.t7 if pending else None
+        self._t7 = tadd(now, self.cfg.t7_ms) if pending else None
         return out
 
     def _on_rogue_t8(self, now, m):
         if m.rogue_media:
             m.rogue_media = False
-            m.rogue_t8 = now + self.cfg.t8
+            m.rogue_t8 = tadd(now, self.cfg.t8_ms)
             self.counters["t8_revoke_repeats"] += 1
             return [(m.pid, self._revoke_msg(REVOKE_NO_PERMISSION))]
         # A whole T8 without media: the participant has stopped; it is simply not permitted again.
@@ -802,7 +811,7 @@ class FloorServer:
     def _granted_msg(self, now, ack):
         h = self._holder
         m = self._members[h.pid]
-        left = _ceil(self._t2 - now) if self._t2 is not None else 0
+        left = _ceil_s(tdiff(self._t2, now)) if self._t2 is not None else 0
         return FloorMsg(
             FLOOR_GRANTED,
             self.server_ssrc,

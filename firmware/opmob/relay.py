@@ -3,9 +3,13 @@ for the devices of one site (docs/relay.md).
 
     relay = Relay(cfg, registry, store, rand, now)   # srtp=, fanout=: see Relay.__init__
     relay.on_datagram(now, addr, data) -> [(addr, bytes)]      relay.poll(now) -> [(addr, bytes)]
-    relay.next_deadline() -> float | None                        relay.status() -> dict
+    relay.next_deadline() -> int | None                          relay.status() -> dict
     relay.device_control(now, identity, "stun" | "revive" | "kill") -> [(addr, bytes)]
     relay.cancel_emergency(now, group) -> [(addr, bytes)]
+
+``now`` is integer milliseconds modulo 2^30 (opmob/ticks.py) and every deadline such an int,
+compared wrap-safely (``due``, ``tdiff``, ``earliest``); relay.toml's seconds are converted once
+(``cfg.keepalive_ms``, ``cfg.expiry_ms``, ``cfg.floor.t1_ms`` ...).
 
 One UDP port carries everything; the first bytes tell what a datagram is (RFC 7983, RFC 5761):
 0x4F ("OM") signalling, then RTP version 2 with a second byte 192..223 (RTCP packet types) SRTCP,
@@ -37,6 +41,7 @@ from opmob.relay_session import (
 )
 from opmob.relay_sig import CHALLENGE_TTL, SigPlane
 from opmob.store import StoreError
+from opmob.ticks import due, earliest, tadd
 
 _srtp_class = srtp.SrtpSession
 
@@ -152,21 +157,16 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         out = self._due(now)
         for srv in self._floors.values():
             d = srv.next_deadline()
-            if d is not None and d <= now:
+            if d is not None and due(now, d):
                 out.extend(self._floor_out(srv.poll(now)))
         self.counters["tx_datagrams"] += len(out)
         return out
 
     def next_deadline(self):
-        d = self._sweep_at
-        if self._link_at is not None and (d is None or self._link_at < d):
-            d = self._link_at
-        if self._txn_at is not None and (d is None or self._txn_at < d):
-            d = self._txn_at
+        d = earliest(self._sweep_at, self._link_at)
+        d = earliest(d, self._txn_at)
         for srv in self._floors.values():
-            t = srv.next_deadline()
-            if t is not None and (d is None or t < d):
-                d = t
+            d = earliest(d, srv.next_deadline())
         return d
 
     def dropped(self):
@@ -205,12 +205,11 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
     # --- timers -----------------------------------------------------------------------------------
 
     def _arm(self, t):
-        if self._sweep_at is None or t < self._sweep_at:
-            self._sweep_at = t
+        self._sweep_at = earliest(self._sweep_at, t)
 
     def _due(self, now):
         out = []
-        if self._txn_at is not None and now >= self._txn_at:
+        if self._txn_at is not None and due(now, self._txn_at):
             nxt = None
             for sid in list(self._busy):
                 s = self._busy[sid]
@@ -226,17 +225,17 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
                     del self._busy[sid]
                     if s.state == CLOSED:
                         self._arm(now)
-                elif nxt is None or d < nxt:
-                    nxt = d
+                else:
+                    nxt = earliest(nxt, d)
             self._txn_at = nxt
-        if self._sweep_at is not None and now >= self._sweep_at:
+        if self._sweep_at is not None and due(now, self._sweep_at):
             out.extend(self._sweep(now))
-        if self._link_at is not None and now >= self._link_at:
+        if self._link_at is not None and due(now, self._link_at):
             out.extend(self._link_poll(now))
         return out
 
     def _silent_after(self):
-        return (SILENT_KEEPALIVES + 0.5) * self.cfg.keepalive
+        return (2 * SILENT_KEEPALIVES + 1) * self.cfg.keepalive_ms // 2
 
     def _sweep(self, now):
         out = []
@@ -251,25 +250,22 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
                 if sid in self._busy:
                     continue  # ends when its requests are answered or time out
                 d = s.expires_at if s.expires_at is not None else now
-                if now >= d:
+                if due(now, d):
                     del self._sessions[sid]
                     s.drop_keys()
                     continue
             elif st == REGISTERED or st == STUNNED or st == STALE:
-                d = s.last_seen + silent
-                if s.expires_at is not None and s.expires_at < d:
-                    d = s.expires_at
-                if now >= d:
+                d = earliest(tadd(s.last_seen, silent), s.expires_at)
+                if due(now, d):
                     self.counters["sessions_expired"] += 1
                     out.extend(self._end(now, s, False))
                     continue
             else:
-                d = s.created + CHALLENGE_TTL
-                if now >= d:
+                d = tadd(s.created, CHALLENGE_TTL)
+                if due(now, d):
                     self._forget_challenge(s)
                     continue
-            if nxt is None or d < nxt:
-                nxt = d
+            nxt = earliest(nxt, d)
         self._cache.expire(now)
         self._sweep_at = nxt
         return out
@@ -339,7 +335,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             self._busy.pop(s.sid, None)
         if linger:
             # Its keys stay a cache lifetime, so a retransmitted request gets its cached answer.
-            s.expires_at = now + txn.CACHE_TTL
+            s.expires_at = tadd(now, txn.CACHE_TTL)
             self._arm(s.expires_at)
         elif s.sid in self._busy:
             s.expires_at = now
@@ -452,7 +448,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             self._index(s)
             self.counters["restored"] += 1
         if self._sessions:
-            self._arm(now + self._silent_after())
+            self._arm(tadd(now, self._silent_after()))
 
     # --- operator interface -----------------------------------------------------------------------
 

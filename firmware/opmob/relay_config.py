@@ -9,10 +9,12 @@ boards/rpi-relay/relay.toml.
 
 from opmob.floor_server import MAX_QUEUE, FloorConfig
 from opmob.sig import system_of, valid_identity
+from opmob.ticks import ms
 
 _REQUIRED = object()
 MAX_U32 = 0xFFFFFFFF
 MAX_TIMER = 3600.0  # s; catches a timer written in milliseconds
+EXPIRY_MS_MAX = 5 * 86400000  # the relay's timer for a registration's expiry, at most (see expiry_ms)
 
 
 class ConfigError(ValueError):
@@ -486,6 +488,18 @@ class RelayConfig:
         self.floor = None
         self.admin_socket = None
         self.links = []
+
+    # The cores count time in int milliseconds (opmob/ticks.py); the file says seconds. An expiry
+    # beyond EXPIRY_MS_MAX is kept for the wire (REGISTER_ACK) but the relay's own timer for it is
+    # brought forward: wrap-safe comparison holds only for times less than 2^29 ms apart.
+    @property
+    def keepalive_ms(self):
+        return ms(self.keepalive)
+
+    @property
+    def expiry_ms(self):
+        e = ms(self.expiry)
+        return e if e < EXPIRY_MS_MAX else EXPIRY_MS_MAX
 
     def link(self, peer):
         for lk in self.links:

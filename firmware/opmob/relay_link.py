@@ -24,14 +24,15 @@ from opmob import authvec, mcpt, sig, txn
 from opmob.errors import AuthFailed, BadValue, WireError
 from opmob.floorid import floor_ssrc
 from opmob.relay_session import REGISTERED, Drop
+from opmob.ticks import due, earliest, tadd
 
 AGREEMENT = 0  # links inside one system: no roaming agreement
 GRANTS = 0
 LINK_DOWN = "down"  # responder: waiting for the peer's LINK_HELLO
 LINK_CONNECTING = "connecting"  # initiator: LINK_HELLO/LINK_AUTH in flight or waiting to retry
 LINK_UP = "up"
-RETRY_MIN = 1.0  # s before the first re-HELLO after a failure; doubles up to RETRY_MAX
-RETRY_MAX = 30.0
+RETRY_MIN = 1000  # ms before the first re-HELLO after a failure; doubles up to RETRY_MAX
+RETRY_MAX = 30000  # ms
 LINK_SILENT_KEEPALIVES = 3  # keep-alive intervals without a word before a link is declared down
 LINK_STREAMS = 1024  # SRTP streams per link context: two per attached group and direction
 
@@ -135,7 +136,7 @@ class Link:
         self.hello = None  # initiator: (txid, nonce_i) of the LINK_HELLO in flight
         self.retry_at = None
         self.backoff = RETRY_MIN
-        self.last_seen = 0.0
+        self.last_seen = 0
         self.ka_at = None
         self.att = {}  # group -> LinkGroup this relay participates in over the link
         self.served = {}  # group -> LinkGroup the peer participates in, controlled here
@@ -186,21 +187,20 @@ class LinkPlane:
     def _link_rearm(self):
         d = None
         for link in self._links.values():
-            for t in (link.retry_at, link.ka_at, link.txns.deadline() if link.txns is not None else None):
-                if t is not None and (d is None or t < d):
-                    d = t
+            d = earliest(d, link.retry_at)
+            d = earliest(d, link.ka_at)
+            if link.txns is not None:
+                d = earliest(d, link.txns.deadline())
             if link.up:
-                t = link.last_seen + self._link_silent()
-                if d is None or t < d:
-                    d = t
+                d = earliest(d, tadd(link.last_seen, self._link_silent()))
         self._link_at = d
 
     def _link_silent(self):
-        return (LINK_SILENT_KEEPALIVES + 0.5) * self.cfg.keepalive
+        return (2 * LINK_SILENT_KEEPALIVES + 1) * self.cfg.keepalive_ms // 2
 
     def _link_poll(self, now):
         out = []
-        if self._link_at is None or now < self._link_at:
+        if self._link_at is None or not due(now, self._link_at):
             return out
         for link in self._links.values():
             if link.txns is not None:
@@ -210,12 +210,12 @@ class LinkPlane:
                 for t in dead:
                     if t.type in (sig.LINK_HELLO, sig.LINK_AUTH) and not link.up:
                         self._link_retry(now, link)
-            if link.up and now >= link.last_seen + self._link_silent():
+            if link.up and due(now, tadd(link.last_seen, self._link_silent())):
                 out.extend(self._link_down(now, link))
-            if link.retry_at is not None and now >= link.retry_at:
+            if link.retry_at is not None and due(now, link.retry_at):
                 out.extend(self._link_hello(now, link))
-            if link.up and link.ka_at is not None and now >= link.ka_at:
-                link.ka_at = now + self.cfg.keepalive
+            if link.up and link.ka_at is not None and due(now, link.ka_at):
+                link.ka_at = tadd(now, self.cfg.keepalive_ms)
                 if link.cfg.initiator:
                     out.append(self._link_request(now, link, sig.KEEPALIVE, max_sends=1))
                 out.extend(self._link_sync(now, link))
@@ -226,7 +226,7 @@ class LinkPlane:
         link.hello = None
         link.txns = None
         link.state = LINK_CONNECTING
-        link.retry_at = now + link.backoff
+        link.retry_at = tadd(now, link.backoff)
         link.backoff = min(RETRY_MAX, link.backoff * 2)
 
     # --- handshake --------------------------------------------------------------------------------
@@ -416,7 +416,7 @@ class LinkPlane:
         link.last_seen = now
         link.backoff = RETRY_MIN
         link.retry_at = None
-        link.ka_at = now + self.cfg.keepalive
+        link.ka_at = tadd(now, self.cfg.keepalive_ms)
         link.counters["ups"] += 1
         out = self._link_sync(now, link)
         self._link_rearm()

@@ -20,11 +20,12 @@ from opmob.relay_session import (
     Session,
 )
 from opmob.store import StoreError
+from opmob.ticks import earliest, tadd, tdiff
 
-CHALLENGE_TTL = 30.0  # a challenge outlives the device's whole retransmission span (19.5 s)
+CHALLENGE_TTL = 30000  # ms: a challenge outlives the device's whole retransmission span (19.5 s)
 MIN_CHALLENGES = 16  # half-open registrations allowed at once: this, or max_devices if larger
 CHALLENGES_PER_IDENTITY = 2
-CHALLENGE_GAP = 5.0  # a third challenge for one identity within this replaces none: refused
+CHALLENGE_GAP = 5000  # ms: a third challenge for one identity within this replaces none: refused
 RETRY_BUSY = 30  # seconds a device refused for lack of room waits before trying again
 
 _KEEP_STUNNED = (sig.KEEPALIVE, sig.DEREGISTER)  # all a stunned device may still do
@@ -168,7 +169,7 @@ class SigPlane:
         if ident not in self._by_identity and len(self._by_identity) >= self.cfg.max_devices:
             return self._reject(msg, sig.CAUSE_NO_RESOURCES, retry_after=RETRY_BUSY), []
         if not self._room_for_challenge(ident, now):
-            return self._reject(msg, sig.CAUSE_NO_RESOURCES, retry_after=int(CHALLENGE_GAP)), []
+            return self._reject(msg, sig.CAUSE_NO_RESOURCES, retry_after=CHALLENGE_GAP // 1000), []
         try:
             vec = self._vector(now, ident)
         except (ValueError, StoreError):
@@ -183,7 +184,7 @@ class SigPlane:
         s.set_challenge_keys(authvec.derive(vec[3], vec[1], msg.nonce))
         self._sessions[s.sid] = s
         self._challenges += 1
-        self._arm(now + CHALLENGE_TTL)
+        self._arm(tadd(now, CHALLENGE_TTL))
         self.counters["challenges"] += 1
         ch = sig.SigMsg(
             sig.CHALLENGE, txid=msg.txid, session=s.sid, down=True, rand=vec[1], autn=vec[4], vid=vec[0]
@@ -211,11 +212,11 @@ class SigPlane:
         oldest = mine[0]
         newest = mine[0]
         for c in mine:
-            if c.created < oldest.created:
+            if tdiff(c.created, oldest.created) < 0:
                 oldest = c
-            if c.created > newest.created:
+            if tdiff(c.created, newest.created) > 0:
                 newest = c
-        if now - newest.created < CHALLENGE_GAP:
+        if tdiff(now, newest.created) < CHALLENGE_GAP:
             self.counters["challenges_refused"] += 1
             return False
         self._forget_challenge(oldest)
@@ -233,7 +234,7 @@ class SigPlane:
             self._challenges -= 1
         s.state = CLOSED
         s.keys = s.vector = None
-        s.expires_at = now + txn.CACHE_TTL
+        s.expires_at = tadd(now, txn.CACHE_TTL)
         self._arm(s.expires_at)
 
     def _on_auth_failure(self, now, msg):
@@ -293,7 +294,7 @@ class SigPlane:
         s.ssrc = self._new_ssrc()
         s.key_id = ((old.key_id if old is not None else 0) + 1) & 0xFFFF
         s.txns = txn.Transactions(self._rand_u32(), answers=sig.answers)
-        s.expires_at = now + self.cfg.expiry
+        s.expires_at = tadd(now, self.cfg.expiry_ms)
         out = []
         inherited = old.affs if old is not None else []
         if old is not None:
@@ -336,7 +337,7 @@ class SigPlane:
         elif self._revive_pending(ident):
             s.revive_pending = True
             out.extend(self._control(now, s, sig.CTRL_REVIVE))
-        self._arm(min(s.expires_at, now + self._silent_after()))
+        self._arm(earliest(s.expires_at, tadd(now, self._silent_after())))
         return resp, out
 
     def _keepalive_s(self):
@@ -344,15 +345,15 @@ class SigPlane:
 
     def _on_keepalive(self, now, s, msg):
         self.counters["keepalives"] += 1
-        left = s.expires_at - now
+        left = tdiff(s.expires_at, now)
         if s.state == STUNNED:
             status = sig.KA_STUNNED
-        elif left < self.cfg.keepalive:
+        elif left < self.cfg.keepalive_ms:
             # It missed its re-registration (due at 80 % of the expiry): ask for it now.
             status = sig.KA_REREGISTER
         else:
             status = sig.KA_OK
-        resp = sig.encode(msg.reply(sig.KEEPALIVE_ACK, status=status, expiry=max(0, int(left))), s.tx)
+        resp = sig.encode(msg.reply(sig.KEEPALIVE_ACK, status=status, expiry=max(0, left // 1000)), s.tx)
         out = []
         if s.revive_pending and (s.ctrl_txid is None or s.ctrl_txid not in s.txns):
             out.extend(self._control(now, s, sig.CTRL_REVIVE))

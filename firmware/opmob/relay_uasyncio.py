@@ -2,9 +2,10 @@
 on one UDP socket. Also runs on CPython, which the tests use to compare both runtimes.
 
 The core is any object with ``on_datagram(now, addr, data)``, ``poll(now)`` (each returning a list
-of ``(addr, bytes)`` to send) and ``next_deadline()`` (float or None); ``status()`` is optional
-and feeds the console status line. Time is ``compat.monotonic()``; addresses reach the core as
-``(host, port)`` tuples on every runtime (``compat.addr_from_recv``).
+of ``(addr, bytes)`` to send) and ``next_deadline()`` (an int or None); ``status()`` is optional
+and feeds the console status line. Time is integer milliseconds modulo 2^30 (``ticks.now_ms()``),
+deadlines such ints, compared wrap-safely; addresses reach the core as ``(host, port)`` tuples on
+every runtime (``compat.addr_from_recv``).
 
 Waiting for datagrams: the receive task parks in asyncio's own poller (``compat.wait_readable``)
 instead of ``setblocking(False)`` plus short sleeps. With the poller a datagram wakes the task as
@@ -33,10 +34,12 @@ import socket
 import sys
 
 from opmob import compat
+from opmob.ticks import MASK, due, now_ms, tdiff
 
 RECV_MAX = 2048  # above the 1200-byte signalling limit and any SRTP voice packet
 RX_BATCH = 32  # datagrams handled per wake-up before timers and status get a turn
 ERR_LOG_WINDOW_S = 60
+ERR_LOG_WINDOW_MS = ERR_LOG_WINDOW_S * 1000
 ERR_LOG_MAX = 10  # error lines per window; the rest are counted and summarised
 MAX_SLEEP_MS = 60000  # the timer task wakes at least this often and looks again
 
@@ -75,12 +78,12 @@ class Driver:
     def __init__(self, core, sock, clock=None, log=None):
         self.core = core
         self.sock = sock
-        self.clock = clock or compat.monotonic
+        self.clock = clock or now_ms  # the cores' clock: int ms modulo 2^30
         self.log = log or _log_stderr
         self.counters = {}
         for k in COUNTERS:
             self.counters[k] = 0
-        self.started = self.clock()
+        self.started = compat.monotonic()  # uptime in seconds: longer than the ms clock's period
         self._stop = asyncio.Event()
         self._timer_task = None
         self._armed = None  # the deadline the timer task sleeps towards
@@ -152,10 +155,8 @@ class Driver:
     def _next_deadline(self):
         try:
             d = self.core.next_deadline()
-            if d is not None:
-                d = float(d)
-                if d != d:
-                    raise ValueError("deadline is NaN")
+            if d is not None and (not isinstance(d, int) or isinstance(d, bool) or not 0 <= d <= MASK):
+                raise ValueError("deadline is not a tick (int ms modulo 2^30)")
             return d
         except Exception as e:
             self._core_error("next_deadline", e, None)
@@ -164,7 +165,7 @@ class Driver:
     def _core_error(self, what, e, addr):
         self.counters["driver_errors"] += 1
         now = self.clock()
-        if self._err_window is None or now - self._err_window >= ERR_LOG_WINDOW_S:
+        if self._err_window is None or tdiff(now, self._err_window) >= ERR_LOG_WINDOW_MS:
             if self._err_suppressed:
                 self.log(
                     "opmob driver: %d more core errors in the last %d s (not logged)"
@@ -190,7 +191,7 @@ class Driver:
             return
         t = self._timer_task
         if t is not None and not t.done():
-            if self._armed is not None and self._armed <= d:
+            if self._armed is not None and due(d, self._armed):
                 return
             t.cancel()
         self._armed = d
@@ -203,12 +204,11 @@ class Driver:
             if d is None:
                 return
             now = self.clock()
-            if d > now:
-                # Whole milliseconds, rounded up: waking before the deadline would only spin. Long
-                # waits are cut into pieces: asyncio's tick arithmetic overflows beyond half its
-                # wrap period (6 days on the unix port, less on boards).
-                wait = d - now
-                await compat.sleep_ms(MAX_SLEEP_MS if wait * 1000 >= MAX_SLEEP_MS else int(wait * 1000) + 1)
+            if not due(now, d):
+                # Long waits are cut into pieces: asyncio's tick arithmetic overflows beyond half
+                # its wrap period (6 days on the unix port, less on boards).
+                wait = tdiff(d, now)
+                await compat.sleep_ms(MAX_SLEEP_MS if wait >= MAX_SLEEP_MS else wait)
                 continue
             self.counters["timer_polls"] += 1
             try:
@@ -218,7 +218,7 @@ class Driver:
                 out = None
             self._send(out)
             d = self._next_deadline()
-            if d is not None and d <= now:
+            if d is not None and due(now, d):
                 # A core that keeps a past deadline would otherwise hold the CPU in this loop.
                 await compat.sleep_ms(1)
 
@@ -274,7 +274,7 @@ class Driver:
             except Exception as e:
                 self._core_error("status", e, None)
                 st = {"status_error": type(e).__name__}
-        drv = {"uptime_s": int(self.clock() - self.started)}
+        drv = {"uptime_s": int(compat.monotonic() - self.started)}
         for k in self.counters:
             drv[k] = self.counters[k]
         st["driver"] = drv
@@ -404,7 +404,7 @@ def main(config_path, status_every=60):
             rc = _import(registry, cfg.registry_import)
             if rc:
                 return rc
-        core = Relay(cfg, registry, store, os.urandom, compat.monotonic())
+        core = Relay(cfg, registry, store, os.urandom, now_ms())
         try:
             sock = open_udp(cfg.listen_host, cfg.listen_port)
         except OSError as e:

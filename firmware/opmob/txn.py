@@ -9,18 +9,20 @@
   recent numbers, as in SRTP's replay list). Protects authenticated requests against replay after
   their cache entry is gone, and, on the device, single use of authentication vectors.
 
-Times are plain numbers (seconds) that the driver passes in; nothing here reads a clock.
+Times are integer milliseconds modulo 2^30 (opmob/ticks.py) that the driver passes in, compared
+wrap-safely; durations (``rto``, ``ttl``) are int milliseconds. Nothing here reads a clock.
 See docs/protocol.md, "Transactions".
 """
 
 import struct
 
 from opmob.errors import Replayed
+from opmob.ticks import due, earliest, tadd
 
-RTO = 0.5  # first retransmission after 0.5 s, as SIP's T1 (RFC 3261 §17.1.1.1)
-RTO_MAX = 4.0  # back-off cap, as SIP's T2
+RTO = 500  # ms: first retransmission after 0.5 s, as SIP's T1 (RFC 3261 §17.1.1.1)
+RTO_MAX = 4000  # ms: back-off cap, as SIP's T2
 MAX_SENDS = 7  # 0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5 s; timed out at 19.5 s
-CACHE_TTL = 32.0  # longer than a requester's whole retransmission span
+CACHE_TTL = 32000  # ms: longer than a requester's whole retransmission span
 CACHE_ENTRIES = 512
 
 PENDING = "pending"  # ResponseCache.lookup(): the request is being worked on; drop the duplicate
@@ -82,8 +84,8 @@ class Transactions:
         jitter=0.0,
         rand=None,
     ):
-        if not 0 < rto <= rto_max:
-            raise ValueError("need 0 < rto <= rto_max")
+        if not isinstance(rto, int) or not isinstance(rto_max, int) or not 0 < rto <= rto_max:
+            raise ValueError("need int milliseconds 0 < rto <= rto_max")
         if max_sends < 1:
             raise ValueError("max_sends must be at least 1")
         if jitter and rand is None:
@@ -111,7 +113,7 @@ class Transactions:
     def _wait(self, t):
         w = _backoff(t.rto, t.rto_max, t.sends)
         if self._jitter:
-            w *= 1.0 - self._jitter * self._rand()
+            w -= int(w * self._jitter * self._rand())
         return w
 
     def start(self, now, data, ctx=None, rto=None, rto_max=None, max_sends=None):
@@ -130,8 +132,8 @@ class Transactions:
             raise ValueError("transaction %d already in flight" % txid)
         r = self.rto if rto is None else rto
         rm = self.rto_max if rto_max is None else rto_max
-        if not 0 < r <= rm:
-            raise ValueError("need 0 < rto <= rto_max")
+        if not isinstance(r, int) or not isinstance(rm, int) or not 0 < r <= rm:
+            raise ValueError("need int milliseconds 0 < rto <= rto_max")
         t = Transaction(
             txid,
             mtype,
@@ -144,7 +146,7 @@ class Transactions:
         )
         if t.max_sends < 1:
             raise ValueError("max_sends must be at least 1")
-        t.deadline = now + self._wait(t)
+        t.deadline = tadd(now, self._wait(t))
         self._open[txid] = t
         return t
 
@@ -155,14 +157,14 @@ class Transactions:
         dead = []
         for txid in list(self._open):
             t = self._open[txid]
-            if t.deadline > now:
+            if not due(now, t.deadline):
                 continue
             if t.sends >= t.max_sends:
                 del self._open[txid]
                 dead.append(t)
             else:
                 t.sends += 1
-                t.deadline = now + self._wait(t)
+                t.deadline = tadd(now, self._wait(t))
                 resend.append(t.data)
         return resend, dead
 
@@ -171,9 +173,7 @@ class Transactions:
         d = None
         op = self._open
         for txid in op:  # the keys: on MicroPython .values() is a heap object per call
-            t = op[txid].deadline
-            if d is None or t < d:
-                d = t
+            d = earliest(d, op[txid].deadline)
         return d
 
     def on_response(self, txid, response_type=None):
@@ -206,8 +206,8 @@ class ResponseCache:
     """
 
     def __init__(self, max_entries=CACHE_ENTRIES, ttl=CACHE_TTL):
-        if max_entries < 1 or ttl <= 0:
-            raise ValueError("bad ResponseCache bounds")
+        if max_entries < 1 or not isinstance(ttl, int) or ttl <= 0:
+            raise ValueError("bad ResponseCache bounds (ttl: int milliseconds)")
         self.max_entries = max_entries
         self.ttl = ttl
         self._d = {}  # key -> [expires, response or PENDING, serial]
@@ -227,7 +227,7 @@ class ResponseCache:
             if e is None or e[2] != serial:
                 self._head += 1
                 continue
-            if len(d) > self.max_entries or e[0] <= now:
+            if len(d) > self.max_entries or due(now, e[0]):
                 del d[key]
                 self._head += 1
                 continue
@@ -240,14 +240,14 @@ class ResponseCache:
         e = self._d.get((peer, txid))
         if e is None:
             return None
-        if e[0] <= now:
+        if due(now, e[0]):
             del self._d[(peer, txid)]
             return None
         return e[1]
 
     def _put(self, now, key, value):
         self._serial += 1
-        self._d[key] = [now + self.ttl, value, self._serial]
+        self._d[key] = [tadd(now, self.ttl), value, self._serial]
         self._fifo.append((key, self._serial))
         self._evict(now)
 
@@ -255,7 +255,7 @@ class ResponseCache:
         self._put(now, (peer, txid), PENDING)
 
     def store(self, now, peer, txid, response):
-        """Remember ``response`` (bytes) for retransmissions of this request for ``ttl`` seconds."""
+        """Remember ``response`` (bytes) for retransmissions of this request for ``ttl`` ms."""
         if response is PENDING or not isinstance(response, (bytes, bytearray)):
             raise ValueError("a cached response must be bytes")
         self._put(now, (peer, txid), bytes(response))
@@ -324,13 +324,9 @@ class ReplayWindow:
 
 
 def earlier(d, t):
-    """The earlier of two deadlines, either of which may be None (no deadline).
+    """The earlier of two deadlines, either of which may be None (no deadline), wrap-safe.
 
     The sessions' ``next_deadline`` run after every datagram a driver handles, so they compare
     their timers pairwise with this rather than looping over a tuple of them: on MicroPython a
     tuple is a heap object per call."""
-    if t is None:
-        return d
-    if d is None or t < d:
-        return t
-    return d
+    return earliest(d, t)

@@ -257,7 +257,7 @@ class RelayFanout:
                 "floor": {"t2": 65535},
             }
         )
-        self.now = 0.0
+        self.now = 0  # the cores' clock: int ms (a bench never nears the 2^30 wrap)
         self.relay = Relay(cfg, Registry(store, "no"), store, Rand(7), self.now, srtp=srtp, fanout=fanout)
         self.addr: dict[str, tuple[str, int]] = {}
         self.devs: dict[str, Any] = {}
@@ -304,8 +304,8 @@ class RelayFanout:
             out.append(data)
         return out
 
-    def feed(self, packets: list[bytes], dt: float = 0.02) -> tuple[float, list[list[tuple[Any, bytes]]]]:
-        """Each packet through ``Relay.on_datagram`` (``dt`` s apart): CPU seconds, outputs."""
+    def feed(self, packets: list[bytes], dt: int = 20) -> tuple[float, list[list[tuple[Any, bytes]]]]:
+        """Each packet through ``Relay.on_datagram`` (``dt`` ms apart): CPU seconds, outputs."""
         on = self.relay.on_datagram
         src = self.addr["d0"]
         now = self.now

@@ -191,13 +191,13 @@ def run(quick: bool = False) -> "Iterator[tuple[str, float, str, float | None, s
 
     srv = FloorServer("bench@no")
     for pid in range(10):
-        srv.join(0.0, pid, "user%d@no" % pid, 0x1000 + pid)
+        srv.join(0, pid, "user%d@no" % pid, 0x1000 + pid)
     req = mcpt.FloorMsg(mcpt.FLOOR_REQUEST, 0x1001, priority=5)
     rel = mcpt.FloorMsg(mcpt.FLOOR_RELEASE, 0x1001)
-    clock = [1.0]
+    clock = [1000]  # int ms, the cores' clock
 
     def floor_cycle() -> None:
-        clock[0] += 0.001
+        clock[0] += 1
         srv.on_message(clock[0], 1, req)
         srv.on_message(clock[0], 1, rel)
 
@@ -431,7 +431,7 @@ class _Call:
         names = ("ann", "bob")
         store = one_group_store(names, self.GROUP)
         cfg = RelayConfig.from_dict({"relay": {"identity": "relay-1@no"}, "registry": {"path": "unused"}})
-        self.now = 0.0
+        self.now = 0  # the cores' clock: int ms (a bench never nears the 2^30 wrap)
         self.relay = Relay(cfg, Registry(store, "no"), store, Rand(7), self.now)
         self.addr = {}
         self.devs = {}
@@ -446,7 +446,7 @@ class _Call:
             self.devs[n] = d
             self.send(a, d.start(self.now))
         self.pump()
-        self.step(0.1)
+        self.step(100)
         for d in self.devs.values():
             assert d.state == "registered", d.state
 
@@ -467,7 +467,7 @@ class _Call:
                     else:
                         self.send(a, self.devs[n].on_datagram(self.now, src, data))
 
-    def step(self, dt: float) -> None:
+    def step(self, dt: int) -> None:
         self.now += dt
         self.send(self.RELAY, self.relay.poll(self.now))
         for n, d in self.devs.items():
@@ -506,7 +506,7 @@ def _accessory_rows(scale: int) -> "Iterator[tuple[str, float, str, float | None
     pb = audio.PlaybackPath()
     clock = [0]  # ms, for the voice sink
 
-    def sink(now: float, buf: bytearray, n: int) -> None:
+    def sink(now: int, buf: bytearray, n: int) -> None:
         ann_ptt.on_media(now)
         pb.on_voice(clock[0], buf, n)
 
@@ -537,12 +537,12 @@ def _accessory_rows(scale: int) -> "Iterator[tuple[str, float, str, float | None
         call.pump()
         pb.next_frame(t_ms, out)
         bob.events.clear()
-        call.step(0.02)
+        call.step(20)
         t_ms += 20
         ann_events(t_ms)
     call.floor("ann", ann_ptt.release(call.now))
     ann_events(t_ms)
-    call.step(0.1)
+    call.step(100)
     t_ms += 100
     ann_events(t_ms)
     bob_cap = audio.CapturePath(0, 7, 0)
@@ -557,7 +557,7 @@ def _accessory_rows(scale: int) -> "Iterator[tuple[str, float, str, float | None
         call.pump()
         ann_events(t_ms)
         pb.next_frame(t_ms, out)
-        call.step(0.02)
+        call.step(20)
         t_ms += 20
         if k == 74:
             gc.collect()
@@ -648,7 +648,7 @@ def _accessory_rows(scale: int) -> "Iterator[tuple[str, float, str, float | None
     relay_addr = call.RELAY
     state = [0, 0]  # next packet, time in ms
 
-    def sink2(now: float, buf: bytearray, k: int) -> None:
+    def sink2(now: int, buf: bytearray, k: int) -> None:
         pb.on_voice(state[1], buf, k)
 
     ann.voice_sink = sink2
@@ -699,13 +699,13 @@ class _SessionCore:
     def __init__(self, dev: "Any") -> None:
         self.dev = dev
 
-    def on_datagram(self, now: float, addr: "Any", data: bytes) -> "Any":
+    def on_datagram(self, now: int, addr: "Any", data: bytes) -> "Any":
         return self.dev.on_datagram(now, addr, data)
 
-    def poll(self, now: float) -> "Any":
+    def poll(self, now: int) -> "Any":
         return self.dev.poll(now)
 
-    def next_deadline(self) -> "float | None":
+    def next_deadline(self) -> "int | None":
         return self.dev.next_deadline()
 
 

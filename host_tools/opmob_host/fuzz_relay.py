@@ -55,6 +55,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opmob.ticks import MASK
+
 Addr = tuple[str, int]
 Out = list[tuple[Any, Any]]
 
@@ -255,17 +257,19 @@ class FuzzFailure(Exception):
 class Net:
     """The relay and the devices, wired in memory; datagrams are delivered in order, at once."""
 
-    def __init__(self, relay: Any, now: float) -> None:
+    def __init__(self, relay: Any, now: int) -> None:
         self.relay = relay
+        # The cores' clock: int ms. A run stays far below 2^30 ms (12 days) of virtual time, so
+        # plain comparisons hold here; ``run`` refuses to go past the wrap.
         self.now = now
         self.nodes: dict[Addr, Any] = {}
         self.queue: deque[tuple[Addr, Any, Any]] = deque()
         self.tap: Callable[[Addr, bytes], None] | None = None
         self.recent: deque[bytes] = deque(maxlen=512)  # what the devices sent lately: for replays
         self.on_events: Callable[[Addr, Any], None] | None = None
-        self._dev_wake: float | None = None
+        self._dev_wake: int | None = None
         self._dirty = True
-        self._schedule: list[tuple[float, int, Callable[[], None]]] = []
+        self._schedule: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = 0
 
     def send(self, src: Addr, outs: Out) -> None:
@@ -300,11 +304,11 @@ class Net:
                     if d.events and self.on_events is not None:
                         self.on_events(dst, d)
 
-    def at(self, t: float, fn: Callable[[], None]) -> None:
+    def at(self, t: int, fn: Callable[[], None]) -> None:
         self._seq += 1
         heapq.heappush(self._schedule, (t, self._seq, fn))
 
-    def _wake(self) -> float | None:
+    def _wake(self) -> int | None:
         if self._dirty:
             w = None
             for d in self.nodes.values():
@@ -321,8 +325,10 @@ class Net:
             w = self._schedule[0][0]
         return w
 
-    def run(self, until: float) -> None:
-        """Move the clock to ``until``, running every timer and scheduled action that falls due."""
+    def run(self, until: int) -> None:
+        """Move the clock to ``until`` (ms), running every timer and scheduled action that falls due."""
+        if until > MASK:
+            raise RuntimeError("fuzz: virtual time past the cores' clock period (2^30 ms)")
         n = 0
         while True:
             if self.queue:
@@ -373,9 +379,9 @@ class Cast:
         self.registry = Registry(self.store, "no")
         factory = relay_factory or Relay
         self.relay = factory(
-            relay_config(expiry_s), self.registry, self.store, random.Random(seed).randbytes, 0.0
+            relay_config(expiry_s), self.registry, self.store, random.Random(seed).randbytes, 0
         )
-        self.net = Net(self.relay, 0.0)
+        self.net = Net(self.relay, 0)
         self.net.on_events = self._events
         self.addr: dict[str, Addr] = {}
         self.devs: dict[str, Any] = {}
@@ -446,10 +452,10 @@ class Cast:
                 r[e[1]] = r.get(e[1], 0) + 1
             elif k == "relay_lost":
                 self.stats["relay_lost"] += 1
-                self.lost.append((round(self.net.now, 3), name))
+                self.lost.append((self.net.now / 1000, name))
                 if name in WITNESSES:
                     # Nothing an input can do may cost a witness its relay.
-                    self.fail("witness", f"{name}'s KEEPALIVE went unanswered at t={self.net.now:.3f}")
+                    self.fail("witness", f"{name}'s KEEPALIVE went unanswered at t={self.net.now / 1000:.3f}")
         d.events = []
 
     def act(self, name: str, outs: Out) -> None:
@@ -493,7 +499,7 @@ class Cast:
                 if group not in self.granted[talker]:
                     self.fail(
                         "witness",
-                        f"{talker} asked for the floor of {group} at t={net.now:.3f} and was not granted "
+                        f"{talker} asked for the floor of {group} at t={net.now / 1000:.3f} and was not granted "
                         f"({self.why(talker)})",
                     )
                     return
@@ -506,7 +512,7 @@ class Cast:
                 sent.append(plain)
                 self.act(talker, outs)
                 self.stats["voice_sent"] += 1
-                net.at(net.now + 0.02, lambda: talk(i + 1))
+                net.at(net.now + 20, lambda: talk(i + 1))
                 return
             self.act(talker, self.floor(talker, mcpt.FLOOR_RELEASE, group))
             ssrc = self.devs[talker].ssrc
@@ -517,12 +523,12 @@ class Cast:
                     self.fail(
                         "witness",
                         f"{n} heard {len(got)} of {len(sent)} voice packets {talker} sent to {group} "
-                        f"at t={net.now:.3f} ({self.why(n)})",
+                        f"at t={net.now / 1000:.3f} ({self.why(n)})",
                     )
             if then is not None:
                 then()
 
-        net.at(net.now + 0.1, lambda: talk(0))
+        net.at(net.now + 100, lambda: talk(0))
 
     def why(self, name: str) -> str:
         """The device's state, and the refusals of its REGISTERs since it last registered."""
@@ -580,7 +586,8 @@ def capture_corpus(cast: Cast) -> list[Seed]:
         ctx[0] = None
 
     def step(dt: float) -> None:
-        net.run(net.now + dt)
+        """``dt`` seconds on."""
+        net.run(net.now + int(round(dt * 1000)))
 
     # Witnesses register with their groups (REGISTER, AUTH_RESPONSE) and talk a little.
     for n in WITNESSES:
@@ -1192,7 +1199,7 @@ def _witness_checks(cast: Cast) -> None:
     # so only the relay's memory can give them their affiliations back.
     for i, n in enumerate(WITNESSES):
         cast.device(n, wanted_groups(n) if i % 2 else ())
-    net.run(net.now + 70.0)
+    net.run(net.now + 70000)
     status = cast.relay.status()
     by_id = {d["identity"]: d for d in status["devices"]}
     for i, n in enumerate(WITNESSES):
@@ -1210,7 +1217,7 @@ def _witness_checks(cast: Cast) -> None:
     # Those that named no groups now AFFILIATE to them: the relay must confirm each one.
     for n in WITNESSES[::2]:
         cast.act(n, cast.devs[n].affiliate(net.now, wanted_groups(n)))
-    net.run(net.now + 5.0)
+    net.run(net.now + 5000)
     for n in WITNESSES[::2]:
         if sorted(cast.devs[n].affiliated) != sorted(wanted_groups(n)):
             cast.fail("final", f"{n} asked to affiliate to {wanted_groups(n)}, got {cast.devs[n].affiliated}")
@@ -1227,7 +1234,7 @@ def _witness_checks(cast: Cast) -> None:
             cast.burst(g, t, next_burst)
 
     next_burst()
-    net.run(net.now + 2.0 + 0.5 * len(plan))
+    net.run(net.now + 2000 + 500 * len(plan))
     if done[0] < len(plan) and not cast.failures:
         cast.fail("final", f"only {done[0]} of {len(plan)} final talk bursts ran")
 
@@ -1276,9 +1283,9 @@ def run(
         g, t = plan[turn[0] % len(plan)]
         turn[0] += 1
         cast.burst(g, t)
-        net.at(net.now + BURST_EVERY_S, next_burst)
+        net.at(net.now + int(BURST_EVERY_S * 1000), next_burst)
 
-    net.at(net.now + 1.0, next_burst)
+    net.at(net.now + 1000, next_burst)
     start_virtual = net.now
     c = relay.counters
     t_start = time.perf_counter()
@@ -1292,7 +1299,7 @@ def run(
         try:
             for i in range(inputs):
                 wd.started = perf()  # the watchdog covers the devices' traffic between inputs too
-                net.run(net.now + rng.random() * 2 * dt_s)
+                net.run(net.now + int(rng.random() * 2 * dt_s * 1000 + 0.5))
                 if cast.failures:
                     break
                 try:
@@ -1355,7 +1362,7 @@ def run(
                         raise FuzzFailure(Failure("time_limit", f"the run took over {max_seconds} s", i))
                     if progress is not None and i and i % (check_every * 50) == 0:
                         el = perf() - t_start
-                        progress(f"{i} inputs, {i / el:.0f}/s, {net.now:.0f} s virtual")
+                        progress(f"{i} inputs, {i / el:.0f}/s, {net.now / 1000:.0f} s virtual")
             wd.started = None
         except FuzzFailure as f:
             rep.failures.append(f.failure)
@@ -1377,7 +1384,7 @@ def run(
         rep.inputs = fed
     rep.elapsed_s = time.perf_counter() - t_start
     rep.max_input_ms = max_in * 1000
-    rep.virtual_s = net.now - start_virtual
+    rep.virtual_s = (net.now - start_virtual) / 1000
     rep.failures.extend(cast.failures)
     cast.failures = []
     if rep.ok:

@@ -105,7 +105,7 @@ def main(argv: list[str]) -> None:
         except (WireError, ValueError, OverflowError):
             return  # the insider's own encoder refused: not an input the relay can get
         src = addrs[fdp.ConsumeIntInRange(0, len(addrs) - 1)]
-        net.run(net.now + rng.random() * 0.004)
+        net.run(net.now + int(rng.random() * 4 + 0.5))  # ms
         rx0 = c["rx_datagrams"]
         seen0 = c["accepted"] + _drops(c)
         out = relay.on_datagram(net.now, src, dgram)

@@ -64,7 +64,7 @@ class LinkChain:
 
         backend = accel_mod.select(accel)
         self.backend = backend.name
-        self.now = 0.0
+        self.now = 0  # the cores' clock: int ms (it never nears the 2^30 wrap here)
         self.relays: dict[tuple[str, int], Any] = {}
         self.cpu = {RELAY_A: 0.0, RELAY_B: 0.0}
         self.queue: list[tuple[Any, Any, bytes]] = []
@@ -85,7 +85,7 @@ class LinkChain:
                 fanout=fanout_for(backend),
                 codec=backend.link_codec() if cfg.links[0].transcodes else None,
             )
-        self.run(1.0)
+        self.run(1000)
         for addr, r in self.relays.items():
             state = r.status()["links"][0]["state"]
             if state != "up":
@@ -96,7 +96,7 @@ class LinkChain:
         }
         for name, d in self.devs.items():
             self.send(self.addr[name], d.start(self.now))
-        self.run(self.now + 2.5)  # registration, then B attaches the group at its next keep-alive
+        self.run(self.now + 2500)  # registration, then B attaches the group at its next keep-alive
         for name, d in self.devs.items():
             if d.state != "registered":
                 raise RuntimeError(f"link chain: {name} did not register ({d.state})")
@@ -106,7 +106,7 @@ class LinkChain:
         ann = self.devs["ann"]
         req = mcpt.FloorMsg(mcpt.FLOOR_REQUEST, indicator=mcpt.IND_QUEUEING_SUPPORTED)
         self.send(self.addr["ann"], ann.send_floor(self.now, req, GROUP))
-        self.run(self.now + 0.1)
+        self.run(self.now + 100)
         granted = [e for e in ann.events if e[0] == "floor" and e[2].kind == mcpt.FLOOR_GRANTED]
         if not granted:
             raise RuntimeError("link chain: ann was not granted the floor")
@@ -134,8 +134,8 @@ class LinkChain:
     def _parties(self) -> list[tuple[Any, Any]]:
         return list(self.relays.items()) + [(self.addr[n], d) for n, d in self.devs.items()]
 
-    def run(self, until: float) -> None:
-        """Deliver everything and fire every timer up to ``until`` (virtual seconds)."""
+    def run(self, until: int) -> None:
+        """Deliver everything and fire every timer up to ``until`` (virtual ms)."""
         for _ in range(100000):
             self.pump()
             due = [t for _, x in self._parties() if (t := x.next_deadline()) is not None and t <= until]
@@ -159,7 +159,7 @@ class LinkChain:
         for i, payload in enumerate(payloads):
             pkt = rtp.encode(rtp.RtpHeader(_PT_DVI4, (seq + i) & 0xFFFF, 160 * (seq + i), ssrc), payload)
             self.send(self.addr["ann"], ann.send_voice(self.now, pkt))
-            self.run(self.now + 0.02)
+            self.run(self.now + 20)
             heard += [rtp.decode(e[1])[1] for e in bob.events if e[0] == "voice"]
             bob.events = [e for e in bob.events if e[0] != "voice"]
         return heard

@@ -65,9 +65,9 @@ _CORE_REFUSALS = {
 
 
 class AdminCore(Protocol):
-    def device_control(self, now: float, identity: str, action: str) -> Outgoing: ...
+    def device_control(self, now: int, identity: str, action: str) -> Outgoing: ...
 
-    def cancel_emergency(self, now: float, group: str) -> Outgoing: ...
+    def cancel_emergency(self, now: int, group: str) -> Outgoing: ...
 
 
 class AdminSocketError(Exception):
@@ -290,7 +290,7 @@ class AdminServer:
         refusal: list[str] = []
         sent: list[int] = []
 
-        def fn(now: float) -> Outgoing:
+        def fn(now: int) -> Outgoing:
             try:
                 if op == "cancel-emergency":
                     out = list(self.core.cancel_emergency(now, target) or ())

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-import time
 import tomllib
 import urllib.error
 import urllib.parse
@@ -284,6 +283,7 @@ def cmd_run(config: str, registry_import: str | None) -> int:
     from opmob.registry import Registry, RegistryError
     from opmob.relay import Relay
     from opmob.store import StoreError
+    from opmob.ticks import now_ms
 
     from opmob_host.relay_admin import AdminSocketError
     from opmob_host.relay_server import BindError, RelayServer, run_relay
@@ -333,7 +333,7 @@ def cmd_run(config: str, registry_import: str | None) -> int:
             registry,
             store,
             os.urandom,
-            time.monotonic(),
+            now_ms(),
             srtp=backend.SrtpSession,
             fanout=fanout_for(backend),
             codec=backend.link_codec() if any(lk.transcodes for lk in cfg.links) else None,

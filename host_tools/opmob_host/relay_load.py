@@ -322,20 +322,20 @@ class Probe:
         self.grant: asyncio.Future[float] | None = None
         self.grant_ssrc = 0
 
-    def on_datagram(self, now: float, addr: Any, data: bytes) -> Any:
+    def on_datagram(self, now: int, addr: Any, data: bytes) -> Any:
         out = self.dev.on_datagram(now, addr, data)
         if self.dev.events:
             self._events()
         return out
 
-    def poll(self, now: float) -> Any:
+    def poll(self, now: int) -> Any:
         out = self.dev.poll(now)
         if self.dev.events:
             self._events()
         return out
 
-    def next_deadline(self) -> float | None:
-        d: float | None = self.dev.next_deadline()
+    def next_deadline(self) -> int | None:
+        d: int | None = self.dev.next_deadline()
         return d
 
     def _events(self) -> None:
@@ -354,11 +354,11 @@ class Probe:
         self.dev.events = []
 
 
-def _send_floor(dev: Any, msg: Any, group: str, now: float) -> Any:
+def _send_floor(dev: Any, msg: Any, group: str, now: int) -> Any:
     return dev.send_floor(now, msg, group)
 
 
-def _send_voice(dev: Any, pkt: bytes, now: float) -> Any:
+def _send_voice(dev: Any, pkt: bytes, now: int) -> Any:
     return dev.send_voice(now, pkt)
 
 

@@ -1,8 +1,8 @@
 """CPython asyncio driver for OpMob's sans-I/O cores: the relay on a Raspberry Pi, and test clients.
 
 A core is any object with ``on_datagram(now, addr, data)`` and ``poll(now)`` (each returning a list
-of ``(addr, bytes)`` to send) and ``next_deadline()`` (float seconds on the ``time.monotonic`` clock,
-or None). ``UdpDriver`` feeds one core from one UDP socket; ``RelayServer`` adds the read-only
+of ``(addr, bytes)`` to send) and ``next_deadline()`` (an int on the cores' clock, or None). The
+cores' clock is integer milliseconds modulo 2^30 (``opmob.ticks.now_ms``), compared wrap-safely. ``UdpDriver`` feeds one core from one UDP socket; ``RelayServer`` adds the read-only
 HTTP/JSON status endpoint, signal handling and the systemd notifications; ``Endpoint`` is a driver on
 an ephemeral loopback port for tests and the demo (a device session with its own socket and timer).
 
@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -32,6 +31,8 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from opmob.ticks import MASK, due, now_ms, tdiff
 
 from opmob_host.latency import LatencyHistogram
 
@@ -62,14 +63,15 @@ MAX_SEND_BUFFER = 1 << 20
 SPIN_GUARD_S = 0.001
 # /healthz turns 503 when a timer is this far overdue: the event loop is stuck or the timer lost.
 TIMER_OVERDUE_S = 5.0
+TIMER_OVERDUE_MS = int(TIMER_OVERDUE_S * 1000)
 
 
 class SansIO(Protocol):
-    def on_datagram(self, now: float, addr: Addr, data: bytes) -> Outgoing: ...
+    def on_datagram(self, now: int, addr: Addr, data: bytes) -> Outgoing: ...
 
-    def poll(self, now: float) -> Outgoing: ...
+    def poll(self, now: int) -> Outgoing: ...
 
-    def next_deadline(self) -> float | None: ...
+    def next_deadline(self) -> int | None: ...
 
 
 class CoreErrorLog:
@@ -164,11 +166,15 @@ class UdpDriver(asyncio.DatagramProtocol):
         core: SansIO,
         *,
         clock: Callable[[], float] = time.monotonic,
+        ticks: Callable[[], int] = now_ms,
         logger: logging.Logger = log,
         max_send_buffer: int = MAX_SEND_BUFFER,
     ) -> None:
+        """``clock``: seconds, for uptime and the error log's window; ``ticks``: the cores' clock
+        (int ms modulo 2^30)."""
         self.core = core
         self.clock = clock
+        self.ticks = ticks
         self.logger = logger
         self.max_send_buffer = max_send_buffer
         self.counters: dict[str, int] = dict.fromkeys(DRIVER_COUNTERS, 0)
@@ -180,7 +186,7 @@ class UdpDriver(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._armed: float | None = None
+        self._armed: int | None = None
         self._closing = False
         self._waiters: list[asyncio.Future[None]] = []
 
@@ -236,7 +242,7 @@ class UdpDriver(asyncio.DatagramProtocol):
         c["bytes_in"] += len(data)
         t0 = time.perf_counter_ns() if _is_rtp(data) else 0
         try:
-            out = self.core.on_datagram(self.clock(), addr, data)
+            out = self.core.on_datagram(self.ticks(), addr, data)
         except Exception as e:
             c["driver_errors"] += 1
             self.errors.report("on_datagram", e, addr)
@@ -249,14 +255,14 @@ class UdpDriver(asyncio.DatagramProtocol):
         # ICMP errors and failed sends: UDP promises nothing, the protocol retransmits what matters.
         self.counters["socket_errors"] += 1
 
-    def act(self, fn: Callable[[float], Outgoing], what: str = "act") -> bool:
+    def act(self, fn: Callable[[int], Outgoing], what: str = "act") -> bool:
         """Run ``fn(now)`` (any core entry point), send what it returns, re-arm the timer.
 
         Returns False when the core raised (counted and logged like a datagram's error).
         """
         ok = True
         try:
-            out = fn(self.clock())
+            out = fn(self.ticks())
         except Exception as e:
             self.counters["driver_errors"] += 1
             self.errors.report(what, e, None)
@@ -308,7 +314,7 @@ class UdpDriver(asyncio.DatagramProtocol):
                 self.voice_latency.add_ns(time.perf_counter_ns() - voice_in_ns)
 
     # --- timer ------------------------------------------------------------------------------------
-    def _next_deadline(self) -> float | None:
+    def _next_deadline(self) -> int | None:
         try:
             d = self.core.next_deadline()
         except Exception as e:
@@ -317,13 +323,11 @@ class UdpDriver(asyncio.DatagramProtocol):
             return None
         if d is None:
             return None
-        try:
-            d = float(d)
-            if math.isnan(d):
-                raise ValueError("deadline is NaN")
-        except (TypeError, ValueError) as e:
+        if type(d) is not int or not 0 <= d <= MASK:
             self.counters["driver_errors"] += 1
-            self.errors.report("next_deadline", e, None)
+            self.errors.report(
+                "next_deadline", ValueError("deadline is not a tick (int ms modulo 2^30)"), None
+            )
             return None
         return d
 
@@ -338,11 +342,11 @@ class UdpDriver(asyncio.DatagramProtocol):
             self._timer = None
         self._armed = d
         if d is not None:
-            self._timer = self._loop.call_later(max(0.0, d - self.clock()), self._fire)
+            self._timer = self._loop.call_later(max(0, tdiff(d, self.ticks())) / 1000, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
-        now = self.clock()
+        now = self.ticks()
         self.counters["timer_polls"] += 1
         try:
             out = self.core.poll(now)
@@ -352,7 +356,7 @@ class UdpDriver(asyncio.DatagramProtocol):
         else:
             self.send(out)
         d = self._next_deadline()
-        if d is not None and d <= now and self._loop is not None and not self._closing:
+        if d is not None and due(now, d) and self._loop is not None and not self._closing:
             self._armed = d
             self._timer = self._loop.call_later(SPIN_GUARD_S, self._fire)
         else:
@@ -360,7 +364,7 @@ class UdpDriver(asyncio.DatagramProtocol):
         self._notify()
 
     @property
-    def armed_deadline(self) -> float | None:
+    def armed_deadline(self) -> int | None:
         """The deadline the timer is set for (None: no timer)."""
         return self._armed if self._timer is not None else None
 
@@ -368,7 +372,7 @@ class UdpDriver(asyncio.DatagramProtocol):
         if not self.is_open:
             return False
         armed = self.armed_deadline
-        return armed is None or self.clock() - armed < TIMER_OVERDUE_S
+        return armed is None or tdiff(self.ticks(), armed) < TIMER_OVERDUE_MS
 
     # --- waiting (tests, the demo) ------------------------------------------------------------------
     def _notify(self) -> None:

@@ -2,6 +2,10 @@
 
 Datagrams are delivered in order, instantly, unless ``World.lose`` says otherwise; ``run(t)`` moves
 the clock to ``t``, waking the relay and each device at their deadlines. Runs on both runtimes.
+
+Time is the cores' clock: int milliseconds modulo 2^30 (opmob/ticks.py). ``World(start=...)`` sets
+the clock's reading when the world begins (0 by default; e.g. 60 days of uptime, or just before
+the wrap), and ``run``/``step`` compare wrap-safely.
 """
 
 import hashlib
@@ -14,6 +18,7 @@ from opmob.registry import Registry
 from opmob.relay import Relay
 from opmob.relay_config import RelayConfig
 from opmob.store import MemoryStore
+from opmob.ticks import MASK, earliest, tadd, tdiff
 
 RELAY = ("10.0.0.1", 7700)
 G1 = "fire-1@no"
@@ -99,8 +104,8 @@ def config(**kw):
 
 
 class World:
-    def __init__(self, seed=1, store=None, **cfg):
-        self.now = 0.0
+    def __init__(self, seed=1, store=None, start=0, **cfg):
+        self.now = self.start = start & MASK
         self.seed = seed
         self.cfg = config(**cfg)
         if store is None:
@@ -169,30 +174,39 @@ class World:
     def _next(self):
         d = self.relay.next_deadline()
         for dev in self.devs.values():
-            t = dev.next_deadline()
-            if t is not None and (d is None or t < d):
-                d = t
+            d = earliest(d, dev.next_deadline())
         return d
 
     def run(self, until):
+        """Run the clock to ``until`` (a reading of the clock, taken modulo 2^30)."""
+        until &= MASK
         n = 0
         while True:
             self.pump()
             d = self._next()
-            if d is None or d > until:
+            if d is None or tdiff(d, until) > 0:
                 break
             n += 1
             assert n < 100000, "timers never settle"
-            if d > self.now:
+            if tdiff(d, self.now) > 0:
                 self.now = d
             self.send(RELAY, self.relay.poll(self.now))
             for name, dev in self.devs.items():
                 self.send(self.addr[name], dev.poll(self.now))
-        if until > self.now:
+        if tdiff(until, self.now) > 0:
             self.now = until
 
     def step(self, dt):
-        self.run(self.now + dt)
+        """Run the clock ``dt`` ms on."""
+        self.run(tadd(self.now, dt))
+
+    def at(self, ms):
+        """The clock's reading ``ms`` after the world began."""
+        return tadd(self.start, ms)
+
+    def since(self, t):
+        """Milliseconds from reading ``t`` to now."""
+        return tdiff(self.now, t)
 
     def restart(self):
         """The relay process dies and starts again on the same store: nothing in flight survives."""
@@ -227,8 +241,8 @@ class World:
         payload = bytes((seq + i) & 0xFF for i in range(84))
         return rtp.encode(hdr, payload)
 
-    def talk(self, name, packets, every=0.02):
-        """``packets`` voice packets from ``name``, one each ``every`` seconds (timers run)."""
+    def talk(self, name, packets, every=20):
+        """``packets`` voice packets from ``name``, one each ``every`` ms (timers run)."""
         sent = []
         for _ in range(packets):
             p = self.rtp_packet(name)

@@ -40,7 +40,7 @@ def test_registration_events_in_order():
     assert d.affiliated == [G1, G2]
     assert w.relay._by_identity["ann@no"].talk_group() == G2
     # Floor Idle asked for an ack; the device gave it, so T7 does not repeat it.
-    w.step(12.0)
+    w.step(12000)
     assert w.events("ann", "floor") == []
     w.check_counters()
 
@@ -49,8 +49,8 @@ def test_secret_and_identity_are_checked():
     raises(ValueError, DeviceSession, "Ann@no", bytes(16), RELAY, Rng(1).bytes)
     raises(ValueError, DeviceSession, "ann@no", bytes(15), RELAY, Rng(1).bytes)
     d = DeviceSession("ann@no", bytes(16), RELAY, Rng(1).bytes)
-    raises(ValueError, d.affiliate, 0.0, ["not a group"])
-    raises(ValueError, d.affiliate, 0.0, [("fire-1@no", 256, 0)])
+    raises(ValueError, d.affiliate, 0, ["not a group"])
+    raises(ValueError, d.affiliate, 0, [("fire-1@no", 256, 0)])
     assert "secret" not in repr(d) and hexs(bytes(16)) not in repr(d)
 
 
@@ -58,8 +58,8 @@ def test_keepalive_every_interval():
     w = World()
     w.device("ann", [G1])
     ka = sent_by(w, "ann", sig.KEEPALIVE)
-    w.run(61.0)
-    assert [t for t, _ in ka] == [15.0, 30.0, 45.0, 60.0]
+    w.run(61000)
+    assert [t for t, _ in ka] == [15000, 30000, 45000, 60000]
     assert w.relay.counters["keepalives"] == 4
     w.check_counters()
 
@@ -68,11 +68,11 @@ def test_reregisters_before_expiry_and_keeps_its_groups():
     w = World(keepalive=10, expiry=100)
     d = w.device("ann", [G1, G2])
     sent = sent_by(w, "ann", sig.REGISTER, sig.AFFILIATE)
-    w.run(79.0)
+    w.run(79000)
     assert d.key_id == 1 and sent == []
-    w.run(81.0)
+    w.run(81000)
     # REGISTER carried the groups, so no AFFILIATE was needed.
-    assert [(t, sig_type(x)) for t, x in sent] == [(80.0, sig.REGISTER)]
+    assert [(t, sig_type(x)) for t, x in sent] == [(80000, sig.REGISTER)]
     assert d.key_id == 2 and d.state == "registered" and d.affiliated == [G1, G2]
     assert w.relay.status()["devices"][0]["groups"] == [G1, G2]
     w.check_counters()
@@ -81,8 +81,8 @@ def test_reregisters_before_expiry_and_keeps_its_groups():
 def test_reregisters_when_the_relay_asks():
     w = World(keepalive=10, expiry=100)
     d = w.device("ann", [G1])
-    w.relay._by_identity["ann@no"].expires_at = w.now + 15.0  # as if it missed its 80 % mark
-    w.run(11.0)
+    w.relay._by_identity["ann@no"].expires_at = w.now + 15000  # as if it missed its 80 % mark
+    w.run(11000)
     assert ("reregister", sig.CAUSE_EXPIRED) in w.events("ann")
     assert d.key_id == 2 and d.affiliated == [G1]
 
@@ -95,7 +95,7 @@ def test_rogue_relay_is_refused():
         if dev["identity"] == "ann@no":
             dev["secret"] = hexs(b"\x42" * 16)  # a relay that does not have ann's home vectors
     Registry(store, "no").load_export(doc)
-    w.relay = Relay(w.cfg, Registry(store, "no"), store, Rng(5).bytes, 0.0)
+    w.relay = Relay(w.cfg, Registry(store, "no"), store, Rng(5).bytes, 0)
     fails = sent_by(w, None, sig.AUTH_FAILURE)
     d = w.device("ann", [G1])
     assert d.state == "waiting" and d.session == 0 and d.ssrc is None
@@ -147,22 +147,22 @@ def test_relay_lost_then_back_off_then_recovery():
     d = w.device("ann", [G1])
     regs = sent_by(w, "ann", sig.REGISTER)
     w.lose = lambda src, dst, data: True
-    w.run(35.0)
+    w.run(35000)
     assert ("relay_lost",) in w.events("ann")  # KEEPALIVE at 15 s, timed out at 34.5 s
-    w.run(200.0)
+    w.run(200000)
     firsts = []
     for t, data in regs:
         if not firsts or data != regs[[x[0] for x in regs].index(firsts[-1])][1]:
             firsts.append(t)
     gaps = [b - a for a, b in zip(firsts, firsts[1:])]
-    assert firsts[0] == 34.5 and len(gaps) >= 3
+    assert firsts[0] == 34500 and len(gaps) >= 3
     # Each attempt runs its 19.5 s of retransmissions, then waits longer than the last time.
-    waits = [g - 19.5 for g in gaps]
+    waits = [g - 19500 for g in gaps]
     for a, b in zip(waits, waits[1:]):
         assert b > a * 1.4
     assert d.state in ("registering", "waiting")
     w.lose = None
-    w.run(400.0)
+    w.run(400000)
     assert d.state == "registered" and d.affiliated == [G1]
     st = w.relay.status()
     assert st["devices"][0]["groups"] == [G1] and w.relay.counters["sessions_expired"] == 1
@@ -177,8 +177,8 @@ def test_rejected_device_waits_as_told():
     w.act("ann", a.deregister(w.now))
     t0 = w.now
     while b.state != "registered":
-        w.step(0.5)
-    assert 30 <= w.now - t0 <= 30 * 1.25 + 0.5
+        w.step(500)
+    assert 30000 <= w.since(t0) <= 30000 * 1.25 + 500
     assert b.affiliated == [G1]
 
 
@@ -210,14 +210,14 @@ def test_unanswered_floor_request_finds_a_restarted_relay_quickly():
     w = World()
     a = w.device("ann", [G1])
     w.device("bob", [G1])
-    w.step(5.0)
+    w.step(5000)
     w.clear()
     w.restart()
     t0 = w.now
     w.request("ann")
     assert w.floors("ann") == []
-    w.step(1.2)  # no floor answer within 1 s: the device asks with a KEEPALIVE, learns, registers
-    assert a.state == "registered" and a.key_id == 2 and w.now - t0 < 1.5
+    w.step(1200)  # no floor answer within 1 s: the device asks with a KEEPALIVE, learns, registers
+    assert a.state == "registered" and a.key_id == 2 and w.since(t0) < 1500
     assert ("reregister", sig.CAUSE_UNKNOWN_SESSION) in w.events("ann")
     w.request("ann")
     assert w.floors("ann")[-1] == ("Granted", "fire-1", "ann")
@@ -303,7 +303,7 @@ def test_forged_and_replayed_controls_are_refused():
     assert sig.decode(out[0][1], up).cause == sig.CAUSE_NOT_AUTHORIZED
     assert d.state == "stunned" and d.counters["control_refused"] == 2
     # Long after, the captured message is a replay.
-    w.run(w.now + 40.0)
+    w.run(w.now + 40000)
     assert d.on_datagram(w.now, RELAY, caught[1]) == [] and d.counters["drop_sig_replayed"] == 1
     # The home's genuine revive still works.
     w.relay_out(w.relay.device_control(w.now, "ann@no", "revive"))

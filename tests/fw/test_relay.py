@@ -9,6 +9,7 @@ from fwtest import Rng, raises
 from opmob import authvec, mcpt, sig
 from opmob.floorid import floor_ssrc
 from opmob.relay_session import STALE
+from opmob.ticks import DAY_MS, MASK, PERIOD, tdiff
 from relaynet import G1, G2, GP, GSE, RELAY, World, floor_view, ident, secret_of, sig_type, ssrc_of
 
 SRC = ("192.0.2.66", 4444)  # a host that is not a registered device
@@ -139,7 +140,7 @@ def test_retransmitted_register_gets_the_same_challenge():
     w.lose = lose
     d = w.device("ann", [G1])
     assert d.state == "registering"
-    w.step(1.0)  # REGISTER sent again at 0.5 s
+    w.step(1000)  # REGISTER sent again at 0.5 s
     assert d.state == "registered"
     assert len(seen) == 2 and seen[0] == seen[1]
     assert w.relay.counters["challenges"] == 1 and w.relay.counters["sig_retransmits"] == 1
@@ -162,7 +163,7 @@ def test_replayed_registration_cannot_make_a_session():
     out = w.inject(SRC, caught[sig.AUTH_RESPONSE])
     assert len(out) == 1 and sig.peek(out[0][1]).type == sig.REGISTER_ACK
     assert w.relay.counters["registrations"] == 1
-    w.run(40.0)  # cache entries gone; keep-alives kept ann registered
+    w.run(40000)  # cache entries gone; keep-alives kept ann registered
     out = w.inject(SRC, caught[sig.AUTH_RESPONSE])
     assert out == [] and w.relay.counters["drop_sig_replayed"] == 1
     # A replayed REGISTER gets a fresh challenge that only the secret's holder can answer.
@@ -201,7 +202,7 @@ def test_half_open_registrations_are_bounded():
     kinds = [raw_register(w, "ann", txid=100 + i).type for i in range(5)]
     assert kinds == [sig.CHALLENGE, sig.CHALLENGE] + [sig.REGISTER_REJECT] * 3
     assert w.registry.device("ann@no").vid == 2  # a refused REGISTER used no vector
-    w.step(5.0)
+    w.step(5000)
     assert raw_register(w, "ann", txid=200).type == sig.CHALLENGE  # replaces the oldest
     assert w.relay._challenges == 2 and w.registry.device("ann@no").vid == 3
     saved = relay_sig.MIN_CHALLENGES
@@ -212,7 +213,7 @@ def test_half_open_registrations_are_bounded():
         relay_sig.MIN_CHALLENGES = saved
     assert kinds == [sig.CHALLENGE, sig.CHALLENGE, sig.REGISTER_REJECT]
     assert w.relay.counters["challenges_refused"] == 4
-    w.run(w.now + 31.0)  # unanswered challenges expire
+    w.run(w.now + 31000)  # unanswered challenges expire
     assert w.relay._challenges == 0 and len(w.relay._sessions) == 0
     w.check_counters()
 
@@ -300,8 +301,8 @@ def test_stunned_device_is_refused_within_one_keepalive_even_if_it_missed_the_or
     w.act("ann", a.send_voice(w.now, w.rtp_packet("ann")))
     assert w.relay.counters["drop_rtp_stunned"] == 1 and w.heard("bob") == []
     while a.state != "stunned":
-        w.step(0.5)
-    assert w.now - t0 <= 15.0 + 0.5
+        w.step(500)
+    assert w.since(t0) <= 15000 + 500
     assert ("stunned",) in w.events("ann")
     w.check_counters()
 
@@ -350,7 +351,7 @@ def test_kill_ends_the_session_for_good():
     # Even with the secret (a stolen copy), it cannot register again.
     r = raw_register(w, "ann")
     assert r.type == sig.REGISTER_REJECT and r.cause == sig.CAUSE_KILLED
-    w.run(w.now + 40)
+    w.run(w.now + 40000)
     assert len(w.relay._sessions) == 2
     w.check_counters()
 
@@ -427,7 +428,7 @@ def test_grant_when_idle():
     assert w.floors("bob") == [("Taken", "fire-1", "ann")]
     assert w.floors("cat") == [("Taken", "fire-1", "ann")]
     # The device acknowledged Floor Granted, so it is not repeated (T20).
-    w.step(3.5)
+    w.step(3500)
     assert w.floors("ann") == []
     st = w.relay.status()["groups"][0]
     assert st["floor_state"] == "G: Floor Taken" and st["holder"] == "ann@no"
@@ -571,9 +572,9 @@ def test_t2_expiry_revokes_then_forces_release():
     w = trio(t1=1.0, t2=2.0, t3=1.0)
     w.request("ann")
     w.clear()
-    w.talk("ann", 21, every=0.1)  # 2.1 s of voice
+    w.talk("ann", 21, every=100)  # 2.1 s of voice
     assert w.floors("ann") == [("Revoke", "fire-1", mcpt.REVOKE_BURST_TOO_LONG)]
-    w.talk("ann", 12, every=0.1)  # keeps talking through T3 (1 s)
+    w.talk("ann", 12, every=100)  # keeps talking through T3 (1 s)
     ann = w.floors("ann")
     assert ann[0] == ("Idle", "fire-1") and ann[1] == ("Revoke", "fire-1", mcpt.REVOKE_NO_PERMISSION)
     assert w.floors("bob") == [("Idle", "fire-1")]
@@ -586,11 +587,11 @@ def test_t1_idle_after_media_stops():
     w = trio(t1=1.0)
     w.request("ann")
     w.clear()
-    w.talk("ann", 10, every=0.05)
+    w.talk("ann", 10, every=50)
     assert w.floors("bob") == [] and len(w.heard("bob")) == 10
-    w.step(0.9)
+    w.step(900)
     assert w.floors("bob") == []
-    w.step(0.2)
+    w.step(200)
     for n in ("ann", "bob", "cat"):
         assert w.floors(n) == [("Idle", "fire-1")]
     w.check_counters()
@@ -614,13 +615,62 @@ def test_holder_goes_silent_and_expires():
     w.clear()
     t0 = w.now
     w.lose = lambda src, dst, data: src == w.addr["ann"] or dst == w.addr["ann"]
-    w.run(t0 + 17.0)
+    w.run(t0 + 17000)
     assert w.floors("bob") == []
-    w.run(t0 + 18.0)  # 3.5 keep-alive intervals of silence
+    w.run(t0 + 18000)  # 3.5 keep-alive intervals of silence
     assert w.floors("bob") == [("Idle", "fire-1")] and w.floors("cat") == [("Idle", "fire-1")]
     assert w.relay.counters["sessions_expired"] == 1
     assert "ann@no" not in [d["identity"] for d in w.relay.status()["devices"]]
     w.check_counters()
+
+
+def _long_uptime(start):
+    """Registration, affiliation, floor grant and release, T1, keep-alives and a keep-alive
+    expiry with every core's clock starting at ``start``; each timer is checked to the ms."""
+    w = World(start=start, keepalive=5, t1=2.0)
+    sent = []  # (ms since start, source, signalling type or None) of each datagram to the relay
+    w.tap = lambda src, dst, data: dst == RELAY and sent.append((w.since(start), src, sig_type(data)))
+    for n in ("ann", "bob", "cat"):
+        w.device(n, [G1])
+    assert [w.devs[n].affiliated for n in ("ann", "bob", "cat")] == [[G1]] * 3
+    w.clear()
+    w.run(w.at(12000))
+    ka = [t for t, src, k in sent if src == w.addr["ann"] and k == sig.KEEPALIVE]
+    assert ka == [5000, 10000], ka  # every 5 s to the ms, across the wrap when there is one
+    w.request("ann")
+    assert w.floors("ann") == [("Granted", "fire-1", "ann")]
+    assert w.floors("bob") == [("Taken", "fire-1", "ann")]
+    w.talk("ann", 3)  # the last packet at 12.04 s
+    last = w.at(12040)
+    w.run(last + 1999)
+    assert w.floors("bob") == []
+    w.step(1)  # T1 (2 s) after the last voice, to the ms
+    assert w.floors("bob") == [("Idle", "fire-1")] and w.relay.status()["groups"][0]["holder"] is None
+    w.request("bob")
+    assert w.floors("bob") == [("Granted", "fire-1", "bob")]
+    w.release("bob")
+    assert w.floors("cat")[-1] == ("Idle", "fire-1")
+    # cat goes silent: the relay drops it 3.5 keep-alive intervals after it last heard it (a
+    # keep-alive or a Floor Ack).
+    seen = [t for t, src, k in sent if src == w.addr["cat"]][-1]
+    w.lose = lambda src, dst, data: src == w.addr["cat"] or dst == w.addr["cat"]
+    w.run(w.at(seen + 17499))
+    assert w.relay.counters["sessions_expired"] == 0
+    w.step(1)
+    assert w.relay.counters["sessions_expired"] == 1
+    assert [d["identity"] for d in w.relay.status()["devices"]] == ["ann@no", "bob@no"]
+    assert isinstance(w.relay.next_deadline(), int) and 0 <= w.relay.next_deadline() <= MASK
+    w.check_counters()
+    return w
+
+
+def test_cores_run_after_60_days_of_uptime():
+    _long_uptime(DAY_MS * 60 & MASK)
+
+
+def test_cores_run_across_the_clock_wrap():
+    w = _long_uptime(PERIOD - 7000)  # the clock wraps 7 s in: between keep-alives, before the floor
+    assert w.now < 60000 and tdiff(w.now, PERIOD - 7000) > 20000
 
 
 def test_late_entry_gets_floor_taken_and_voice_at_once():
@@ -812,7 +862,7 @@ def test_restart_during_a_call_devices_come_back_by_themselves():
     # Nobody touches the devices: within one keep-alive interval they all re-register.
     w.talk("ann", 3)  # voice into a relay without keys is dropped, nothing else happens
     assert w.relay.counters["drop_rtp_no_keys"] == 3
-    w.run(w.now + 16.0)
+    w.run(w.now + 16000)
     st = w.relay.status()
     assert [d["state"] for d in st["devices"]] == ["registered"] * 3
     assert dict((d["identity"], d["groups"]) for d in st["devices"]) == before
@@ -844,16 +894,16 @@ def test_restart_keeps_no_keys_and_drops_what_no_longer_holds():
     assert w.store.get("registration", "zed@no") is None
     # A stale registration that never comes back is forgotten after 3.5 keep-alive intervals.
     w.lose = lambda src, dst, data: True
-    w.run(w.now + 53.0)
+    w.run(w.now + 53000)
     assert w.relay.status()["devices"] == [] and w.store.items("registration") == []
 
 
 def test_keepalive_answers():
     w = World(keepalive=10, expiry=100)
     a = w.device("ann", [G1])
-    w.run(70.0)
+    w.run(70000)
     assert w.relay.counters["keepalives"] == 7 and a.key_id == 1
-    w.run(81.0)  # re-registration at 80 % of the expiry
+    w.run(81000)  # re-registration at 80 % of the expiry
     assert a.key_id == 2 and a.state == "registered"
     assert w.relay.status()["devices"][0]["groups"] == [G1]
     w.check_counters()
@@ -892,7 +942,7 @@ def test_garbage_storm_is_counted_and_harmless():
     w.request("ann")
     w.talk("ann", 5)
     w.release("ann")
-    w.run(w.now + 16.0)
+    w.run(w.now + 16000)
     w.tap = None
     w.clear()
     rng = Rng(2024)

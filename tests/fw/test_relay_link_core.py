@@ -12,12 +12,14 @@ from opmob.registry import Registry
 from opmob.relay import Relay
 from opmob.relay_config import ConfigError, RelayConfig
 from opmob.store import MemoryStore
+from opmob.ticks import MASK, PERIOD, earliest, tadd, tdiff
 from relaynet import G1, export_doc, floor_view, ident, secret_of
 
 RA = ("10.0.0.1", 7700)
 RB = ("10.0.0.2", 7700)
 PSK = bytes(range(32))
-KA = 2  # keep-alive, s
+KA = 2  # keep-alive, s (relay.toml's unit)
+KA_MS = KA * 1000
 
 
 def link_cfg(me, peer, attach=(), initiate=False, codec="dvi4"):
@@ -35,8 +37,8 @@ def link_cfg(me, peer, attach=(), initiate=False, codec="dvi4"):
 
 
 class Net:
-    def __init__(self, psk_a=PSK, psk_b=PSK, groups=None, seed=5):
-        self.now = 0.0
+    def __init__(self, psk_a=PSK, psk_b=PSK, groups=None, seed=5, start=0):
+        self.now = self.start = start & MASK  # the cores' clock: int ms modulo 2^30
         self.queue = []
         self.cut = False  # the link between the relays drops everything
         self.relays = {}
@@ -54,7 +56,7 @@ class Net:
             if groups is not None:
                 doc["groups"] = groups
             Registry(store, "no").load_export(doc)
-            self.relays[addr] = Relay(cfg, Registry(store, "no"), store, Rng(seed).bytes, 0.0)
+            self.relays[addr] = Relay(cfg, Registry(store, "no"), store, Rng(seed).bytes, self.now)
             seed += 11
         self.a = self.relays[RA]
         self.b = self.relays[RB]
@@ -67,7 +69,7 @@ class Net:
         self.addr[name] = addr
         self.home[name] = relay
         self.send(addr, d.start(self.now))
-        self.run(self.now + 0.01)
+        self.step(10)
         return d
 
     def send(self, src, outs):
@@ -91,30 +93,34 @@ class Net:
                     self.send(a, self.devs[name].on_datagram(self.now, src, data))
 
     def run(self, until):
+        """Run the clock to ``until``, a reading of the clock (modulo 2^30)."""
+        until &= MASK
         n = 0
         while True:
             self.pump()
             d = None
             for x in list(self.relays.values()) + list(self.devs.values()):
-                t = x.next_deadline()
-                if t is not None and (d is None or t < d):
-                    d = t
-            if d is None or d > until:
+                d = earliest(d, x.next_deadline())
+            if d is None or tdiff(d, until) > 0:
                 break
             n += 1
             assert n < 100000, "timers never settle"
-            if d > self.now:
+            if tdiff(d, self.now) > 0:
                 self.now = d
             for addr, r in self.relays.items():
                 self.send(addr, r.poll(self.now))
             for name, dev in self.devs.items():
                 self.send(self.addr[name], dev.poll(self.now))
-        if until > self.now:
+        if tdiff(until, self.now) > 0:
             self.now = until
         self.pump()
 
     def step(self, dt):
-        self.run(self.now + dt)
+        """Run the clock ``dt`` ms on."""
+        self.run(tadd(self.now, dt))
+
+    def at(self, ms):
+        return tadd(self.start, ms)
 
     def act(self, name, out):
         self.send(self.addr[name], out)
@@ -137,7 +143,7 @@ class Net:
             p = rtp.encode(rtp.RtpHeader(rtp.PT_DVI4_8K, seq & 0xFFFF, seq * 160, 0), payload)
             sent.append(payload)
             self.act(name, self.devs[name].send_voice(self.now, p))
-            self.step(0.02)
+            self.step(20)
         return sent
 
     def floors(self, name):
@@ -171,7 +177,7 @@ def payload(pkt):
 
 def up_net(**kw):
     n = Net(**kw)
-    n.run(1.0)
+    n.run(n.at(1000))
     assert n.link(n.a)["state"] == "up", n.link(n.a)
     assert n.link(n.b)["state"] == "up", n.link(n.b)
     return n
@@ -184,7 +190,7 @@ def two_sites(**kw):
     n.device("bob", RA, [G1])
     n.device("cat", RB, [G1])
     n.device("dan", RB, [G1])
-    n.step(KA + 0.1)  # the next keep-alive tick at least: B attaches the group
+    n.step(KA_MS + 100)  # the next keep-alive tick at least: B attaches the group
     assert n.link(n.b)["attached"] == [G1], n.link(n.b)
     assert n.link(n.a)["served"] == [G1], n.link(n.a)
     n.clear()
@@ -234,7 +240,7 @@ def test_codec2_link_refused_without_transcoder():
     store = MemoryStore()
     Registry(store, "no").load_export(export_doc())
     try:
-        Relay(cfg, Registry(store, "no"), store, Rng(1).bytes, 0.0)
+        Relay(cfg, Registry(store, "no"), store, Rng(1).bytes, 0)
         raise AssertionError("accepted")
     except ValueError as e:
         assert "relay-b@no" in str(e) and "codec2_3200" in str(e)
@@ -248,7 +254,7 @@ def test_link_comes_up_and_keeps_alive():
     la, lb = n.link(n.a), n.link(n.b)
     assert la["role"] == "responder" and lb["role"] == "initiator"
     assert la["counters"]["challenges"] == 1 and lb["counters"]["ups"] == 1
-    n.step(10 * KA)
+    n.step(10 * KA_MS)
     assert n.link(n.a)["state"] == "up" and n.link(n.b)["state"] == "up"
     assert n.link(n.a)["counters"]["keepalives"] >= 9
     n.check_counters()
@@ -256,7 +262,7 @@ def test_link_comes_up_and_keeps_alive():
 
 def test_wrong_psk_refused_and_counted():
     n = Net(psk_b=bytes(32))
-    n.run(5.0)
+    n.run(n.at(5000))
     assert n.link(n.a)["state"] == "down" and n.link(n.b)["state"] == "connecting"
     assert n.b.counters.get("drop_link_auth_failed", 0) >= 1
     assert n.link(n.b)["counters"]["auth_failed"] >= 1
@@ -292,7 +298,7 @@ def test_replayed_hello_and_auth_do_not_disturb_the_link():
         orig(src, outs)
 
     n.send = tap
-    n.run(1.0)
+    n.run(n.at(1000))
     assert n.link(n.a)["state"] == "up"
     hello = [d for s, d in seen if d[3] == sig.LINK_HELLO][0]
     auth = [d for s, d in seen if d[3] == sig.LINK_AUTH][0]
@@ -304,7 +310,7 @@ def test_replayed_hello_and_auth_do_not_disturb_the_link():
     out = n.a.on_datagram(n.now, RB, auth)
     assert len(out) == 1 and out[0][1][3] == sig.LINK_ACK and n.link(n.a)["counters"]["ups"] == 1
     # Long after (cache gone), a replayed AUTH finds no challenge for its session.
-    n.step(40.0)
+    n.step(40000)
     n.a.on_datagram(n.now, RB, auth)
     assert n.a.counters["drop_link_unknown_session"] == 1
     assert n.link(n.a)["state"] == "up" and n.link(n.a)["counters"]["ups"] == 1
@@ -314,10 +320,10 @@ def test_replayed_hello_and_auth_do_not_disturb_the_link():
 def test_link_down_then_back():
     n = up_net()
     n.cut = True
-    n.step(5 * KA)
+    n.step(5 * KA_MS)
     assert n.link(n.a)["state"] == "down" and n.link(n.b)["state"] == "connecting"
     n.cut = False
-    n.step(40.0)
+    n.step(40000)
     assert n.link(n.a)["state"] == "up" and n.link(n.b)["state"] == "up"
     assert n.link(n.b)["counters"]["ups"] == 2
     n.check_counters()
@@ -331,7 +337,7 @@ def test_attach_and_detach():
     assert n.link(n.a)["counters"]["attaches"] == 1
     for name in ("cat", "dan"):
         n.act(name, n.devs[name].deaffiliate(n.now, [G1]))
-    n.step(0.1)
+    n.step(100)
     assert n.link(n.b)["attached"] == [] and n.link(n.a)["served"] == []
     assert n.link(n.a)["counters"]["detaches"] == 1
     n.check_counters()
@@ -348,8 +354,29 @@ def test_talker_at_a_heard_at_b_once_per_link():
         assert [payload(p) for p in n.heard(who)] == sent, who
     assert n.link(n.a)["counters"]["voice_out"] == 5  # once per link, not per remote member
     n.release("ann")
-    n.step(0.1)
+    n.step(100)
     assert ("Idle", "fire-1") in n.floors("cat")
+    n.check_counters()
+
+
+def test_link_across_the_clock_wrap_keeps_alive_and_carries_voice():
+    # Both relays' clocks wrap 1.5 s in: the handshake before, keep-alives and voice after.
+    n = two_sites(start=PERIOD - 1500)
+    assert n.now < 10000
+    n.step(10 * KA_MS)
+    assert n.link(n.a)["state"] == "up" and n.link(n.b)["state"] == "up"
+    assert n.link(n.a)["counters"]["downs"] == 0 and n.link(n.a)["counters"]["keepalives"] >= 9
+    n.request("cat")
+    assert n.floors("ann") == [("Taken", "fire-1", "cat")]
+    sent = n.talk("cat", 4)
+    for who in ("ann", "bob", "dan"):
+        assert [payload(p) for p in n.heard(who)] == sent, who
+    # Silence: T1 (8 s) ends the burst at the controlling relay, to the ms after the last voice.
+    last = n.now - 20
+    n.run(last + 7999)
+    assert ("Idle", "fire-1") not in n.floors("ann")
+    n.step(1)
+    assert ("Idle", "fire-1") in n.floors("ann")
     n.check_counters()
 
 
@@ -371,15 +398,15 @@ def test_talker_at_b_via_track_info():
 def test_queue_and_preemption_across_relays():
     n = two_sites()
     n.request("ann")
-    n.step(0.05)
+    n.step(50)
     n.clear()
     n.request("dan")  # dan's ceiling is 50: queued behind ann
     assert n.floors("dan") == [("Queue", "fire-1", 1)]
     n.request("cat", prio=200, ind=mcpt.IND_EMERGENCY)  # cat's ceiling 200, emergency: pre-empts
-    n.step(0.1)
+    n.step(100)
     assert ("Revoke", "fire-1", mcpt.REVOKE_PREEMPTED) in n.floors("ann")
     n.release("ann")
-    n.step(0.5)
+    n.step(500)
     assert ("Granted", "fire-1", "cat") in n.floors("cat")
     n.check_counters()
 
@@ -403,7 +430,7 @@ def test_link_down_mid_burst_falls_back_and_reattaches():
     n.talk("cat", 2)
     n.clear()
     n.cut = True
-    n.step(5 * KA)  # B notices: its own floor server takes over fire-1
+    n.step(5 * KA_MS)  # B notices: its own floor server takes over fire-1
     assert n.link(n.b)["attached"] == []
     assert ("Idle", "fire-1") in n.floors("dan")
     grp = [g for g in n.a.status()["groups"] if g["identity"] == G1][0]
@@ -412,7 +439,7 @@ def test_link_down_mid_burst_falls_back_and_reattaches():
     assert n.floors("dan") == [("Granted", "fire-1", "dan")]
     n.release("dan")
     n.cut = False
-    n.step(40.0)
+    n.step(40000)
     assert n.link(n.b)["attached"] == [G1] and n.link(n.a)["served"] == [G1]
     n.clear()
     n.request("dan")
@@ -426,7 +453,7 @@ def test_remote_holder_leaving_releases_the_floor():
     n.request("cat")
     assert n.floors("cat") == [("Granted", "fire-1", "cat")]
     n.act("cat", n.devs["cat"].deaffiliate(n.now, [G1]))
-    n.step(0.1)
+    n.step(100)
     grp = [g for g in n.a.status()["groups"] if g["identity"] == G1][0]
     assert grp["holder"] is None, grp
     assert ("Idle", "fire-1") in n.floors("ann")

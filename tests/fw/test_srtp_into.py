@@ -237,7 +237,7 @@ def test_device_voice_path_allocates_only_hashlib_residue():
         m = ann.send_voice_into(w.now, buf, n)
         assert m == n + TAG_LEN
         w.act("ann", [(ann.relay_addr, bytes(buf[:m]))])
-        w.step(0.02)
+        w.step(20)
     heard = [0, 0]
 
     def sink(now, b, k):
@@ -285,7 +285,7 @@ def test_device_send_voice_into_and_sink_on_both_runtimes():
         buf[: len(p)] = p
         m = ann.send_voice_into(w.now, buf, len(p))
         w.act("ann", [(ann.relay_addr, bytes(buf[:m]))])
-        w.step(0.02)
+        w.step(20)
     assert [g[12:] for g in got] == [p[12:] for p in sent]
     assert all(struct.unpack(">I", g[8:12])[0] == ann.ssrc for g in got)
     assert bob.events == [] or all(e[0] != "voice" for e in bob.events)

@@ -3,6 +3,14 @@
 from fwtest import Rng, raises
 from opmob import sig, txn
 from opmob.errors import Replayed
+from opmob.ticks import PERIOD, tadd, tdiff
+
+T0 = PERIOD - 5000  # 5 s before the 2^30 ms clock wraps: every schedule here runs across it
+
+
+def at(seconds):
+    """The clock reading ``seconds`` after the test's start (int ms modulo 2^30)."""
+    return tadd(T0, int(round(seconds * 1000)))
 
 
 def req(txid, mtype=sig.REGISTER):
@@ -15,32 +23,32 @@ def test_default_schedule_and_time_out():
     txid = t.new_txid()
     assert txid == 100
     data = req(txid)
-    tr = t.start(0.0, data, ctx="reg")
+    tr = t.start(at(0.0), data, ctx="reg")
     assert tr.txid == 100 and tr.type == sig.REGISTER and tr.sends == 1
-    sent_at = [0.0]
-    now = 0.0
+    sent_at = [0]
+    now = at(0.0)
     while True:
         d = t.deadline()
         if d is None:
             break
         # Nothing happens just before a deadline.
-        assert t.poll(d - 0.001) == ([], [])
+        assert t.poll(tadd(d, -1)) == ([], [])
         now = d
         resend, dead = t.poll(now)
         if dead:
             assert resend == [] and len(dead) == 1 and dead[0].ctx == "reg"
             break
         assert resend == [data]  # byte-identical retransmission
-        sent_at.append(now)
-    assert sent_at == [0.0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5]
-    assert now == 19.5
+        sent_at.append(tdiff(now, T0))
+    assert sent_at == [0, 500, 1500, 3500, 7500, 11500, 15500]
+    assert now == at(19.5)
     assert len(t) == 0 and t.deadline() is None
 
 
 def test_response_completes_and_duplicates_are_dropped():
     t = txn.Transactions(7, answers=sig.answers)
-    a = t.start(0.0, req(t.new_txid()))
-    b = t.start(0.0, req(t.new_txid()))
+    a = t.start(at(0.0), req(t.new_txid()))
+    b = t.start(at(0.0), req(t.new_txid()))
     assert len(t) == 2 and 7 in t and 8 in t
     # A response of a type that does not answer REGISTER leaves the request open.
     assert t.on_response(7, sig.KEEPALIVE_ACK) is None
@@ -50,46 +58,47 @@ def test_response_completes_and_duplicates_are_dropped():
     assert t.on_response(99, sig.CHALLENGE) is None  # unsolicited
     assert t.on_response(8, sig.ERROR) is b  # ERROR answers any request
     assert len(t) == 0
-    resend, dead = t.poll(100.0)
+    resend, dead = t.poll(at(100.0))
     assert resend == [] and dead == []
 
 
 def test_response_after_some_retransmissions():
     t = txn.Transactions(1)
-    t.start(10.0, req(t.new_txid()))
-    assert t.poll(10.5) == ([req(1)], [])
+    t.start(at(10.0), req(t.new_txid()))
+    assert t.poll(at(10.5)) == ([req(1)], [])
     tr = t.on_response(1)
-    assert tr.sends == 2 and tr.started == 10.0
-    assert t.poll(1000.0) == ([], [])
+    assert tr.sends == 2 and tr.started == at(10.0)
+    assert t.poll(at(1000.0)) == ([], [])
 
 
 def test_per_request_overrides_and_late_poll():
     t = txn.Transactions(5, max_sends=3)
-    t.start(0.0, req(t.new_txid(), sig.REGISTER), rto=0.1, rto_max=0.2)
-    assert t.deadline() == 0.1
-    assert len(t.poll(0.1)[0]) == 1
-    assert t.deadline() == 0.1 + 0.2
+    t.start(at(0.0), req(t.new_txid(), sig.REGISTER), rto=100, rto_max=200)
+    assert t.deadline() == at(0.1)
+    assert len(t.poll(at(0.1))[0]) == 1
+    assert t.deadline() == at(0.1 + 0.2)
     # A poll long after the deadline resends once, not once per missed deadline.
-    resend, dead = t.poll(5.0)
+    resend, dead = t.poll(at(5.0))
     assert len(resend) == 1 and dead == []
-    resend, dead = t.poll(5.2)
+    resend, dead = t.poll(at(5.2))
     assert resend == [] and len(dead) == 1
     t2 = txn.Transactions(0, max_sends=1)
-    t2.start(0.0, req(0))
-    assert t2.poll(0.5)[1][0].txid == 0
+    t2.start(at(0.0), req(0))
+    assert t2.poll(at(0.5))[1][0].txid == 0
 
 
 def test_txids_wrap_and_collisions_refused():
     t = txn.Transactions(0xFFFFFFFF)
     assert t.new_txid() == 0xFFFFFFFF
     assert t.new_txid() == 0
-    t.start(0.0, req(0))
-    raises(ValueError, t.start, 0.0, req(0))
+    t.start(at(0.0), req(0))
+    raises(ValueError, t.start, at(0.0), req(0))
     resp = sig.encode(sig.SigMsg(sig.REGISTER_REJECT, txid=3, cause=1, down=True))
-    raises(ValueError, t.start, 0.0, resp)
-    raises(ValueError, t.start, 0.0, b"OM")
+    raises(ValueError, t.start, at(0.0), resp)
+    raises(ValueError, t.start, at(0.0), b"OM")
     raises(ValueError, txn.Transactions, 0, rto=0)
     raises(ValueError, txn.Transactions, 0, rto=5, rto_max=4)
+    raises(ValueError, txn.Transactions, 0, rto=0.5, rto_max=4.0)  # seconds: no longer the unit
     raises(ValueError, txn.Transactions, 0, max_sends=0)
     raises(ValueError, txn.Transactions, 0, jitter=0.2)
     assert t.cancel(0).txid == 0 and t.cancel(0) is None
@@ -102,14 +111,15 @@ def test_jitter_shortens_waits_within_bounds():
         return r.below(1000) / 1000.0
 
     t = txn.Transactions(1, jitter=0.25, rand=rand)
-    t.start(0.0, req(1))
-    last = 0.0
-    base = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+    t.start(at(0.0), req(1))
+    last = at(0.0)
+    base = [500, 1000, 2000, 4000, 4000, 4000, 4000]
     waits = []
     for want in base:
         d = t.deadline()
-        waits.append(d - last)
-        assert want * 0.75 - 1e-9 <= d - last <= want + 1e-9
+        w = tdiff(d, last)
+        waits.append(w)
+        assert want * 3 // 4 <= w <= want and isinstance(w, int)
         last = d
         t.poll(d)
     assert len(set(waits)) > 3  # actually randomised
@@ -117,46 +127,47 @@ def test_jitter_shortens_waits_within_bounds():
 
 def test_deadline_is_the_earliest():
     t = txn.Transactions(1)
-    t.start(0.0, req(t.new_txid()))
-    t.start(0.2, req(t.new_txid()))
-    assert t.deadline() == 0.5
+    t.start(at(0.0), req(t.new_txid()))
+    t.start(at(0.2), req(t.new_txid()))
+    assert t.deadline() == at(0.5)
     t.on_response(1)
-    assert t.deadline() == 0.7
+    assert t.deadline() == at(0.7)
 
 
 def test_response_cache():
-    c = txn.ResponseCache(max_entries=4, ttl=10.0)
-    assert c.lookup(0.0, "p", 1) is None
-    c.begin(0.0, "p", 1)
-    assert c.lookup(1.0, "p", 1) is txn.PENDING
-    c.store(2.0, "p", 1, b"answer")
-    assert c.lookup(3.0, "p", 1) == b"answer"
-    assert c.lookup(3.0, "q", 1) is None  # keyed by peer too
-    assert c.lookup(11.99, "p", 1) == b"answer"
-    assert c.lookup(12.0, "p", 1) is None  # ttl counts from the store
-    c.begin(20.0, "p", 2)
+    c = txn.ResponseCache(max_entries=4, ttl=10000)
+    assert c.lookup(at(0.0), "p", 1) is None
+    c.begin(at(0.0), "p", 1)
+    assert c.lookup(at(1.0), "p", 1) is txn.PENDING
+    c.store(at(2.0), "p", 1, b"answer")
+    assert c.lookup(at(3.0), "p", 1) == b"answer"
+    assert c.lookup(at(3.0), "q", 1) is None  # keyed by peer too
+    assert c.lookup(at(11.99), "p", 1) == b"answer"
+    assert c.lookup(at(12.0), "p", 1) is None  # ttl counts from the store
+    c.begin(at(20.0), "p", 2)
     c.forget("p", 2)
-    assert c.lookup(20.0, "p", 2) is None
-    raises(ValueError, c.store, 0.0, "p", 3, txn.PENDING)
+    assert c.lookup(at(20.0), "p", 2) is None
+    raises(ValueError, c.store, at(0.0), "p", 3, txn.PENDING)
     raises(ValueError, txn.ResponseCache, 0)
+    raises(ValueError, txn.ResponseCache, 4, 10.0)
 
 
 def test_response_cache_is_bounded_oldest_first():
-    c = txn.ResponseCache(max_entries=8, ttl=100.0)
+    c = txn.ResponseCache(max_entries=8, ttl=100000)
     for i in range(50):
-        c.store(float(i), ("10.0.0.1", 5000), i, bytes((i,)))
+        c.store(at(float(i)), ("10.0.0.1", 5000), i, bytes((i,)))
         assert len(c) <= 8
-    assert c.lookup(50.0, ("10.0.0.1", 5000), 41) is None
+    assert c.lookup(at(50.0), ("10.0.0.1", 5000), 41) is None
     for i in range(42, 50):
-        assert c.lookup(50.0, ("10.0.0.1", 5000), i) == bytes((i,))
+        assert c.lookup(at(50.0), ("10.0.0.1", 5000), i) == bytes((i,))
     # Expired entries leave on the next insertion, even below the size bound.
-    c.store(200.0, "x", 1, b"y")
+    c.store(at(200.0), "x", 1, b"y")
     assert len(c) == 1
-    c.expire(400.0)
+    c.expire(at(400.0))
     assert len(c) == 0
     # Re-storing one key keeps one entry; its internal queue stays bounded.
     for i in range(1000):
-        c.store(400.0 + i * 0.001, "k", 1, b"z")
+        c.store(at(400.0 + i * 0.001), "k", 1, b"z")
     assert len(c) == 1 and len(c._fifo) - c._head <= 70
 
 
@@ -238,11 +249,11 @@ def test_lossy_exchange_executes_each_request_once():
         if r.below(3):
             q.append(data)
 
-    now = 0.0
+    now = T0
     for i in range(40):
         txid = client.new_txid()
         lossy(to_server, client.start(now, req(txid), ctx=i).data)
-    while (len(client) or to_server or to_client) and now < 60.0:
+    while (len(client) or to_server or to_client) and tdiff(now, T0) < 60000:
         while to_server:
             m = sig.decode(to_server.pop(0))
             received[m.txid] = received.get(m.txid, 0) + 1
@@ -260,7 +271,7 @@ def test_lossy_exchange_executes_each_request_once():
             tr = client.on_response(m.txid, m.type)
             if tr is not None:
                 done[tr.ctx] = m.txid
-        now += 0.05
+        now = tadd(now, 50)
         resend, dead = client.poll(now)
         assert dead == []
         for data in resend:

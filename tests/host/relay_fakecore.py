@@ -1,4 +1,5 @@
 """A tiny sans-I/O core for driver tests, in the Python subset both CPython and MicroPython run.
+Time is int milliseconds modulo 2^30 (opmob/ticks.py), as the drivers give it.
 
 Commands arrive as datagrams ``b"<cmd> <arg>"``:
 
@@ -12,6 +13,8 @@ Commands arrive as datagrams ``b"<cmd> <arg>"``:
 - ``fanout N``: answer N datagrams ``0`` .. ``N-1``;
 - ``nan``: make ``next_deadline`` return NaN until ``unstick``.
 """
+
+from opmob.ticks import due, tadd, tdiff
 
 SECRET_MARKER = "fake-secret-key-0011223344"
 
@@ -30,7 +33,7 @@ class FakeCore:
         if cmd == b"echo":
             return [(addr, arg)]
         if cmd == b"timer":
-            self.deadline = now + int(arg) / 1000
+            self.deadline = tadd(now, int(arg))
             self.peer = addr
             return [(addr, b"armed")]
         if cmd == b"boom":
@@ -40,7 +43,7 @@ class FakeCore:
         if cmd == b"stuck":
             self.stuck = True
             self.polls = 0
-            self.deadline = now - 1.0
+            self.deadline = tadd(now, -1000)
             return [(addr, b"stuck")]
         if cmd == b"unstick":
             self.stuck = False
@@ -55,9 +58,9 @@ class FakeCore:
 
     def poll(self, now):
         self.polls += 1
-        if self.stuck or self.deadline is None or now < self.deadline:
+        if self.stuck or self.deadline is None or not due(now, self.deadline):
             return []
-        late_ms = int((now - self.deadline) * 1000)
+        late_ms = tdiff(now, self.deadline)
         self.deadline = None
         return [(self.peer, b"tick " + str(late_ms).encode())]
 

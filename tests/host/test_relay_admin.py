@@ -50,19 +50,19 @@ class FakeCore:
         self.peer = peer
         self.calls: list[tuple[str, str]] = []
 
-    def on_datagram(self, now: float, addr: Any, data: bytes) -> list[Any]:
+    def on_datagram(self, now: int, addr: Any, data: bytes) -> list[Any]:
         return []
 
-    def poll(self, now: float) -> list[Any]:
+    def poll(self, now: int) -> list[Any]:
         return []
 
-    def next_deadline(self) -> float | None:
+    def next_deadline(self) -> int | None:
         return None
 
     def status(self) -> dict[str, Any]:
         return {"fake": True}
 
-    def device_control(self, now: float, identity: str, action: str) -> list[Any]:
+    def device_control(self, now: int, identity: str, action: str) -> list[Any]:
         self.calls.append((action, identity))
         if identity == "zed@no":
             raise ValueError("no such device")
@@ -74,7 +74,7 @@ class FakeCore:
             return []
         return [(self.peer, f"{action} {identity}".encode())]
 
-    def cancel_emergency(self, now: float, group: str) -> list[Any]:
+    def cancel_emergency(self, now: int, group: str) -> list[Any]:
         self.calls.append(("cancel-emergency", group))
         if group == "nope@no":
             raise ValueError("no such group")

@@ -114,7 +114,7 @@ def test_fan_out_past_the_batch_threshold_matches_the_pure_loop() -> None:
             w.tap = lambda s, d, b, wire=wire: wire.append((s, d, bytes(b)))
             for n in sorted(people):
                 w.device(n, groups=[relaynet.G2])
-            w.run(1.0)
+            w.run(1000)
             w.request("t00", relaynet.G2)
             w.talk("t00", 5)
             heard = {n: w.heard(n) for n in sorted(people)}

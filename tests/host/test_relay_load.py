@@ -140,7 +140,7 @@ class FanOut:
     def __init__(self, listeners: list[tuple[str, int]]) -> None:
         self.listeners = listeners
 
-    def on_datagram(self, now: float, addr: Any, data: bytes) -> Any:
+    def on_datagram(self, now: int, addr: Any, data: bytes) -> Any:
         out: list[tuple[Any, bytes]] = []
         if data[1] == 204:
             return [(self.listeners[0], data)]
@@ -149,10 +149,10 @@ class FanOut:
         out.append((self.listeners[0], bytes([0x80, 204, 0, 1, 0, 0, 0, 1])))
         return out
 
-    def poll(self, now: float) -> Any:
+    def poll(self, now: int) -> Any:
         return []
 
-    def next_deadline(self) -> float | None:
+    def next_deadline(self) -> int | None:
         return None
 
 

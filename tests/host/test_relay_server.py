@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from opmob.ticks import due, tadd
 from opmob_host.relay_server import (
     ERR_LOG_MAX,
     CoreErrorLog,
@@ -268,23 +269,23 @@ def test_endpoint_drives_a_client_core_with_its_own_timer() -> None:
         def __init__(self, peer: tuple[Any, ...]) -> None:
             self.peer = peer
             self.got: list[bytes] = []
-            self.deadline: float | None = None
+            self.deadline: int | None = None
 
-        def start(self, now: float) -> list[tuple[Any, bytes]]:
-            self.deadline = now + 0.05
+        def start(self, now: int) -> list[tuple[Any, bytes]]:
+            self.deadline = tadd(now, 50)
             return [(self.peer, b"echo first")]
 
-        def on_datagram(self, now: float, addr: Any, data: bytes) -> list[tuple[Any, bytes]]:
+        def on_datagram(self, now: int, addr: Any, data: bytes) -> list[tuple[Any, bytes]]:
             self.got.append(data)
             return []
 
-        def poll(self, now: float) -> list[tuple[Any, bytes]]:
-            if self.deadline is not None and now >= self.deadline:
+        def poll(self, now: int) -> list[tuple[Any, bytes]]:
+            if self.deadline is not None and due(now, self.deadline):
                 self.deadline = None
                 return [(self.peer, b"echo from-timer")]
             return []
 
-        def next_deadline(self) -> float | None:
+        def next_deadline(self) -> int | None:
             return self.deadline
 
     async def main() -> None:
