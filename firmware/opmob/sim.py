@@ -295,6 +295,12 @@ class Sim:
         self.counters["discarded"] += n
         return n
 
+    def discard_actions(self):
+        """Every scripted action not yet run is dropped."""
+        self._heap = [e for e in self._heap if e[2] != _ACTION]
+        heapq.heapify(self._heap)
+        self._pending_actions = 0
+
     def _fate(self, what, src, dst, data):
         self.counters[what] += 1
         for tap in self.taps:

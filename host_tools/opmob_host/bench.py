@@ -2,7 +2,9 @@
 
 Rows are ``{"name", "value", "unit", "goal", "runtime", "note"}``; ratio rows compare the two
 runtimes measured in this same run, so a noisy machine moves both sides together. The ``relay.*``
-rows come from a relay process under load on loopback (relay_load.py: 200 devices, 20 groups busy).
+rows come from a relay process under load on loopback (relay_load.py: 200 devices, 20 groups busy);
+``sim.events_per_s`` from bench_core (opmob.sim on a mixed load, both runtimes); the rows of
+bench_relay_core and bench_accessory_core, when those modules are present, from their ``rows()``.
 """
 
 from __future__ import annotations
@@ -90,9 +92,42 @@ def relay_rows(quick: bool) -> list[Row]:
     return relay_load.bench_rows(quick)
 
 
+# Benchmarks of the relay and accessory cores, each its own module exposing ``rows()``: tuples
+# (name, value, unit) or (name, value, unit, goal, note). Either module may be absent from a
+# checkout; bench then runs without its rows.
+CORE_BENCH_MODULES = ("opmob_host.bench_relay_core", "opmob_host.bench_accessory_core")
+GOALS = {"relay.deadline_us.groups_1000": 5.0, "accessory.release_tail_ms": 20.0}
+
+
+def core_module_rows() -> list[Row]:
+    import importlib
+
+    rows: list[Row] = []
+    for name in CORE_BENCH_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise  # the module is there and something it imports is not: a real failure
+            continue
+        for r in mod.rows():
+            n, value, unit = r[0], r[1], r[2]
+            rows.append(
+                {
+                    "name": n,
+                    "value": value,
+                    "unit": unit,
+                    "goal": r[3] if len(r) > 3 else GOALS.get(n),
+                    "runtime": "cpython",
+                    "note": r[4] if len(r) > 4 else "",
+                }
+            )
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(ROOT / "firmware"))
-    rows = cpython_rows(args.quick) + cext_rows(args.quick)
+    rows = cpython_rows(args.quick) + cext_rows(args.quick) + core_module_rows()
     if not getattr(args, "no_relay_load", False):
         rows += relay_rows(args.quick)
     if not args.no_micropython:

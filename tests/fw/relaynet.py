@@ -142,6 +142,11 @@ class World:
     def now(self):
         return self.sim.now
 
+    @now.setter
+    def now(self, t):
+        # Setting the clock runs the world to that reading: timers fall due on the way.
+        self.run(t)
+
     @property
     def relay(self):
         return self._relay
