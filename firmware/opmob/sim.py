@@ -175,6 +175,7 @@ class Sim:
             del self._by_id[id(rec.node)]
             rec.gen += 1
             rec.at = None
+            rec.node = None  # its stale heap entries must not keep it alive
 
     def node_at(self, addr):
         rec = self._by_addr.get(addr)

@@ -418,8 +418,9 @@ class Rand:
 
 
 class _Call:
-    """One relay and two accessories (DeviceSession + PTT client + audio paths) in memory, as
-    the accessory app wires them; "ann" is the accessory measured, "bob" the other party."""
+    """One relay and two accessories (DeviceSession + PTT client + audio paths) in an
+    ``opmob.sim.Sim``, as the accessory app wires them; "ann" is the accessory measured, "bob" the
+    other party."""
 
     RELAY = ("10.0.0.1", 7700)
     GROUP = "bench@no"
@@ -429,16 +430,18 @@ class _Call:
         from opmob.registry import Registry
         from opmob.relay import Relay
         from opmob.relay_config import RelayConfig
+        from opmob.sim import Sim
 
         names = ("ann", "bob")
         store = one_group_store(names, self.GROUP)
         cfg = RelayConfig.from_dict({"relay": {"identity": "relay-1@no"}, "registry": {"path": "unused"}})
-        self.now = 0  # the cores' clock: int ms (a bench never nears the 2^30 wrap)
+        self.sim = Sim()  # instant delivery in send order; the clock starts at 0 (no wrap near)
         self.relay = Relay(cfg, Registry(store, "no"), store, Rand(7), self.now)
+        self.sim.attach(self.relay, self.RELAY)
         self.addr = {}
         self.devs = {}
-        self.queue: "list[tuple[object, object, bytes]]" = []
         self.hold: "list[bytes] | None" = None  # when a list: datagrams to ann are kept, not delivered
+        self.sim.drop_if = self._held
         for i, n in enumerate(names):
             a = ("10.0.1.%d" % (i + 2), 5000)
             d = DeviceSession(
@@ -446,35 +449,32 @@ class _Call:
             )
             self.addr[n] = a
             self.devs[n] = d
+            self.sim.attach(d, a)
             self.send(a, d.start(self.now))
         self.pump()
         self.step(100)
         for d in self.devs.values():
             assert d.state == "registered", d.state
 
+    @property
+    def now(self) -> int:
+        now: int = self.sim.now
+        return now
+
+    def _held(self, src: object, dst: object, data: bytes) -> bool:
+        if self.hold is not None and dst == self.addr["ann"]:
+            self.hold.append(data)
+            return True
+        return False
+
     def send(self, src: object, outs: "list[tuple[object, bytes]]") -> None:
-        for dst, data in outs:
-            self.queue.append((src, dst, data))
+        self.sim.send(src, outs)
 
     def pump(self) -> None:
-        while self.queue:
-            src, dst, data = self.queue.pop(0)
-            if dst == self.RELAY:
-                self.send(self.RELAY, self.relay.on_datagram(self.now, src, data))
-                continue
-            for n, a in self.addr.items():
-                if a == dst:
-                    if n == "ann" and self.hold is not None:
-                        self.hold.append(data)
-                    else:
-                        self.send(a, self.devs[n].on_datagram(self.now, src, data))
+        self.sim.settle()
 
     def step(self, dt: int) -> None:
-        self.now += dt
-        self.send(self.RELAY, self.relay.poll(self.now))
-        for n, d in self.devs.items():
-            self.send(self.addr[n], d.poll(self.now))
-        self.pump()
+        self.sim.run_for(dt)
 
     def floor(self, name: str, msgs: "list[object]") -> None:
         d = self.devs[name]
@@ -571,6 +571,7 @@ def _accessory_rows(scale: int) -> "Iterator[tuple[str, float, str, float | None
     growth = full - halfway
     del ann_ptt, cap, pb, ann, sink
     call.devs["ann"] = None
+    call.sim.detach(call.addr["ann"])
     gc.collect()
     data_kb = (full - (gc.mem_alloc() if IS_MICROPYTHON else 0)) / 1024  # type: ignore[attr-defined]
     if IS_MICROPYTHON:
