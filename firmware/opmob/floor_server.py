@@ -267,6 +267,7 @@ class FloorServer:
         self._c20 = 0
         self._t7 = None
         self._idle_pending = {}  # pid -> Floor Idle transmissions so far, until that pid acks
+        self._rogues = 0  # members with a rogue_t8 (sending media without permission)
         c = {}
         for k in _COUNTERS:
             c[k] = 0
@@ -329,8 +330,11 @@ class FloorServer:
         d = earliest(d, self._t8)
         d = earliest(d, self._t20)
         d = earliest(d, self._t7)
-        for pid in self._order:
-            d = earliest(d, self._members[pid].rogue_t8)
+        if self._rogues:
+            # Only while someone sends media without permission: this runs after every voice
+            # packet (the relay files each group's deadline), so no walk of the members otherwise.
+            for pid in self._order:
+                d = earliest(d, self._members[pid].rogue_t8)
         return d
 
     # ---- events ------------------------------------------------------------------------------
@@ -387,6 +391,7 @@ class FloorServer:
         m = self._members.pop(pid, None)
         if m is None:
             return out
+        self._unrogue(m)
         self._order.remove(pid)
         self._unqueue(pid)
         if self._idle_pending.pop(pid, None) is not None and not self._idle_pending:
@@ -449,6 +454,7 @@ class FloorServer:
         m.rogue = True
         m.rogue_media = False
         m.rogue_t8 = tadd(now, self.cfg.t8_ms)
+        self._rogues += 1
         self._count_revoke(REVOKE_NO_PERMISSION)
         out.append((pid, self._revoke_msg(REVOKE_NO_PERMISSION)))
         return out
@@ -478,6 +484,7 @@ class FloorServer:
             m = self._members[pid]
             m.rogue = False
             m.rogue_t8 = None
+        self._rogues = 0
         return out
 
     # ---- request handling --------------------------------------------------------------------
@@ -558,8 +565,7 @@ class FloorServer:
 
     def _on_release(self, now, m):
         pid = m.pid
-        m.rogue = False
-        m.rogue_t8 = None
+        self._unrogue(m)
         h = self._holder
         if h is not None and h.pid == pid:
             self.counters["releases"] += 1
@@ -657,8 +663,7 @@ class FloorServer:
         self._t7 = None
         self._idle_pending = {}
         m = self._members[claim.pid]
-        m.rogue = False
-        m.rogue_t8 = None
+        self._unrogue(m)
         m.released_at = None
         self._seq = (self._seq + 1) & 0xFFFF
         self.counters["grants"] += 1
@@ -718,7 +723,7 @@ class FloorServer:
                 if t is not None and due(now, t) and (best is None or tdiff(t, best) < 0):
                     best = t
                     which = name
-            for pid in self._order:
+            for pid in self._order if self._rogues else ():
                 t = self._members[pid].rogue_t8
                 if t is not None and due(now, t) and (best is None or tdiff(t, best) < 0):
                     best = t
@@ -779,9 +784,14 @@ class FloorServer:
             self.counters["t8_revoke_repeats"] += 1
             return [(m.pid, self._revoke_msg(REVOKE_NO_PERMISSION))]
         # A whole T8 without media: the participant has stopped; it is simply not permitted again.
+        self._unrogue(m)
+        return []
+
+    def _unrogue(self, m):
+        if m.rogue_t8 is not None:
+            self._rogues -= 1
         m.rogue = False
         m.rogue_t8 = None
-        return []
 
     # ---- queue -------------------------------------------------------------------------------
 

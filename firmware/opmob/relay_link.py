@@ -754,6 +754,10 @@ class LinkPlane:
                             targets.append(s)
             if not targets:
                 continue
+            if m.kind == mcpt.FLOOR_TAKEN:
+                f = self._talker_ssrc_attached(lg, m)
+                if f != m.ssrc_field:
+                    m = _copy(m, ssrc_field=f)
             b = mcpt.encode(m)
             ro = None
             if m.kind == mcpt.FLOOR_TAKEN and m.permission:
@@ -773,11 +777,45 @@ class LinkPlane:
         lg = self._att_up(g)
         if lg is None or lg.last_bcast is None:
             return []
+        m = lg.last_bcast
+        ch = {"ack_req": False}
+        if m.kind == mcpt.FLOOR_TAKEN:
+            ch["ssrc_field"] = self._talker_ssrc_attached(lg, m)
+            grp = self.registry.group(g)
+            if m.permission and grp is not None and s.identity in grp.receive_only:
+                ch["permission"] = 0
         try:
-            return [(s.addr, s.srtp_tx.protect_rtcp(mcpt.encode(_copy(lg.last_bcast, ack_req=False))))]
+            return [(s.addr, s.srtp_tx.protect_rtcp(mcpt.encode(_copy(m, **ch))))]
         except WireError:
             self.counters["floor_protect_failed"] += 1
             return []
+
+    # --- which SSRC a Floor Taken names -----------------------------------------------------------
+    #
+    # A device plays only the stream its Floor Taken names, so Floor Taken must name the SSRC under
+    # which this relay sends the talker's voice to its own devices: a talker registered here is
+    # fanned out under its own SSRC, a talker behind a link under that link's media SSRC for the
+    # group (the SSRC the voice arrives with on the link). The controlling relay's server knows a
+    # remote talker by the reference its relay gave (its SSRC there), which means nothing here.
+
+    def _talker_ssrc_attached(self, lg, m):
+        """Participating relay: the SSRC its devices hear the talker of Floor Taken ``m`` under."""
+        s = self._by_identity.get(m.granted_party)
+        if s is not None and s.state == REGISTERED and s.ssrc in lg.engaged:
+            return s.ssrc
+        return lg.ssrc
+
+    def _taken_for_locals(self, msg):
+        """Controlling relay: Floor Taken from its own server as its devices must get it."""
+        g = self._floor_groups.get(msg.ssrc)
+        f = msg.ssrc_field
+        if g is None or f is None:
+            return msg
+        for link in self._links.values():
+            lg = link.served.get(g)
+            if lg is not None and "%s#%d" % (link.pid, f) in lg.remote:
+                return _copy(msg, ssrc_field=lg.ssrc)
+        return msg
 
     # --- voice over the link ------------------------------------------------------------------------
 

@@ -288,7 +288,10 @@ class MediaPlane:
             k = id(msg)
             b = enc.get(k)
             if b is None:
-                b = mcpt.encode(msg)
+                m = msg
+                if msg.kind == mcpt.FLOOR_TAKEN and self._links:
+                    m = self._taken_for_locals(msg)
+                b = mcpt.encode(m)
                 enc[k] = b
             try:
                 out.append((ls.addr, ls.srtp_tx.protect_rtcp(b)))

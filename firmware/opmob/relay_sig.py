@@ -183,7 +183,7 @@ class SigPlane:
         s.req_affs = msg.affiliations
         s.set_challenge_keys(authvec.derive(vec[3], vec[1], msg.nonce))
         self._sessions[s.sid] = s
-        self._challenges += 1
+        self._challenge_opened(s)
         self._arm(tadd(now, CHALLENGE_TTL))
         self.counters["challenges"] += 1
         ch = sig.SigMsg(
@@ -206,7 +206,7 @@ class SigPlane:
         if self._challenges >= max(MIN_CHALLENGES, self.cfg.max_devices):
             self.counters["challenges_refused"] += 1
             return False
-        mine = [s for s in self._sessions.values() if s.state == CHALLENGED and s.identity == ident]
+        mine = self._challenged.get(ident, ())
         if len(mine) < CHALLENGES_PER_IDENTITY:
             return True
         oldest = mine[0]
@@ -222,16 +222,37 @@ class SigPlane:
         self._forget_challenge(oldest)
         return True
 
+    # Half-open registrations are counted, and indexed by identity, as they open and close: a
+    # REGISTER must not walk every session (10,000 at a busy relay) to find an identity's.
+
+    def _challenge_opened(self, s):
+        self._challenges += 1
+        mine = self._challenged.get(s.identity)
+        if mine is None:
+            self._challenged[s.identity] = [s]
+        else:
+            mine.append(s)
+
+    def _challenge_closed(self, s):
+        """``s`` leaves state challenged (answered, refused, replaced or expired)."""
+        self._challenges -= 1
+        mine = self._challenged.get(s.identity)
+        if mine is not None:
+            if s in mine:
+                mine.remove(s)
+            if not mine:
+                del self._challenged[s.identity]
+
     def _forget_challenge(self, s):
         if self._sessions.get(s.sid) is s and s.state == CHALLENGED:
             del self._sessions[s.sid]
-            self._challenges -= 1
+            self._challenge_closed(s)
         s.drop_keys()
 
     def _close_challenge(self, now, s):
         """The challenge is answered (rejected): keep its keys while its answer may be asked again."""
         if s.state == CHALLENGED:
-            self._challenges -= 1
+            self._challenge_closed(s)
         s.state = CLOSED
         s.keys = s.vector = None
         s.expires_at = tadd(now, txn.CACHE_TTL)
@@ -288,7 +309,7 @@ class SigPlane:
             resp = self._reject(msg, cause, s.tx, RETRY_BUSY if cause == sig.CAUSE_NO_RESOURCES else None)
             self._close_challenge(now, s)
             return resp, []
-        self._challenges -= 1
+        self._challenge_closed(s)
         s.key_srtp(self._srtp)
         s.state = STUNNED if dev.status == "stunned" else REGISTERED
         s.ssrc = self._new_ssrc()

@@ -820,6 +820,8 @@ def _check(srv, now, outs, targets_ok):
             assert pid == h
         assert srv.may_send_media(pid) == (pid == h)
     assert permitted == (0 if h is None else 1)
+    # the count that spares next_deadline a walk of the members matches the members
+    assert srv._rogues == len([p for p in members if srv._members[p].rogue_t8 is not None])
     d = srv.next_deadline()
     assert d is None or tdiff(d, now) > 0
     # the last floor-state message sent describes the state the call ends in

@@ -673,6 +673,38 @@ def test_cores_run_across_the_clock_wrap():
     assert w.now < 60000 and tdiff(w.now, PERIOD - 7000) > 20000
 
 
+def _scanned_deadline(relay):
+    """What next_deadline used to compute by asking every floor server."""
+    from opmob.ticks import earliest
+
+    d = earliest(relay._sweep_at, relay._link_at)
+    d = earliest(d, relay._txn_at)
+    for g in relay._floors:
+        d = earliest(d, relay._floors[g].next_deadline())
+    return d
+
+
+def test_next_deadline_from_the_heap_equals_a_scan_of_every_floor():
+    w = World(start=PERIOD - 3000)
+    for n in ("ann", "bob", "cat", "dan"):
+        w.device(n, [G1, G2])
+    seen = 0
+    for step in range(40):
+        who = ("ann", "bob", "cat", "dan")[step % 4]
+        g = (G1, G2)[step % 2]
+        if step % 5 == 0:
+            w.request(who, g)
+        elif step % 5 == 1:
+            w.talk(who, 2)
+        elif step % 5 == 3:
+            w.release(who, g)
+        w.step(150 * (step % 7))
+        assert w.relay.next_deadline() == _scanned_deadline(w.relay), step
+        seen += w.relay._floor_due.earliest() is not None
+    assert seen > 10  # floors had timers running most of the time
+    w.check_counters()
+
+
 def test_late_entry_gets_floor_taken_and_voice_at_once():
     w = trio()
     d = w.device("dan", [])

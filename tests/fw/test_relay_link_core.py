@@ -14,7 +14,7 @@ from opmob.relay_config import ConfigError, RelayConfig
 from opmob.sim import Sim
 from opmob.store import MemoryStore
 from opmob.ticks import MASK, PERIOD, tadd
-from relaynet import G1, export_doc, floor_view, ident, secret_of
+from relaynet import G1, export_doc, floor_view, ident, secret_of, ssrc_of
 
 RA = ("10.0.0.1", 7700)
 RB = ("10.0.0.2", 7700)
@@ -366,6 +366,39 @@ def test_link_across_the_clock_wrap_keeps_alive_and_carries_voice():
     n.step(1)
     assert ("Idle", "fire-1") in n.floors("ann")
     n.check_counters()
+
+
+def _taken_and_voice_ssrcs(n, name):
+    """(SSRC named by the last Floor Taken ``name`` heard, SSRCs of the voice it heard since)."""
+    d = n.devs[name]
+    taken = [e[2].ssrc_field for e in d.events if e[0] == "floor" and e[2].kind == mcpt.FLOOR_TAKEN]
+    voice = [ssrc_of(e[1]) for e in d.events if e[0] == "voice"]
+    d.events = []
+    return (taken[-1] if taken else None), voice
+
+
+def test_floor_taken_names_the_ssrc_each_listener_hears_the_talker_under():
+    # An accessory plays only the stream Floor Taken names (accessory/ptt.py, app.py): at either
+    # relay, whichever side the talker is on, Floor Taken must name the SSRC of the voice that
+    # relay sends its devices, and so must the late entrant's Floor Taken.
+    for talker, listeners, other_side in (
+        ("ann", ("bob", "cat", "dan"), RB),
+        ("cat", ("ann", "bob", "dan"), RA),
+    ):
+        n = two_sites()
+        n.request(talker)
+        n.talk(talker, 3)
+        for who in listeners:
+            taken, voice = _taken_and_voice_ssrcs(n, who)
+            assert len(voice) == 3 and taken is not None, (talker, who, voice)
+            assert set(voice) == {taken}, (talker, who, hex(taken), [hex(v) for v in voice])
+        # A late entrant at the relay across the link from the talker (kim: receive-only, so its
+        # Floor Taken is a copy of its own) hears the state, then the voice under that SSRC.
+        n.device("kim", other_side, [G1])
+        n.talk(talker, 2)
+        taken, voice = _taken_and_voice_ssrcs(n, "kim")
+        assert len(voice) == 2 and set(voice) == {taken}, (talker, taken, voice)
+        n.check_counters()
 
 
 def test_talker_at_b_via_track_info():
