@@ -429,3 +429,48 @@ def test_after_call_hook():
     s.send(C, [(A, b"x")])
     s.run_for(10)
     assert seen == [A, B]
+
+
+def test_real_cores_over_a_lossy_network_across_the_wrap():
+    # A relay and four DeviceSessions, 20..35 ms apart with 5 % loss each way, starting 3 s before
+    # the clock wraps: they register (retransmitting what is lost), one takes the floor and talks,
+    # and the others hear most of it -- all on the cores' own timers, across the wrap.
+    from opmob import mcpt, rtp
+    from opmob.device import DeviceSession
+    from opmob.registry import Registry
+    from opmob.relay import Relay
+    from opmob.store import MemoryStore
+    from relaynet import G1, config, export_doc, ident, secret_of
+
+    s = Sim(seed=21, start=PERIOD - 3000)
+    store = MemoryStore()
+    Registry(store, "no").load_export(export_doc())
+    relay = s.attach(Relay(config(), Registry(store, "no"), store, Rng(4).bytes, s.now), A)
+    s.set_default(delay=20, jitter=15, loss=0.05)
+    devs = []
+    for i, name in enumerate(("ann", "bob", "cat", "dan")):
+        d = DeviceSession(ident(name), secret_of(name), A, Rng(50 + i).bytes, groups=[G1])
+        addr = ("10.0.1.%d" % (i + 2), 5000)
+        s.attach(d, addr)
+        s.send(addr, d.start(s.now))
+        devs.append((addr, d))
+    s.run_for(8000)
+    assert all(d.state == "registered" for _, d in devs), [d.state for _, d in devs]
+    assert s.now < 6000  # the clock has wrapped
+    ann_addr, ann = devs[0]
+    req = mcpt.FloorMsg(mcpt.FLOOR_REQUEST, indicator=mcpt.IND_QUEUEING_SUPPORTED)
+    s.send(ann_addr, ann.send_floor(s.now, req, G1))
+    s.run_for(1000)
+    granted = [e for e in ann.events if e[0] == "floor" and e[2].kind == mcpt.FLOOR_GRANTED]
+    assert granted, ann.events
+    for i in range(100):
+        pkt = rtp.encode(rtp.RtpHeader(rtp.PT_DVI4_8K, i, i * 160, 0), bytes(84))
+        s.send(ann_addr, ann.send_voice(s.now, pkt))
+        s.run_for(20)
+    s.run_for(200)
+    for _, d in devs[1:]:
+        heard = d.counters["voice_rx"]
+        assert 80 <= heard <= 100, (d.identity, heard)  # about 10 % lost over two hops
+    c = relay.counters
+    assert c["rx_datagrams"] == c["accepted"] + relay.dropped(), c
+    assert s.counters["lost"] > 0
