@@ -1,7 +1,9 @@
 """``opmob fuzz relay``: a seeded, corpus-based mutation fuzzer for the relay core.
 
 It drives the sans-I/O ``Relay`` (firmware/opmob/relay.py) directly, in memory, under a virtual
-clock, so it runs a million inputs in about half a minute and a failure replays from its seed:
+clock (the relay and its devices run in an ``opmob.sim.Sim``; the inputs go straight to
+``Relay.on_datagram``), so it runs a million inputs in about half a minute and a failure replays
+from its seed:
 
 1. **Corpus.** A relay and its devices (``DeviceSession``) play a scripted exchange and every datagram
    that reaches the relay is kept, labelled: REGISTER (known, unknown, killed and foreign

@@ -3,8 +3,8 @@
 The network and the clock are an ``opmob.sim.Sim`` (``World.sim``): datagrams are delivered in
 send order, at once, unless ``World.lose`` says otherwise (or a test sets paths or cuts on
 ``w.sim``); ``run(t)`` moves the clock to ``t``, waking the relay and each device at their own
-deadlines. ``pump`` and ``run`` first read every node's deadline again, since tests call the cores
-directly. Runs on both runtimes.
+deadlines. ``run`` first reads every node's deadline again (``Sim.touch_all``), since tests call
+the cores directly. Runs on both runtimes.
 
 Time is the cores' clock: int milliseconds modulo 2^30 (opmob/ticks.py). ``World(start=...)`` sets
 the clock's reading when the world begins (0 by default; e.g. 60 days of uptime, or just before
@@ -190,7 +190,6 @@ class World:
 
     def pump(self):
         """Deliver what is on its way now."""
-        self.sim.touch_all()  # a test may have called a core directly
         self.sim.settle()
 
     def run(self, until):
