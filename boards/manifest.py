@@ -21,12 +21,14 @@ package(  # noqa: F821
         "errors.py",
         "floorid.py",
         "mcpt.py",
-        "relay_uasyncio.py",  # its Driver puts the DeviceSession on a UDP socket
+        "relay_uasyncio.py",  # re-exports uasyncio_driver's Driver, which the app imports from it
         "rtp.py",
         "sig.py",
         "srtp.py",
         "store.py",
+        "ticks.py",  # the cores' integer-millisecond clock
         "txn.py",
+        "uasyncio_driver.py",  # its Driver puts the DeviceSession on a UDP socket
         "accessory/__init__.py",
         "accessory/app.py",
         "accessory/audio.py",

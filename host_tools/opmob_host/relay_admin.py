@@ -41,7 +41,7 @@ import struct
 from pathlib import Path
 from typing import Any, Protocol
 
-from opmob_host.relay_server import Outgoing, UdpDriver
+from opmob_host.udp_driver import Outgoing, UdpDriver
 
 log = logging.getLogger("opmob.relay")
 

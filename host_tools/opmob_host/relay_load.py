@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from opmob_host.latency import LatencyHistogram
-from opmob_host.relay_server import Endpoint
+from opmob_host.udp_driver import Endpoint
 
 SPEECH = "/usr/share/codec2/raw/hts1a.raw"
 RELAY_ID = "relay-load@no"

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from opmob import mcpt, rtp, sig
 from opmob.device import DeviceSession
 from opmob_host.relay_admin import request as admin_request
-from opmob_host.relay_server import Endpoint
+from opmob_host.udp_driver import Endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"

@@ -28,7 +28,7 @@ from opmob_host.relay_load import (
     run_load,
     talker_of,
 )
-from opmob_host.relay_server import UdpDriver
+from opmob_host.udp_driver import UdpDriver
 
 # --- the layout ---------------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 from opmob.device import DeviceSession
-from opmob_host.relay_server import Endpoint
+from opmob_host.udp_driver import Endpoint
 from test_relay_server import Lines, free_tcp_port, free_udp_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,9 +1,10 @@
 """The relay's drivers, with a fake core (``relay_fakecore.FakeCore``) on loopback.
 
-CPython asyncio driver (``opmob_host.relay_server``): datagrams in and out, timers at
-``next_deadline``, a core that raises or returns garbage, the status endpoint, systemd
-notifications and SIGTERM. MicroPython driver (``opmob.relay_uasyncio``): the same exchange run
-in a subprocess of the unix port, and of CPython for comparison.
+CPython asyncio driver (``opmob_host.udp_driver``, under ``relay_server``): datagrams in and out,
+timers at ``next_deadline``, a core that raises or returns garbage, the status endpoint, systemd
+notifications and SIGTERM. MicroPython driver (``opmob.uasyncio_driver``, the relay's ``main`` in
+``opmob.relay_uasyncio``): the same exchange run in a subprocess of the unix port, and of CPython
+for comparison.
 """
 
 from __future__ import annotations
@@ -27,16 +28,8 @@ from typing import Any, TypeVar
 
 import pytest
 from opmob.ticks import due, tadd
-from opmob_host.relay_server import (
-    ERR_LOG_MAX,
-    CoreErrorLog,
-    Endpoint,
-    RelayServer,
-    SdNotify,
-    StatusServer,
-    UdpDriver,
-    _valid_peer,
-)
+from opmob_host.relay_server import RelayServer, SdNotify, StatusServer
+from opmob_host.udp_driver import ERR_LOG_MAX, CoreErrorLog, Endpoint, UdpDriver, _valid_peer
 from relay_fakecore import SECRET_MARKER, FakeCore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -561,13 +554,13 @@ def test_sigterm_stops_the_relay_process_cleanly() -> None:
 
 RUN_UASYNCIO = """
 import sys
-from opmob import relay_uasyncio
+from opmob import uasyncio_driver
 import relay_fakecore
 
 def ready(drv):
     print("READY")
 
-relay_uasyncio.serve(relay_fakecore.FakeCore(), "127.0.0.1", int(sys.argv[1]), 0.2, ready)
+uasyncio_driver.serve(relay_fakecore.FakeCore(), "127.0.0.1", int(sys.argv[1]), 0.2, ready)
 print("STOPPED")
 """
 
@@ -648,12 +641,12 @@ def test_uasyncio_driver_exchanges_datagrams(runtime: str, tmp_path: Path) -> No
 
 def test_uasyncio_driver_act_and_stop_in_process() -> None:
     """The MicroPython driver's API on CPython: act() sends and arms the timer, stop() ends run()."""
-    from opmob import relay_uasyncio
+    from opmob import uasyncio_driver
 
     async def main() -> None:
         core = FakeCore()
-        sock = relay_uasyncio.open_udp("127.0.0.1", 0)
-        drv = relay_uasyncio.Driver(core, sock)
+        sock = uasyncio_driver.open_udp("127.0.0.1", 0)
+        drv = uasyncio_driver.Driver(core, sock)
         cli = Client(sock.getsockname())
         runner = asyncio.create_task(drv.run())
         try:
@@ -889,3 +882,20 @@ def test_systemd_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
     m = re.search(r"Overall exposure level for opmob-relay.service: (\d+\.\d+)", proc.stdout)
     assert m is not None, proc.stdout + proc.stderr
     assert float(m.group(1)) <= 2.0, proc.stdout
+
+
+def test_drivers_stand_apart_from_the_servers_around_them() -> None:
+    """The datagram drivers import no server part: the admin channel builds on the CPython driver
+    without the relay process, and the generic MicroPython driver without the relay's main()."""
+    code = (
+        "import sys\n"
+        "import opmob_host.relay_admin, opmob_host.udp_driver, opmob.uasyncio_driver\n"
+        "print(sorted(m for m in ('opmob_host.relay_server', 'opmob.relay_uasyncio', 'opmob.relay',"
+        " 'opmob.registry') if m in sys.modules))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{FIRMWARE}:{ROOT / 'host_tools'}")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    from opmob import relay_uasyncio, uasyncio_driver
+
+    assert relay_uasyncio.Driver is uasyncio_driver.Driver  # the accessory's import still works
