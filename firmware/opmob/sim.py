@@ -250,6 +250,17 @@ class Sim:
                 return True
         return False
 
+    def capture(self, events=None):
+        """A list that from now on receives (event, t, src, dst, data) for every datagram event
+        (only those named in ``events``, when given): a capture of the run."""
+        got = []
+        if events is None:
+            self.taps.append(lambda ev, t, src, dst, data: got.append((ev, t, src, dst, data)))
+        else:
+            keep = set(events)
+            self.taps.append(lambda ev, t, src, dst, data: ev in keep and got.append((ev, t, src, dst, data)))
+        return got
+
     def send(self, src, outs):
         """Put what a node returned on the network, from ``src``. The node at ``src`` (whoever
         produced ``outs`` from an outside call) has its deadline read again."""

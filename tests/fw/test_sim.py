@@ -217,8 +217,14 @@ def test_taps_see_every_datagram_with_times():
     s.path(A, B, delay=7)
     log = []
     s.taps.append(lambda ev, t, src, dst, data: log.append((ev, t, src, dst, data)))
+    cap = s.capture(("delivered", "nowhere"))
     s.send(A, [(B, b"p"), ("gone", b"q")])
     s.run_for(10)
+    assert cap == [
+        ("nowhere", 0, A, "gone", b"q"),
+        ("delivered", 7, A, B, b"p"),
+        ("nowhere", 7, B, A, b"re:p"),
+    ]
     assert log == [
         ("sent", 0, A, B, b"p"),
         ("sent", 0, A, "gone", b"q"),
