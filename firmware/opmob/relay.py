@@ -24,9 +24,10 @@ takes over the affiliations.
 
 import struct
 
-from opmob import sig, srtp, txn
+from opmob import mcpt, sig, srtp, txn
+from opmob import relay_events as ev
 from opmob.deadlines import Deadlines
-from opmob.floor_server import FloorServer
+from opmob.floor_server import G_IDLE, FloorServer
 from opmob.floorid import floor_ssrc
 from opmob.relay_link import LinkPlane
 from opmob.relay_media import MediaPlane
@@ -97,44 +98,89 @@ COUNTERS = (
 
 
 class _Floor(FloorServer):
-    """A group's FloorServer that files its next deadline with the relay after every call, so
-    that ``Relay.next_deadline`` reads one heap instead of asking every group."""
+    """A group's FloorServer that, after every call, files its next deadline with the relay (so
+    that ``Relay.next_deadline`` reads one heap instead of asking every group) and logs what the
+    call changed as relay events (grant, deny, revoke, idle)."""
 
-    def __init__(self, group, cfg, server_ssrc, deadlines):
+    def __init__(self, group, cfg, server_ssrc, deadlines, events):
         FloorServer.__init__(self, group, cfg, server_ssrc)
         self._deadlines = deadlines
+        self._events = events
 
-    def _filed(self, out):
+    def _mark(self):
+        c = self.counters
+        return (self.holder, c["denies"], c["revokes"])
+
+    def _filed(self, before, out):
         self._deadlines.set(self.group, self.next_deadline())
+        h0, denies, revokes = before
+        c = self.counters
+        log = self._events
+        g = self.group
+        if c["denies"] != denies or c["revokes"] != revokes:
+            new_revokes = c["revokes"] - revokes
+            for pid, m in out:
+                if m.kind == mcpt.FLOOR_DENY:
+                    log.add((ev.FLOOR_DENIED, g, pid, m.reject_cause))
+                elif m.kind == mcpt.FLOOR_REVOKE and new_revokes > 0:
+                    new_revokes -= 1
+                    log.add((ev.FLOOR_REVOKED, g, pid, m.reject_cause))
+        h = self.holder
+        if h != h0:
+            log.floor_moved(g, h)
+            if h is not None:
+                log.add((ev.FLOOR_GRANTED, g, h))
+            elif self.state == G_IDLE:
+                log.add((ev.FLOOR_IDLE, g))
         return out
 
     def join(self, now, pid, user_id, ssrc, ceiling=255, receive_only=False):
-        return self._filed(FloorServer.join(self, now, pid, user_id, ssrc, ceiling, receive_only))
+        b = self._mark()
+        return self._filed(b, FloorServer.join(self, now, pid, user_id, ssrc, ceiling, receive_only))
 
     def leave(self, now, pid):
-        return self._filed(FloorServer.leave(self, now, pid))
+        b = self._mark()
+        return self._filed(b, FloorServer.leave(self, now, pid))
 
     def on_message(self, now, pid, msg):
-        return self._filed(FloorServer.on_message(self, now, pid, msg))
+        b = self._mark()
+        return self._filed(b, FloorServer.on_message(self, now, pid, msg))
 
     def on_media(self, now, pid):
-        return self._filed(FloorServer.on_media(self, now, pid))
+        b = self._mark()
+        return self._filed(b, FloorServer.on_media(self, now, pid))
 
     def cancel_emergency(self, now, pid=None):
-        return self._filed(FloorServer.cancel_emergency(self, now, pid))
+        b = self._mark()
+        return self._filed(b, FloorServer.cancel_emergency(self, now, pid))
 
     def cancel_imminent_peril(self, now, pid=None):
-        return self._filed(FloorServer.cancel_imminent_peril(self, now, pid))
+        b = self._mark()
+        return self._filed(b, FloorServer.cancel_imminent_peril(self, now, pid))
 
     def poll(self, now):
-        return self._filed(FloorServer.poll(self, now))
+        b = self._mark()
+        return self._filed(b, FloorServer.poll(self, now))
 
     def close(self, now):
-        return self._filed(FloorServer.close(self, now))
+        b = self._mark()
+        return self._filed(b, FloorServer.close(self, now))
 
 
 class Relay(SigPlane, MediaPlane, LinkPlane):
-    def __init__(self, cfg, registry, store, rand, now, srtp=None, fanout=None, codec=None, link_addr=None):
+    def __init__(
+        self,
+        cfg,
+        registry,
+        store,
+        rand,
+        now,
+        srtp=None,
+        fanout=None,
+        codec=None,
+        link_addr=None,
+        key_log=None,
+    ):
         """``srtp``: the SRTP session class the relay makes its per-registration contexts with
         (``SrtpSession(key, salt, max_streams=n)``, the API and errors of ``opmob.srtp``; None:
         ``opmob.srtp.SrtpSession``, the pure-Python twin). A CPython driver passes the C
@@ -147,8 +193,17 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         slot``, ``close(slot)``, ``to_codec2(slot, rtp) -> [rtp]``, ``to_dvi4(slot, rtp) -> [rtp]``
         on plain RTP, WireError on bad input); None: only "dvi4" links, and a configured codec2
         link is refused here with a ValueError naming it. ``link_addr(host, port)``: the driver's
-        address for an initiating link's peer (None: the ``(host, port)`` tuple)."""
+        address for an initiating link's peer (None: the ``(host, port)`` tuple).
+
+        ``key_log``: None (the default: keys are never given out), or
+        ``key_log(label, identity, ssrc, key, salt)``, called when a hop's SRTP master key and salt
+        are established, for a capture tool to decrypt what it recorded (an SSLKEYLOGFILE-style
+        file: opt-in, test and lab use). Labels: "device_up" / "device_down" (``identity`` the
+        device, ``ssrc`` its SSRC), "link_tx" / "link_rx" (``identity`` the peer relay, ``ssrc``
+        0: every group stream on the link uses the key)."""
         self.cfg = cfg
+        self._events = ev.EventLog()
+        self._key_log = key_log
         self._srtp = _srtp_class if srtp is None else srtp
         self._fanout = fanout
         self.registry = registry
@@ -211,6 +266,16 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         d = earliest(self._sweep_at, self._link_at)
         d = earliest(d, self._txn_at)
         return earliest(d, self._floor_due.earliest())
+
+    def events(self):
+        """The relay events (relay_events.py) since the last call, oldest first: the driver drains
+        them after each call it makes."""
+        return self._events.drain()
+
+    def _log_keys(self, label, identity, ssrc, key, salt):
+        kl = self._key_log
+        if kl is not None:
+            kl(label, identity, ssrc, bytes(key), bytes(salt))
 
     def dropped(self):
         """Datagrams dropped so far, all reasons together."""
@@ -301,7 +366,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
                 d = earliest(tadd(s.last_seen, silent), s.expires_at)
                 if due(now, d):
                     self.counters["sessions_expired"] += 1
-                    out.extend(self._end(now, s, False))
+                    out.extend(self._end(now, s, False, cause="expired"))
                     continue
             else:
                 d = tadd(s.created, CHALLENGE_TTL)
@@ -363,9 +428,11 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         old.drop_keys()
         return out
 
-    def _end(self, now, s, linger, keep_txns=False):
+    def _end(self, now, s, linger, keep_txns=False, cause="deregistered"):
         """The registration is over (de-registered, silent, expired, killed)."""
         out = []
+        if s.state != CLOSED:
+            self._events.add((ev.DEREGISTERED, s.identity, cause))
         if s.state == REGISTERED:
             for a in s.affs:
                 out.extend(self._leave(now, s.identity, a[0]))
@@ -396,7 +463,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             if f in self._floor_groups or f in self._by_ssrc:
                 self.counters["floor_ssrc_collisions"] += 1
                 return None
-            srv = _Floor(g, self.cfg.floor, f, self._floor_due)
+            srv = _Floor(g, self.cfg.floor, f, self._floor_due, self._events)
             self._floors[g] = srv
             self._floor_groups[f] = g
         return srv
@@ -506,6 +573,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         if dev.status == "killed":
             raise ValueError("device is killed; that is final")
         out = self._due(now)
+        self._events.add((ev.DEVICE_CONTROL, identity, action))
         s = self._by_identity.get(identity)
         live = s is not None and s.live
         if action == "kill":
@@ -514,7 +582,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
                 out.extend(self._control(now, s, code))
             self.registry.set_status(identity, _ACTION_STATUS[action])
             if s is not None:
-                out.extend(self._end(now, s, False, keep_txns=live))
+                out.extend(self._end(now, s, False, keep_txns=live, cause="killed"))
             self._set_revive_pending(identity, False)
         elif action == "stun":
             self.registry.set_status(identity, _ACTION_STATUS[action])
@@ -552,6 +620,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             out.extend(self._floor_out(srv.cancel_imminent_peril(now, None)))
         if self._alerts.pop(group, None):
             out.extend(self._tell_members(now, group, None, sig.EMERGENCY_CANCEL))
+        self._events.add((ev.EMERGENCY_CANCELLED, group, None))
         self.counters["emergency_cancels"] += 1
         self.counters["tx_datagrams"] += len(out)
         return out

@@ -21,6 +21,7 @@ stands for every other member over there: messages to it are broadcast there.
 import struct
 
 from opmob import authvec, mcpt, sig, txn
+from opmob import relay_events as ev
 from opmob.errors import AuthFailed, BadValue, WireError
 from opmob.floorid import floor_ssrc
 from opmob.relay_session import REGISTERED, Drop
@@ -368,6 +369,9 @@ class LinkPlane:
         link.sid = msg.session
         link.srtp_tx = self._srtp(keys.srtp_up_key, keys.srtp_up_salt, max_streams=LINK_STREAMS)
         link.srtp_rx = self._srtp(keys.srtp_down_key, keys.srtp_down_salt, max_streams=LINK_STREAMS)
+        if self._key_log is not None:
+            self._log_keys("link_tx", link.peer, 0, keys.srtp_up_key, keys.srtp_up_salt)
+            self._log_keys("link_rx", link.peer, 0, keys.srtp_down_key, keys.srtp_down_salt)
         proof = authvec.link_proof(psk, False, me, link.peer, nonce_i, msg.nonce, AGREEMENT)
         out = [self._link_request(now, link, sig.LINK_AUTH, proof=proof)]
         self._link_rearm()
@@ -398,6 +402,9 @@ class LinkPlane:
         link.tx, link.rx = p[4], p[5]
         link.srtp_rx = self._srtp(keys.srtp_up_key, keys.srtp_up_salt, max_streams=LINK_STREAMS)
         link.srtp_tx = self._srtp(keys.srtp_down_key, keys.srtp_down_salt, max_streams=LINK_STREAMS)
+        if self._key_log is not None:
+            self._log_keys("link_tx", link.peer, 0, keys.srtp_down_key, keys.srtp_down_salt)
+            self._log_keys("link_rx", link.peer, 0, keys.srtp_up_key, keys.srtp_up_salt)
         link.window = txn.ReplayWindow()
         link.window.accept(msg.txid)
         link.txns = txn.Transactions(self._rand_u32(), answers=sig.answers)
@@ -418,6 +425,7 @@ class LinkPlane:
         link.retry_at = None
         link.ka_at = tadd(now, self.cfg.keepalive_ms)
         link.counters["ups"] += 1
+        self._events.add((ev.LINK_UP, link.peer))
         out = self._link_sync(now, link)
         self._link_rearm()
         return out
@@ -427,6 +435,7 @@ class LinkPlane:
         holds is released); the participating side arbitrates its groups locally again."""
         out = []
         link.counters["downs"] += 1
+        self._events.add((ev.LINK_DOWN, link.peer))
         link.state = LINK_DOWN
         for g, lg in list(link.served.items()):
             out.extend(self._unserve(now, link, lg))
@@ -736,6 +745,9 @@ class LinkPlane:
                     lg.holder = None
                 if m.kind in (mcpt.FLOOR_IDLE, mcpt.FLOOR_TAKEN):
                     lg.last_bcast = m
+                    self._events.floor_moved(
+                        lg.group, m.granted_party if m.kind == mcpt.FLOOR_TAKEN else None
+                    )
                 if m.ack_req:
                     ack = mcpt.FloorMsg(
                         mcpt.FLOOR_ACK, lg.ssrc, msg_type=m.kind, source=mcpt.SOURCE_PARTICIPATING
@@ -888,6 +900,12 @@ class LinkPlane:
         elif lg.state != ATTACHED:
             raise Drop("link_not_attached")
         link.counters["voice_in"] += 1
+        if serving:
+            self._events.voice(g, srv.holder)
+        else:
+            b = lg.last_bcast
+            talker = b.granted_party if b is not None and b.kind == mcpt.FLOOR_TAKEN else None
+            self._events.voice(g, talker or link.pid)
         if lg.e2e or not link.cfg.transcodes:
             pkts = [plain]
         else:

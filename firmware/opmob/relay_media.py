@@ -110,6 +110,7 @@ class MediaPlane:
             if not srv.may_send_media(me):
                 raise Drop("rtp_not_permitted", out)
         self.counters["voice_in"] += 1
+        self._events.voice(g, me)
         # The packet's index: the uplink's highest, less how far behind it this packet is (the
         # replay window keeps that under 2^15).
         top = s.srtp_rx.highest_index(s.ssrc)

@@ -10,6 +10,7 @@ address for open traffic.
 import struct
 
 from opmob import authvec, sig, txn
+from opmob import relay_events as ev
 from opmob.errors import WireError
 from opmob.relay_session import (
     CHALLENGED,
@@ -310,9 +311,13 @@ class SigPlane:
             self._close_challenge(now, s)
             return resp, []
         self._challenge_closed(s)
+        k = s.keys
         s.key_srtp(self._srtp)
         s.state = STUNNED if dev.status == "stunned" else REGISTERED
         s.ssrc = self._new_ssrc()
+        if self._key_log is not None:
+            self._log_keys("device_up", ident, s.ssrc, k.srtp_up_key, k.srtp_up_salt)
+            self._log_keys("device_down", ident, s.ssrc, k.srtp_down_key, k.srtp_down_salt)
         s.key_id = ((old.key_id if old is not None else 0) + 1) & 0xFFFF
         s.txns = txn.Transactions(self._rand_u32(), answers=sig.answers)
         s.expires_at = tadd(now, self.cfg.expiry_ms)
@@ -340,6 +345,7 @@ class SigPlane:
                 out.extend(self._join(now, s, a[0]))
         self._save(s)
         self.counters["registrations"] += 1
+        self._events.add((ev.REGISTERED, ident, s.ssrc))
         ack = sig.SigMsg(
             sig.REGISTER_ACK,
             txid=msg.txid,
@@ -415,6 +421,7 @@ class SigPlane:
                 if new and join and s.state == REGISTERED:
                     out.extend(self._join(now, s, g))
             results.append((g, code))
+            self._events.add((ev.AFFILIATED, s.identity, g, code))
         if changed and join:
             self._save(s)
         self.counters["affiliations"] += len(entries)
@@ -445,6 +452,7 @@ class SigPlane:
                 s.floor_group = None
             out.extend(self._leave(now, s.identity, g))
             results.append((g, sig.AFF_OK))
+            self._events.add((ev.DEAFFILIATED, s.identity, g))
         if changed:
             self._save(s)
         return sig.encode(msg.reply(sig.DEAFFILIATE_ACK, results=results), s.tx), out
@@ -461,6 +469,7 @@ class SigPlane:
         if s.identity not in alerts:
             alerts.append(s.identity)
         self.counters["emergency_alerts"] += 1
+        self._events.add((ev.EMERGENCY, g, s.identity))
         out = self._tell_members(
             now, g, s.identity, sig.EMERGENCY_ALERT, identity=s.identity, location=msg.location
         )
@@ -497,6 +506,7 @@ class SigPlane:
                 out.extend(self._floor_out(srv.cancel_imminent_peril(now, me)))
             if had:
                 out.extend(self._tell_members(now, g, me, sig.EMERGENCY_CANCEL, identity=me))
+                self._events.add((ev.EMERGENCY_CANCELLED, g, me))
         self.counters["emergency_cancels"] += 1
         return sig.encode(msg.reply(sig.EMERGENCY_ACK), s.tx), out
 

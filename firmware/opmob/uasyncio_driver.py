@@ -77,8 +77,12 @@ def open_udp(host, port):
 class Driver:
     """Feeds one core from one UDP socket; ``run()`` until ``stop()``."""
 
-    def __init__(self, core, sock, clock=None, log=None):
+    def __init__(self, core, sock, clock=None, log=None, on_events=None):
         self.core = core
+        # A core with events() (the relay: relay_events.py) has them drained after each call;
+        # on_events(events) gets them, else they are dropped.
+        self.on_events = on_events
+        self._core_events = getattr(core, "events", None)
         self.sock = sock
         self.clock = clock or now_ms  # the cores' clock: int ms modulo 2^30
         self.log = log or _log_stderr
@@ -118,6 +122,7 @@ class Driver:
             ok = False
         else:
             self._send(out)
+        self._drain_events()
         self._rearm()
         return ok
 
@@ -153,6 +158,17 @@ class Driver:
                 continue
             c["datagrams_out"] += 1
             c["bytes_out"] += len(data)
+
+    def _drain_events(self):
+        fn = self._core_events
+        if fn is None:
+            return
+        try:
+            evs = fn()
+            if evs and self.on_events is not None:
+                self.on_events(evs)
+        except Exception as e:
+            self._core_error("events", e, None)
 
     def _next_deadline(self):
         try:
@@ -219,6 +235,7 @@ class Driver:
                 self._core_error("poll", e, None)
                 out = None
             self._send(out)
+            self._drain_events()
             d = self._next_deadline()
             if d is not None and due(now, d):
                 # A core that keeps a past deadline would otherwise hold the CPU in this loop.
@@ -254,6 +271,7 @@ class Driver:
                     self.counters["recv_errors"] += 1
                     continue
                 self._on_datagram(data, addr)
+            self._drain_events()
             self._rearm()
             if n == RX_BATCH:
                 # Under a flood, let timers and the status line run between batches.

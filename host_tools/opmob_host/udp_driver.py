@@ -167,14 +167,19 @@ class UdpDriver(asyncio.DatagramProtocol):
         ticks: Callable[[], int] = now_ms,
         logger: logging.Logger = log,
         max_send_buffer: int = MAX_SEND_BUFFER,
+        on_events: Callable[[Any], None] | None = None,
     ) -> None:
         """``clock``: seconds, for uptime and the error log's window; ``ticks``: the cores' clock
-        (int ms modulo 2^30)."""
+        (int ms modulo 2^30). ``on_events(events)``: what a core with ``events()`` (the relay:
+        relay_events.py) reported, handed over after each call into it; without it the events are
+        drained and dropped."""
         self.core = core
         self.clock = clock
         self.ticks = ticks
         self.logger = logger
         self.max_send_buffer = max_send_buffer
+        self.on_events = on_events
+        self._core_events = getattr(core, "events", None)
         self.counters: dict[str, int] = dict.fromkeys(DRIVER_COUNTERS, 0)
         self.errors = CoreErrorLog(logger, clock=clock)
         # Voice in -> each copy out, at this driver (latency.py); in the status as voice_latency_us.
@@ -246,6 +251,7 @@ class UdpDriver(asyncio.DatagramProtocol):
             self.errors.report("on_datagram", e, addr)
         else:
             self.send(out, t0)
+        self._drain_events()
         self._rearm()
         self._notify()
 
@@ -267,6 +273,7 @@ class UdpDriver(asyncio.DatagramProtocol):
             ok = False
         else:
             self.send(out)
+        self._drain_events()
         self._rearm()
         self._notify()
         return ok
@@ -311,6 +318,18 @@ class UdpDriver(asyncio.DatagramProtocol):
             if voice_in_ns and _is_rtp(data):
                 self.voice_latency.add_ns(time.perf_counter_ns() - voice_in_ns)
 
+    def _drain_events(self) -> None:
+        fn = self._core_events
+        if fn is None:
+            return
+        try:
+            evs = fn()
+            if evs and self.on_events is not None:
+                self.on_events(evs)
+        except Exception as e:
+            self.counters["driver_errors"] += 1
+            self.errors.report("events", e, None)
+
     # --- timer ------------------------------------------------------------------------------------
     def _next_deadline(self) -> int | None:
         try:
@@ -353,6 +372,7 @@ class UdpDriver(asyncio.DatagramProtocol):
             self.errors.report("poll", e, None)
         else:
             self.send(out)
+        self._drain_events()
         d = self._next_deadline()
         if d is not None and due(now, d) and self._loop is not None and not self._closing:
             self._armed = d

@@ -6,7 +6,8 @@ dan 50; kim is receive-only in fire-1.
 """
 
 from fwtest import Rng, raises
-from opmob import authvec, mcpt, sig
+from opmob import authvec, mcpt, sig, srtp
+from opmob import relay_events as ev
 from opmob.floorid import floor_ssrc
 from opmob.relay_session import STALE
 from opmob.ticks import DAY_MS, MASK, PERIOD, tdiff
@@ -703,6 +704,66 @@ def test_next_deadline_from_the_heap_equals_a_scan_of_every_floor():
         seen += w.relay._floor_due.earliest() is not None
     assert seen > 10  # floors had timers running most of the time
     w.check_counters()
+
+
+def test_relay_reports_typed_events_for_the_driver_to_drain():
+    w = World(keepalive=5)
+    for n in ("ann", "bob", "cat"):
+        w.device(n, [G1])
+    got = w.relay.events()
+    regs = [e for e in got if e[0] == ev.REGISTERED]
+    assert [e[1] for e in regs] == ["ann@no", "bob@no", "cat@no"]
+    assert regs[0][2] == w.devs["ann"].ssrc
+    assert (ev.AFFILIATED, "bob@no", G1, sig.AFF_OK) in got
+    assert w.relay.events() == ()  # drained
+    w.request("ann")
+    w.request("bob", queue=False)
+    assert w.relay.events() == [(ev.FLOOR_GRANTED, G1, "ann@no"), (ev.FLOOR_DENIED, G1, "bob@no", 1)]
+    w.talk("ann", 3)
+    assert w.relay.events() == [(ev.VOICE_STARTED, G1, "ann@no")]
+    w.release("ann")
+    assert w.relay.events() == [(ev.VOICE_STOPPED, G1, "ann@no"), (ev.FLOOR_IDLE, G1)]
+    # A talker without the floor is revoked once (its revoke's repeats are no new event).
+    w.act("cat", w.devs["cat"].send_voice(w.now, w.rtp_packet("cat")))
+    w.step(500)
+    w.act("cat", w.devs["cat"].send_voice(w.now, w.rtp_packet("cat")))
+    w.step(600)  # T8: the revoke is repeated, cat still sent media
+    assert w.relay._floors[G1].counters["t8_revoke_repeats"] == 1
+    assert [e for e in w.relay.events() if e[0] == ev.FLOOR_REVOKED] == [(ev.FLOOR_REVOKED, G1, "cat@no", 3)]
+    w.relay_out(w.relay.device_control(w.now, "bob@no", "stun"))
+    w.act("ann", w.devs["ann"].deregister(w.now))
+    got = w.relay.events()
+    assert (ev.DEVICE_CONTROL, "bob@no", "stun") in got and (ev.DEREGISTERED, "ann@no", "deregistered") in got
+    w.lose = lambda src, dst, data: src == w.addr["cat"] or dst == w.addr["cat"]
+    w.step(30000)
+    assert (ev.DEREGISTERED, "cat@no", "expired") in w.relay.events()
+    w.check_counters()
+
+
+def test_key_log_gets_each_hops_keys_only_when_asked():
+    from opmob.relay import Relay
+
+    logged = []
+    w = World()
+    w.relay = Relay(w.cfg, w.registry, w.store, Rng(3).bytes, w.now, key_log=lambda *a: logged.append(a))
+    uplink = []
+    w.tap = lambda src, dst, data: dst == RELAY and not sig.is_sig(data) and uplink.append(bytes(data))
+    a = w.device("ann", [G1])
+    w.device("bob", [G1])
+    assert [(x[0], x[1], x[2]) for x in logged[:2]] == [
+        ("device_up", "ann@no", a.ssrc),
+        ("device_down", "ann@no", a.ssrc),
+    ]
+    assert all(len(x[3]) == 16 and len(x[4]) == 14 for x in logged)
+    w.request("ann")
+    uplink.clear()
+    sent = w.talk("ann", 1)
+    # What a capture tool does with the logged key: read ann's voice off the wire.
+    rx = srtp.SrtpSession(logged[0][3], logged[0][4])
+    want = bytes(sent[0][:8]) + a.ssrc.to_bytes(4, "big") + bytes(sent[0][12:])  # the device sets its SSRC
+    assert [bytes(rx.unprotect(p)) for p in uplink if ssrc_of(p) == a.ssrc] == [want]
+    # Without key_log (the default) no key leaves the relay, and status never shows one.
+    assert "key" not in repr(World().relay.status()).lower().replace("key_id", "")
 
 
 def test_late_entry_gets_floor_taken_and_voice_at_once():

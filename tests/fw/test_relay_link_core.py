@@ -307,13 +307,16 @@ def test_replayed_hello_and_auth_do_not_disturb_the_link():
 
 def test_link_down_then_back():
     n = up_net()
+    assert n.a.events() == [("link_up", "relay-b@no")] and n.b.events() == [("link_up", "relay-a@no")]
     n.cut = True
     n.step(5 * KA_MS)
     assert n.link(n.a)["state"] == "down" and n.link(n.b)["state"] == "connecting"
+    assert n.a.events() == [("link_down", "relay-b@no")] and n.b.events() == [("link_down", "relay-a@no")]
     n.cut = False
     n.step(40000)
     assert n.link(n.a)["state"] == "up" and n.link(n.b)["state"] == "up"
     assert n.link(n.b)["counters"]["ups"] == 2
+    assert n.b.events() == [("link_up", "relay-a@no")]
     n.check_counters()
 
 

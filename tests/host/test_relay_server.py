@@ -899,3 +899,38 @@ def test_drivers_stand_apart_from_the_servers_around_them() -> None:
     from opmob import relay_uasyncio, uasyncio_driver
 
     assert relay_uasyncio.Driver is uasyncio_driver.Driver  # the accessory's import still works
+
+
+def test_driver_drains_the_core_events_after_each_call() -> None:
+    class EventCore(FakeCore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pending: list[tuple[str, int]] = []
+
+        def on_datagram(self, now: int, addr: Any, data: bytes) -> Any:
+            self.pending.append(("seen", len(data)))
+            return super().on_datagram(now, addr, data)
+
+        def events(self) -> Any:
+            e, self.pending = self.pending, []
+            return e or ()
+
+    got: list[Any] = []
+
+    async def main() -> None:
+        core = EventCore()
+        drv = UdpDriver(core, on_events=got.extend)
+        addr = await drv.open("127.0.0.1", 0)
+        cli = Client(addr)
+        try:
+            cli.send(b"echo hi")
+            assert await cli.recv() == b"hi"
+            cli.send(b"nothing")
+            await cli.nothing(0.1)
+        finally:
+            cli.close()
+            drv.close()
+        assert core.pending == []
+
+    arun(main())
+    assert got == [("seen", 7), ("seen", 7)]
