@@ -31,6 +31,9 @@ instant). ``cut`` partitions sets of addresses from each other until ``restore``
 dropped when its path is cut as it is sent or as it arrives. Loss and jitter come from a seeded
 xorshift32 generator, so a run replays identically, on either runtime, from its seed and script.
 
+A core with an ``events()`` method (the relay's typed events, relay_events.py) is drained after
+each call into it when ``on_events(addr, t, events)`` is set, as the drivers drain it.
+
 Taps see every datagram: ``tap(event, t, src, dst, data)`` with event "sent", "delivered",
 "lost", "cut" or "nowhere" (no node at dst) and ``t`` the virtual ms. ``counters`` count the same,
 and the events run ("events": "wakes" of nodes, "actions", datagrams reaching a node).
@@ -77,13 +80,15 @@ class Rng:
 
 class _Node:
     # One attached node: its addresses, and the deadline its live heap entry stands for.
-    __slots__ = ("node", "addrs", "at", "gen")
+    __slots__ = ("node", "addrs", "at", "gen", "drain")
 
     def __init__(self, node):
         self.node = node
         self.addrs = []
         self.at = None  # absolute virtual ms of the valid wake entry, or None
         self.gen = 0
+        ev = getattr(node, "events", None)
+        self.drain = ev if callable(ev) else None  # a core's typed events (the relay's events())
 
 
 class Path:
@@ -119,6 +124,9 @@ class Sim:
         self.taps = []
         self.drop_if = None  # drop_if(src, dst, data) -> True: lost (counted "lost") on arrival
         self.after_call = None  # after_call(addr, node): after each on_datagram/poll of a node
+        # on_events(addr, t, events): a core's typed events (relay_events.py), drained after each
+        # call into it, as the drivers do; while None they stay in the core for the test to read.
+        self.on_events = None
         self.max_same_instant = MAX_SAME_INSTANT
         self.counters = {
             "sent": 0,
@@ -378,6 +386,8 @@ class Sim:
                 tap("delivered", t, src, dst, data)
             out = rec.node.on_datagram(self.now, src, data)
             self._resched(rec)
+            if self.on_events is not None and rec.drain is not None:
+                self._drain(dst, rec)
             if self.after_call is not None:
                 self.after_call(dst, rec.node)
             if out:
@@ -389,6 +399,8 @@ class Sim:
             out = rec.node.poll(self.now)
             self._resched(rec)
             addr = rec.addrs[0]
+            if self.on_events is not None and rec.drain is not None:
+                self._drain(addr, rec)
             if self.after_call is not None:
                 self.after_call(addr, rec.node)
             if out:
@@ -399,6 +411,11 @@ class Sim:
             e[3]()
 
     _instant = 0
+
+    def _drain(self, addr, rec):
+        evs = rec.drain()
+        if evs:
+            self.on_events(addr, self.t, evs)
 
     def _next_live(self):
         # The time of the next event that will run, dropping stale wake entries on the way.

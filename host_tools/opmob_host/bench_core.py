@@ -304,8 +304,16 @@ class SimLoad:
                     if m % 2:
                         sim.at(3000 + n % 997, self._affiliator(a, d, group))
                 self.groups.append((addr, group, people))
-        # Events pile up on a DeviceSession that nobody reads: the load reads none.
+        # Events pile up on a DeviceSession that nobody reads: the load reads none. The relays'
+        # typed events are drained and counted, as a driver hands them to a monitor.
         sim.after_call = _drop_events
+        self.relay_events: "dict[str, int]" = {}
+        sim.on_events = self._count
+
+    def _count(self, addr: object, t: int, evs: "Any") -> None:
+        c = self.relay_events
+        for e in evs:
+            c[e[0]] = c.get(e[0], 0) + 1
 
     def _starter(self, a: object, d: "Any") -> "Callable[[], None]":
         sim = self.sim
@@ -399,10 +407,16 @@ def sim_rows(scale: int) -> "Iterator[tuple[str, float, str, float | None, str]]
     sim.run_until(virtual_ms)
     el = _elapsed_us(t0)
     # Every packet reaches the other members of its group, or the load is not what it claims.
-    if load.registered() != len(load.devs) or load.voice_heard() < load.voice_sent * (members - 1) * 0.95:
+    ev = load.relay_events
+    if (
+        load.registered() != len(load.devs)
+        or ev.get("registered", 0) < len(load.devs)
+        or ev.get("floor_granted", 0) < load.bursts
+        or load.voice_heard() < load.voice_sent * (members - 1) * 0.95
+    ):
         raise RuntimeError(
-            "sim load: %d of %d registered, %d voice packets heard for %d sent"
-            % (load.registered(), len(load.devs), load.voice_heard(), load.voice_sent)
+            "sim load: %d of %d registered, %d voice packets heard for %d sent, relay events %r"
+            % (load.registered(), len(load.devs), load.voice_heard(), load.voice_sent, ev)
         )
     c = sim.counters
     events = c["events"]

@@ -453,6 +453,8 @@ def test_real_cores_over_a_lossy_network_across_the_wrap():
     Registry(store, "no").load_export(export_doc())
     relay = s.attach(Relay(config(), Registry(store, "no"), store, Rng(4).bytes, s.now), A)
     s.set_default(delay=20, jitter=15, loss=0.05)
+    seen = []
+    s.on_events = lambda addr, t, evs: seen.extend((addr, t, e) for e in evs)
     devs = []
     for i, name in enumerate(("ann", "bob", "cat", "dan")):
         d = DeviceSession(ident(name), secret_of(name), A, Rng(50 + i).bytes, groups=[G1])
@@ -469,6 +471,14 @@ def test_real_cores_over_a_lossy_network_across_the_wrap():
     s.run_for(1000)
     granted = [e for e in ann.events if e[0] == "floor" and e[2].kind == mcpt.FLOOR_GRANTED]
     assert granted, ann.events
+    # The relay's typed events, drained by the simulator as a driver drains them.
+    kinds = [e[2][0] for e in seen]
+    assert all(addr == A for addr, _t, _e in seen)
+    assert sorted(e[2][1] for e in seen if e[2][0] == "registered") == [
+        ident(n) for n in ("ann", "bob", "cat", "dan")
+    ]
+    assert ("floor_granted", G1, ident("ann")) in [e[2] for e in seen], kinds
+    assert not relay.events()
     for i in range(100):
         pkt = rtp.encode(rtp.RtpHeader(rtp.PT_DVI4_8K, i, i * 160, 0), bytes(84))
         s.send(ann_addr, ann.send_voice(s.now, pkt))
