@@ -14,8 +14,11 @@ Time. Virtual time is an int of milliseconds since the simulation started (``sim
 ``start`` (e.g. 60 days of uptime, or a few seconds before the wrap). A node's deadline is
 converted back with ``tdiff``, so a core's timers work across the wrap exactly as on a device.
 
-Events. One heap holds three kinds of events, ordered by time and, at equal times, by the order
-they were scheduled (FIFO): a datagram arriving, a node's deadline, a scripted action. A node is
+Events. One heap holds three kinds of events, ordered by time; at one instant, scripted actions
+run first (in the order they were scheduled), then the nodes whose deadline it is (in the order
+they were attached), then datagrams arrive (FIFO: in the order they were sent, so what a timer
+sends at that instant arrives after every timer due then has run, as a driver's poll loop does). A
+node is
 only woken at its own deadline or when a datagram reaches it -- never by scanning every node.
 After each call into a node (and whenever ``send`` carries something a node returned to an outside
 caller) its ``next_deadline()`` is read again; if it moved, a new heap entry is pushed and the old
@@ -43,9 +46,13 @@ import heapq
 
 from opmob.ticks import MASK, tdiff
 
-_DELIVER = 0
+# Heap entries are (t, kind, key, seq, a, b, c): at one instant scripted actions run first (in the
+# order they were scheduled), then nodes' deadlines (in the order the nodes were attached), then
+# datagrams arrive (in the order they were sent). ``seq`` is unique, so a comparison never
+# reaches the payload a, b, c.
+_ACTION = 0
 _WAKE = 1
-_ACTION = 2
+_DELIVER = 2
 
 # The most events one instant may hold before the run is declared a livelock (a node that keeps
 # returning a deadline in the past, two nodes answering each other forever at zero delay).
@@ -80,10 +87,11 @@ class Rng:
 
 class _Node:
     # One attached node: its addresses, and the deadline its live heap entry stands for.
-    __slots__ = ("node", "addrs", "at", "gen", "drain")
+    __slots__ = ("node", "order", "addrs", "at", "gen", "drain")
 
-    def __init__(self, node):
+    def __init__(self, node, order):
         self.node = node
+        self.order = order  # attach order: who wakes first among equal deadlines
         self.addrs = []
         self.at = None  # absolute virtual ms of the valid wake entry, or None
         self.gen = 0
@@ -113,6 +121,7 @@ class Sim:
         self.rng = Rng(seed)
         self._heap = []
         self._seq = 0
+        self._attached = 0
         self._by_addr = {}  # address -> _Node
         self._by_id = {}  # id(node) -> _Node
         self._paths = {}  # (src, dst) -> Path
@@ -157,7 +166,8 @@ class Sim:
         already at one of these addresses is detached from it (a device power-cycled in place)."""
         rec = self._by_id.get(id(node))
         if rec is None:
-            rec = _Node(node)
+            self._attached += 1
+            rec = _Node(node, self._attached)
             self._by_id[id(node)] = rec
         for a in addrs:
             old = self._by_addr.get(a)
@@ -212,7 +222,7 @@ class Sim:
             rec.gen += 1
             rec.at = at
             self._seq += 1
-            heapq.heappush(self._heap, (at, self._seq, _WAKE, rec, rec.gen, None))
+            heapq.heappush(self._heap, (at, _WAKE, rec.order, self._seq, rec, rec.gen, None))
 
     # --- network ------------------------------------------------------------------------------------
 
@@ -297,7 +307,7 @@ class Sim:
                 at += self.rng.below(p.jitter + 1)
             self._seq += 1
             self._in_flight += 1
-            heapq.heappush(self._heap, (at, self._seq, _DELIVER, src, dst, data))
+            heapq.heappush(self._heap, (at, _DELIVER, self._seq, self._seq, src, dst, data))
 
     def discard_in_flight(self):
         """Every datagram on its way is lost (counted "discarded"): a process restarting, a
@@ -305,7 +315,7 @@ class Sim:
         keep = []
         n = 0
         for e in self._heap:
-            if e[2] == _DELIVER:
+            if e[1] == _DELIVER:
                 n += 1
             else:
                 keep.append(e)
@@ -317,7 +327,7 @@ class Sim:
 
     def discard_actions(self):
         """Every scripted action not yet run is dropped."""
-        self._heap = [e for e in self._heap if e[2] != _ACTION]
+        self._heap = [e for e in self._heap if e[1] != _ACTION]
         heapq.heapify(self._heap)
         self._pending_actions = 0
 
@@ -334,7 +344,7 @@ class Sim:
             t = self.t
         self._seq += 1
         self._pending_actions += 1
-        heapq.heappush(self._heap, (t, self._seq, _ACTION, fn, None, None))
+        heapq.heappush(self._heap, (t, _ACTION, self._seq, self._seq, fn, None, None))
 
     def after(self, ms, fn):
         self.at(self.t + ms, fn)
@@ -346,8 +356,7 @@ class Sim:
         heap = self._heap
         while heap:
             e = heapq.heappop(heap)
-            kind = e[2]
-            if kind == _WAKE and (e[4] != e[3].gen):
+            if e[1] == _WAKE and e[5] != e[4].gen:
                 continue  # stale: the node's deadline moved since
             self._run(e)
             return True
@@ -365,12 +374,12 @@ class Sim:
                 raise SimError("events never settle at t=%d ms" % t)
         c = self.counters
         c["events"] += 1
-        kind = e[2]
+        kind = e[1]
         if kind == _DELIVER:
             self._in_flight -= 1
-            src = e[3]
-            dst = e[4]
-            data = e[5]
+            src = e[4]
+            dst = e[5]
+            data = e[6]
             if self._cuts and self.is_cut(src, dst):
                 self._fate("cut", src, dst, data)
                 return
@@ -393,7 +402,7 @@ class Sim:
             if out:
                 self._send(dst, out)
         elif kind == _WAKE:
-            rec = e[3]
+            rec = e[4]
             rec.at = None  # this entry is spent; _resched pushes the next one
             c["wakes"] += 1
             out = rec.node.poll(self.now)
@@ -408,7 +417,7 @@ class Sim:
         else:
             self._pending_actions -= 1
             c["actions"] += 1
-            e[3]()
+            e[4]()
 
     _instant = 0
 
@@ -422,7 +431,7 @@ class Sim:
         heap = self._heap
         while heap:
             e = heap[0]
-            if e[2] == _WAKE and e[4] != e[3].gen:
+            if e[1] == _WAKE and e[5] != e[4].gen:
                 heapq.heappop(heap)
                 continue
             return e[0]

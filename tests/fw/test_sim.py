@@ -85,6 +85,36 @@ def test_same_instant_fifo_by_send_order():
     assert s.counters["sent"] == 4 and s.counters["delivered"] == 4 and s.t == 0
 
 
+def test_one_instant_actions_then_deadlines_by_attach_order_then_datagrams():
+    s = Sim()
+    order = []
+
+    class Rec(Ticker):
+        def __init__(self, name, now, period):
+            Ticker.__init__(self, now, period, "sink")
+            self.name = name
+
+        def poll(self, now):
+            order.append(("wake", self.name))
+            return Ticker.poll(self, now)
+
+    class Log(Sink):
+        def on_datagram(self, now, src, data):
+            order.append(("got", src))
+            return []
+
+    s.attach(Log(s), "sink")
+    late = s.attach(Rec("b", s.now, 10), "b")
+    s.attach(Rec("a", s.now, 10), "a")
+    late.deadline = tadd(s.now, 30)  # pushed again, after a's: b still wakes first at 10
+    s.touch(late)
+    late.deadline = tadd(s.now, 10)
+    s.touch(late)
+    s.at(10, lambda: order.append(("action", None)) or s.send("x", [("sink", b"1")]))
+    s.run_until(10)
+    assert order == [("action", None), ("wake", "b"), ("wake", "a"), ("got", "x"), ("got", "b"), ("got", "a")]
+
+
 def test_replies_leave_from_the_address_reached_polls_from_the_first():
     s = Sim()
     sink = s.attach(Sink(s), C)
