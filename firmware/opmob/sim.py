@@ -17,13 +17,12 @@ converted back with ``tdiff``, so a core's timers work across the wrap exactly a
 Events. One heap holds three kinds of events, ordered by time; at one instant, scripted actions
 run first (in the order they were scheduled), then the nodes whose deadline it is (in the order
 they were attached), then datagrams arrive (FIFO: in the order they were sent, so what a timer
-sends at that instant arrives after every timer due then has run, as a driver's poll loop does). A
-node is
-only woken at its own deadline or when a datagram reaches it -- never by scanning every node.
-After each call into a node (and whenever ``send`` carries something a node returned to an outside
-caller) its ``next_deadline()`` is read again; if it moved, a new heap entry is pushed and the old
-one is left in the heap, recognised as stale by a generation number when it comes up (lazy
-invalidation).
+sends at that instant arrives after every timer due then has run). A node is only woken at its
+own deadline or when a datagram reaches it -- never by scanning every node. After each call into
+a node (and whenever ``send`` carries something a node returned to an outside caller) its
+``next_deadline()`` is read again; if it moved, a new heap entry is pushed and the old one is left
+in the heap, recognised as stale by a generation number when it comes up (lazy invalidation).
+A test that calls a core and drops what it returned uses ``touch(node)`` or ``touch_all()``.
 
 Network. Addresses are opaque hashable values. A node is attached at one or more addresses;
 what it returns from ``on_datagram`` is sent from the address the datagram reached, what it
@@ -39,7 +38,7 @@ each call into it when ``on_events(addr, t, events)`` is set, as the drivers dra
 
 Taps see every datagram: ``tap(event, t, src, dst, data)`` with event "sent", "delivered",
 "lost", "cut" or "nowhere" (no node at dst) and ``t`` the virtual ms. ``counters`` count the same,
-and the events run ("events": "wakes" of nodes, "actions", datagrams reaching a node).
+and the events run ("events": "wakes" of nodes, "actions", datagrams arriving).
 """
 
 import heapq
@@ -193,7 +192,7 @@ class Sim:
             del self._by_id[id(rec.node)]
             rec.gen += 1
             rec.at = None
-            rec.node = None  # its stale heap entries must not keep it alive
+            rec.node = rec.drain = None  # its stale heap entries must not keep it alive
 
     def node_at(self, addr):
         rec = self._by_addr.get(addr)
@@ -210,6 +209,8 @@ class Sim:
             self._resched(rec)
 
     def _resched(self, rec):
+        if rec.node is None:
+            return  # detached meanwhile (by a script, a hook)
         d = rec.node.next_deadline()
         if d is None:
             if rec.at is not None:
@@ -393,25 +394,27 @@ class Sim:
             c["delivered"] += 1
             for tap in self.taps:
                 tap("delivered", t, src, dst, data)
-            out = rec.node.on_datagram(self.now, src, data)
+            node = rec.node
+            out = node.on_datagram(self.now, src, data)
             self._resched(rec)
             if self.on_events is not None and rec.drain is not None:
                 self._drain(dst, rec)
             if self.after_call is not None:
-                self.after_call(dst, rec.node)
+                self.after_call(dst, node)
             if out:
                 self._send(dst, out)
         elif kind == _WAKE:
             rec = e[4]
             rec.at = None  # this entry is spent; _resched pushes the next one
             c["wakes"] += 1
-            out = rec.node.poll(self.now)
-            self._resched(rec)
             addr = rec.addrs[0]
+            node = rec.node
+            out = node.poll(self.now)
+            self._resched(rec)
             if self.on_events is not None and rec.drain is not None:
                 self._drain(addr, rec)
             if self.after_call is not None:
-                self.after_call(addr, rec.node)
+                self.after_call(addr, node)
             if out:
                 self._send(addr, out)
         else:

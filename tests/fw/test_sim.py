@@ -386,6 +386,15 @@ def test_attach_replaces_and_detach():
     assert len(new.fired) == 4 and s.counters["nowhere"] == 1 and len(sink.got) == 5
 
 
+def test_a_node_detached_by_a_hook_mid_call():
+    s = Sim()
+    t = s.attach(Ticker(s.now, 10, C), A)
+    sink = s.attach(Sink(s), C)
+    s.after_call = lambda addr, node: s.detach(A) if node is t else None
+    s.run_for(100)
+    assert len(t.fired) == 1 and len(sink.got) == 1 and s.node_at(A) is None
+
+
 def test_actions_in_order_and_at_the_right_time():
     s = Sim()
     seen = []
