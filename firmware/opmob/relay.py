@@ -476,6 +476,8 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         grp = self.registry.group(g)
         ceiling = dev.ceiling if dev is not None else 0
         ro = grp is not None and s.identity in grp.receive_only
+        if self._remote_pids:
+            self._route_local(s.identity, g)
         out = self._floor_out(srv.join(now, s.identity, s.identity, s.ssrc, ceiling=ceiling, receive_only=ro))
         if self._attach_of:
             out.extend(self._late_entry(s, g))
@@ -486,6 +488,8 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         srv = self._floors.get(g)
         if srv is None:
             return []
+        if self._remote_pids and self._routed_remote(identity, g) is not None:
+            return []  # the member talks through another relay now: that route stays
         out = self._floor_out(srv.leave(now, identity))
         if self._attach_of:
             out.extend(self._links_changed(now, g, self._by_identity.get(identity)))

@@ -22,41 +22,27 @@ import struct
 
 from opmob import authvec, mcpt, sig, txn
 from opmob import relay_events as ev
-from opmob.errors import AuthFailed, BadValue, WireError
+from opmob.errors import BadValue, WireError
 from opmob.floorid import floor_ssrc
+from opmob.relay_peer import (  # noqa: F401  (names this module had before Peer moved out)
+    AGREEMENT,
+    GRANTS,
+    LINK_CONNECTING,
+    LINK_COUNTERS,
+    LINK_DOWN,
+    LINK_SILENT_KEEPALIVES,
+    LINK_STREAMS,
+    LINK_UP,
+    RETRY_MAX,
+    RETRY_MIN,
+    Link,
+    Peer,
+)
 from opmob.relay_session import REGISTERED, Drop
-from opmob.ticks import due, earliest, tadd
-
-AGREEMENT = 0  # links inside one system: no roaming agreement
-GRANTS = 0
-LINK_DOWN = "down"  # responder: waiting for the peer's LINK_HELLO
-LINK_CONNECTING = "connecting"  # initiator: LINK_HELLO/LINK_AUTH in flight or waiting to retry
-LINK_UP = "up"
-RETRY_MIN = 1000  # ms before the first re-HELLO after a failure; doubles up to RETRY_MAX
-RETRY_MAX = 30000  # ms
-LINK_SILENT_KEEPALIVES = 3  # keep-alive intervals without a word before a link is declared down
-LINK_STREAMS = 1024  # SRTP streams per link context: two per attached group and direction
+from opmob.ticks import due, earliest
 
 ATTACHING = "attaching"
 ATTACHED = "attached"
-
-LINK_COUNTERS = (
-    "hellos",
-    "challenges",
-    "auth_failed",
-    "ups",
-    "downs",
-    "keepalives",
-    "attaches",
-    "detaches",
-    "voice_in",
-    "voice_out",
-    "voice_payload_out",
-    "floor_in",
-    "floor_out",
-    "transcode_errors",
-    "errors",
-)
 
 
 def _copy(m, **changes):
@@ -81,6 +67,7 @@ class LinkGroup:
         "holder",
         "last_bcast",
         "remote",
+        "by_ref",
         "slots",
         "seq",
         "ext",
@@ -94,65 +81,11 @@ class LinkGroup:
         self.engaged = {}  # participating: member SSRC -> identity, known by reference there
         self.holder = None  # participating: the local member the controller granted the floor
         self.last_bcast = None  # participating: the floor state last broadcast, for late joiners
-        self.remote = {}  # controlling: pid -> reference, members known by Track Info
+        self.remote = {}  # controlling: pid (the member's user identity) -> its reference over there
+        self.by_ref = {}  # controlling: reference -> pid
         self.slots = {}  # "out" / "in" -> transcoder slot
         self.seq = 0  # sequence numbers of the untranscoded stream this relay sends on the link
         self.ext = None  # 48-bit index of the last packet received on the link (for fan-out)
-
-
-class Link:
-    __slots__ = (
-        "cfg",
-        "peer",
-        "state",
-        "sid",
-        "addr",
-        "tx",
-        "rx",
-        "srtp_tx",
-        "srtp_rx",
-        "txns",
-        "window",
-        "pend",
-        "hello",
-        "retry_at",
-        "backoff",
-        "last_seen",
-        "ka_at",
-        "att",
-        "served",
-        "counters",
-    )
-
-    def __init__(self, lcfg, addr):
-        self.cfg = lcfg
-        self.peer = lcfg.peer
-        self.state = LINK_CONNECTING if lcfg.initiator else LINK_DOWN
-        self.sid = 0
-        self.addr = addr
-        self.tx = self.rx = self.srtp_tx = self.srtp_rx = None
-        self.txns = None
-        self.window = None
-        self.pend = None  # responder: (sid, nonce_i, nonce_r, keys, tx, rx) of an unanswered challenge
-        self.hello = None  # initiator: (txid, nonce_i) of the LINK_HELLO in flight
-        self.retry_at = None
-        self.backoff = RETRY_MIN
-        self.last_seen = 0
-        self.ka_at = None
-        self.att = {}  # group -> LinkGroup this relay participates in over the link
-        self.served = {}  # group -> LinkGroup the peer participates in, controlled here
-        c = {}
-        for k in LINK_COUNTERS:
-            c[k] = 0
-        self.counters = c
-
-    @property
-    def up(self):
-        return self.state == LINK_UP
-
-    @property
-    def pid(self):
-        return "link:" + self.peer
 
 
 class LinkPlane:
@@ -175,9 +108,17 @@ class LinkPlane:
             addr = None
             if lk.initiator:
                 addr = link_addr(lk.host, lk.port) if link_addr is not None else (lk.host, lk.port)
-            link = Link(lk, addr)
-            if lk.initiator:
-                link.retry_at = now
+            link = Peer(
+                lk,
+                self.cfg.identity,
+                addr,
+                self.rand,
+                self._srtp,
+                self.cfg.keepalive_ms,
+                int(self.cfg.expiry),
+                now,
+                self._key_log,
+            )
             self._links[lk.peer] = link
             for g in lk.attach:
                 self._attach_of[g] = lk.peer
@@ -188,69 +129,28 @@ class LinkPlane:
     def _link_rearm(self):
         d = None
         for link in self._links.values():
-            d = earliest(d, link.retry_at)
-            d = earliest(d, link.ka_at)
-            if link.txns is not None:
-                d = earliest(d, link.txns.deadline())
-            if link.up:
-                d = earliest(d, tadd(link.last_seen, self._link_silent()))
+            d = earliest(d, link.next_deadline())
         self._link_at = d
-
-    def _link_silent(self):
-        return (2 * LINK_SILENT_KEEPALIVES + 1) * self.cfg.keepalive_ms // 2
 
     def _link_poll(self, now):
         out = []
         if self._link_at is None or not due(now, self._link_at):
             return out
         for link in self._links.values():
-            if link.txns is not None:
-                resend, dead = link.txns.poll(now)
-                for data in resend:
-                    out.append((link.addr, data))
-                for t in dead:
-                    if t.type in (sig.LINK_HELLO, sig.LINK_AUTH) and not link.up:
-                        self._link_retry(now, link)
-            if link.up and due(now, tadd(link.last_seen, self._link_silent())):
+            resend, silent = link.poll(now)
+            for data in resend:
+                out.append((link.addr, data))
+            if silent:
                 out.extend(self._link_down(now, link))
-            if link.retry_at is not None and due(now, link.retry_at):
-                out.extend(self._link_hello(now, link))
-            if link.up and link.ka_at is not None and due(now, link.ka_at):
-                link.ka_at = tadd(now, self.cfg.keepalive_ms)
-                if link.cfg.initiator:
-                    out.append(self._link_request(now, link, sig.KEEPALIVE, max_sends=1))
+            sent, ticked = link.tick(now)
+            for data in sent:
+                out.append((link.addr, data))
+            if ticked:
                 out.extend(self._link_sync(now, link))
         self._link_rearm()
         return out
 
-    def _link_retry(self, now, link):
-        link.hello = None
-        link.txns = None
-        link.state = LINK_CONNECTING
-        link.retry_at = tadd(now, link.backoff)
-        link.backoff = min(RETRY_MAX, link.backoff * 2)
-
-    # --- handshake --------------------------------------------------------------------------------
-
-    def _link_hello(self, now, link):
-        link.retry_at = None
-        link.state = LINK_CONNECTING
-        nonce = self.rand(authvec.NONCE_LEN)
-        link.txns = txn.Transactions(self._rand_u32(), answers=sig.answers)
-        txid = link.txns.new_txid()
-        m = sig.SigMsg(
-            sig.LINK_HELLO,
-            txid=txid,
-            relay=self.cfg.identity,
-            peer=link.peer,
-            nonce=nonce,
-            agreement=AGREEMENT,
-        )
-        data = sig.encode(m)
-        link.txns.start(now, data)
-        link.hello = (txid, nonce)
-        link.counters["hellos"] += 1
-        return [(link.addr, data)]
+    # --- handshake: the Peer does it (relay_peer.py); here the relay's part ---------------------------
 
     def _link_owns(self, h):
         if h.down:
@@ -269,7 +169,7 @@ class LinkPlane:
             for lk in self._links.values():
                 if lk.cfg.initiator and (
                     (lk.sid == h.session and lk.rx is not None)
-                    or (h.type == sig.LINK_CHALLENGE and lk.hello is not None and lk.hello[0] == h.txid)
+                    or (h.type == sig.LINK_CHALLENGE and lk.answers_hello(h.txid))
                 ):
                     link = lk
                     break
@@ -280,9 +180,8 @@ class LinkPlane:
             key = link.rx
         else:
             link = self._link_by_sid[h.session]
-            if link.pend is not None and link.pend[0] == h.session:
-                key = link.pend[5]
-            elif link.sid == h.session:
+            key = link.auth_key(h.session)
+            if key is None and link.sid == h.session:
                 key = link.rx
         if key is None:
             raise Drop("link_unknown_session")
@@ -300,11 +199,8 @@ class LinkPlane:
             return self._on_link_auth(now, addr, link, h.session, msg)
         if link.sid != h.session or not link.up:
             raise Drop("link_unknown_session")
-        if not link.window.fresh(msg.txid):
+        if not link.fresh_request(now, addr, msg.txid):
             raise Drop("link_replayed")
-        link.window.accept(msg.txid)
-        link.last_seen = now
-        link.addr = addr
         return self._answer_once(now, addr, peer, msg.txid, self._link_request_in, link, msg)
 
     def _on_link_hello(self, now, addr, data):
@@ -323,23 +219,11 @@ class LinkPlane:
             raise Drop("link_wrong_peer")
         if msg.agreement != AGREEMENT:
             raise Drop("link_bad_agreement")
-        link.counters["hellos"] += 1
         if link.pend is not None:
             self._link_by_sid.pop(link.pend[0], None)
         sid = self._new_sid()
-        nonce_r = self.rand(authvec.NONCE_LEN)
-        psk = link.cfg.psk
-        me = self.cfg.identity
-        proof = authvec.link_proof(psk, True, link.peer, me, msg.nonce, nonce_r, AGREEMENT)
-        keys = authvec.link_keys(psk, link.peer, me, msg.nonce, nonce_r, AGREEMENT)
-        tx, rx = sig.keys(keys, True)
-        link.pend = (sid, msg.nonce, nonce_r, keys, tx, rx)
+        resp = link.challenge(now, msg, sid, self.rand(authvec.NONCE_LEN))
         self._link_by_sid[sid] = link
-        link.counters["challenges"] += 1
-        ch = sig.SigMsg(
-            sig.LINK_CHALLENGE, txid=msg.txid, session=sid, down=True, relay=me, nonce=nonce_r, proof=proof
-        )
-        resp = sig.encode(ch)
         self._cache.store(now, addr, msg.txid, resp)
         return [(addr, resp)]
 
@@ -350,81 +234,32 @@ class LinkPlane:
             raise Drop("link_" + e.counter)
         if link.txns is None or link.txns.on_response(msg.txid, msg.type) is None:
             raise Drop("link_unsolicited_response")
-        nonce_i = link.hello[1]
-        link.hello = None
-        me = self.cfg.identity
-        psk = link.cfg.psk
-        try:
-            if msg.relay != link.peer:
-                raise AuthFailed("challenge from another relay")
-            authvec.check_link_proof(psk, True, me, link.peer, nonce_i, msg.nonce, AGREEMENT, msg.proof)
-        except AuthFailed:
-            # Not our peer, or not our key: nothing is sent that could help a guesser.
-            link.counters["auth_failed"] += 1
-            self._link_retry(now, link)
-            self._link_rearm()
-            raise Drop("link_auth_failed")
-        keys = authvec.link_keys(psk, me, link.peer, nonce_i, msg.nonce, AGREEMENT)
-        link.tx, link.rx = sig.keys(keys, False)
-        link.sid = msg.session
-        link.srtp_tx = self._srtp(keys.srtp_up_key, keys.srtp_up_salt, max_streams=LINK_STREAMS)
-        link.srtp_rx = self._srtp(keys.srtp_down_key, keys.srtp_down_salt, max_streams=LINK_STREAMS)
-        if self._key_log is not None:
-            self._log_keys("link_tx", link.peer, 0, keys.srtp_up_key, keys.srtp_up_salt)
-            self._log_keys("link_rx", link.peer, 0, keys.srtp_down_key, keys.srtp_down_salt)
-        proof = authvec.link_proof(psk, False, me, link.peer, nonce_i, msg.nonce, AGREEMENT)
-        out = [self._link_request(now, link, sig.LINK_AUTH, proof=proof)]
+        auth = link.on_challenge(now, msg)
         self._link_rearm()
-        return out
+        if auth is None:
+            raise Drop("link_auth_failed")
+        return [(link.addr, auth)]
 
     def _on_link_auth(self, now, addr, link, sid, msg):
-        p = link.pend
-        if p is None or p[0] != sid:
+        if link.pend is None or link.pend[0] != sid:
             raise Drop("link_unknown_session")
-        psk = link.cfg.psk
-        try:
-            authvec.check_link_proof(
-                psk, False, link.peer, self.cfg.identity, p[1], p[2], AGREEMENT, msg.proof
-            )
-        except AuthFailed:
-            link.counters["auth_failed"] += 1
+        if not link.auth_ok(sid, msg):
             raise Drop("link_auth_failed")
         out = []
         if link.up:
             # The peer restarted and proved the key again: the new session replaces the old.
             out.extend(self._link_down(now, link))
-        link.pend = None
         old = link.sid
         if old and old != sid:
             self._link_by_sid.pop(old, None)
-        keys = p[3]
-        link.sid = sid
-        link.tx, link.rx = p[4], p[5]
-        link.srtp_rx = self._srtp(keys.srtp_up_key, keys.srtp_up_salt, max_streams=LINK_STREAMS)
-        link.srtp_tx = self._srtp(keys.srtp_down_key, keys.srtp_down_salt, max_streams=LINK_STREAMS)
-        if self._key_log is not None:
-            self._log_keys("link_tx", link.peer, 0, keys.srtp_down_key, keys.srtp_down_salt)
-            self._log_keys("link_rx", link.peer, 0, keys.srtp_up_key, keys.srtp_up_salt)
-        link.window = txn.ReplayWindow()
-        link.window.accept(msg.txid)
-        link.txns = txn.Transactions(self._rand_u32(), answers=sig.answers)
-        link.addr = addr
-        ack = msg.reply(
-            sig.LINK_ACK, keepalive=self._keepalive_s(), expiry=int(self.cfg.expiry), grants=GRANTS
-        )
-        resp = sig.encode(ack, link.tx)
+        resp = link.accept(now, addr, sid, msg)
         self._cache.store(now, link.pid, msg.txid, resp)
         out.insert(0, (addr, resp))
         out.extend(self._link_opened(now, link))
         return out
 
     def _link_opened(self, now, link):
-        link.state = LINK_UP
-        link.last_seen = now
-        link.backoff = RETRY_MIN
-        link.retry_at = None
-        link.ka_at = tadd(now, self.cfg.keepalive_ms)
-        link.counters["ups"] += 1
+        link.opened(now)
         self._events.add((ev.LINK_UP, link.peer))
         out = self._link_sync(now, link)
         self._link_rearm()
@@ -434,7 +269,6 @@ class LinkPlane:
         """The link is gone: the controlling side forgets the peer's members (a floor one of them
         holds is released); the participating side arbitrates its groups locally again."""
         out = []
-        link.counters["downs"] += 1
         self._events.add((ev.LINK_DOWN, link.peer))
         link.state = LINK_DOWN
         for g, lg in list(link.served.items()):
@@ -443,34 +277,19 @@ class LinkPlane:
             out.extend(self._unattach(now, link, lg))
         if link.sid:
             self._link_by_sid.pop(link.sid, None)
-        link.sid = 0
-        link.tx = link.rx = link.srtp_tx = link.srtp_rx = link.window = None
-        link.txns = None
-        link.ka_at = None
-        if link.cfg.initiator:
-            self._link_retry(now, link)
-        else:
-            link.state = LINK_DOWN
+        link.reset(now)
         self._link_rearm()
         return out
 
     # --- requests ---------------------------------------------------------------------------------
 
     def _link_request(self, now, link, mtype, ctx=None, max_sends=None, **fields):
-        m = sig.SigMsg(
-            mtype, txid=link.txns.new_txid(), session=link.sid, down=not link.cfg.initiator, **fields
-        )
-        data = sig.encode(m, link.tx)
-        link.txns.start(now, data, ctx=ctx, max_sends=max_sends)
-        return (link.addr, data)
+        return (link.addr, link.request(now, mtype, ctx=ctx, max_sends=max_sends, **fields))
 
     def _on_link_response(self, now, addr, link, msg):
-        if link.txns is None:
-            raise Drop("link_unsolicited_response")
-        t = link.txns.on_response(msg.txid, msg.type)
+        t = link.on_response(now, msg)
         if t is None:
             raise Drop("link_unsolicited_response")
-        link.last_seen = now
         out = []
         if msg.type == sig.LINK_ACK:
             out.extend(self._link_opened(now, link))
@@ -538,6 +357,8 @@ class LinkPlane:
                 out.extend(self._floor_out(srv.leave(now, pid)))
         for pid in lg.remote:
             self._remote_pids.pop(pid, None)
+        lg.remote = {}
+        lg.by_ref = {}
         link.served.pop(lg.group, None)
         self._link_media.pop(lg.ssrc, None)
         self._close_slots(lg)
@@ -703,15 +524,24 @@ class LinkPlane:
                 out.extend(self._floor_out(srv.on_message(now, link.pid, m)))
                 continue
             ref = ti.refs[0]
-            pid = "%s#%d" % (link.pid, ref)
             m.track_info = None
-            if pid not in lg.remote:
-                user = m.user_id if m.user_id is not None else pid
+            pid = lg.by_ref.get(ref)
+            if pid is None:
+                # A member over there is a participant under its user identity, which stays the
+                # same whichever relay it talks through; its route (link and reference) is kept
+                # beside it. Only a member whose first message names no user (a Floor Request
+                # carries it; anything else first is unusual) gets a name from its route.
+                pid = m.user_id if m.user_id is not None else "%s#%d" % (link.pid, ref)
+                user = pid
                 dev = self.registry.device(user)
                 grp = self.registry.group(lg.group)
                 ceiling = dev.ceiling if dev is not None else 0
                 ro = grp is not None and user in grp.receive_only
+                old = lg.remote.get(pid)
+                if old is not None:
+                    lg.by_ref.pop(old, None)  # the same member under a new reference there
                 lg.remote[pid] = ref
+                lg.by_ref[ref] = pid
                 self._remote_pids[pid] = (link, ref)
                 # Its relay told it the floor state already (broadcast to the link): the late
                 # entrant's copy would be a second one.
@@ -784,6 +614,22 @@ class LinkPlane:
             c["floor_out"] += len(targets)
         return out
 
+    def _routed_remote(self, pid, g):
+        """The LinkGroup through which ``pid`` is a member of ``g`` over a link, else None."""
+        r = self._remote_pids.get(pid)
+        if r is None:
+            return None
+        lg = r[0].served.get(g)
+        return lg if lg is not None and pid in lg.remote else None
+
+    def _route_local(self, pid, g):
+        """``pid`` is a member of ``g`` here now: its route over a link (if any) ends."""
+        lg = self._routed_remote(pid, g)
+        if lg is not None:
+            ref = lg.remote.pop(pid)
+            lg.by_ref.pop(ref, None)
+            self._remote_pids.pop(pid, None)
+
     def _late_entry(self, s, g):
         """A member joining an attached group hears the floor state last broadcast over the link."""
         lg = self._att_up(g)
@@ -825,7 +671,7 @@ class LinkPlane:
             return msg
         for link in self._links.values():
             lg = link.served.get(g)
-            if lg is not None and "%s#%d" % (link.pid, f) in lg.remote:
+            if lg is not None and f in lg.by_ref:
                 return _copy(msg, ssrc_field=lg.ssrc)
         return msg
 

@@ -272,7 +272,7 @@ class MediaPlane:
         by_id = self._by_identity
         for pid, msg in pairs:
             ls = by_id.get(pid)
-            if ls is None and pid in self._remote_pids:
+            if pid in self._remote_pids:  # a member over a link (its route wins: relay_link.py)
                 d = self._floor_to_link(pid, msg)
                 if d is None:
                     c["floor_undeliverable"] += 1

@@ -412,8 +412,37 @@ def test_talker_at_b_via_track_info():
     assert n.floors("dan") == [("Taken", "fire-1", "cat")]
     st = n.a.status()
     grp = [g for g in st["groups"] if g["identity"] == G1][0]
-    assert grp["holder"].startswith("link:relay-b@no#"), grp
+    # The remote talker is a participant under its user identity (its route is kept beside it).
+    assert grp["holder"] == "cat@no", grp
     sent = n.talk("cat", 4)
+    for who in ("ann", "bob", "dan"):
+        assert [payload(p) for p in n.heard(who)] == sent, who
+    n.check_counters()
+
+
+def test_a_talker_keeps_its_floor_identity_when_it_moves_between_relays():
+    n = two_sites()
+    n.request("cat")
+    n.release("cat")
+    n.step(100)
+    grp = [g for g in n.a.status()["groups"] if g["identity"] == G1][0]
+    assert "cat@no" in [m[0] for m in grp["members"]]
+    # cat leaves relay B and registers at relay A (a device of the same system moving on).
+    n.act("cat", n.devs["cat"].deregister(n.now))
+    cat = DeviceSession(ident("cat"), secret_of("cat"), RA, Rng(777).bytes, groups=[G1])
+    n.devs["cat"] = cat
+    n.home["cat"] = RA
+    n.send(n.addr["cat"], cat.start(n.now))
+    n.step(100)
+    assert cat.state == "registered"
+    grp = [g for g in n.a.status()["groups"] if g["identity"] == G1][0]
+    assert [m[0] for m in grp["members"]].count("cat@no") == 1
+    assert n.link(n.a)["remote_members"] == 0  # its route over the link ended
+    n.clear()
+    n.request("cat")
+    assert n.floors("cat") == [("Granted", "fire-1", "cat")]
+    assert [g for g in n.a.status()["groups"] if g["identity"] == G1][0]["holder"] == "cat@no"
+    sent = n.talk("cat", 3)
     for who in ("ann", "bob", "dan"):
         assert [payload(p) for p in n.heard(who)] == sent, who
     n.check_counters()
