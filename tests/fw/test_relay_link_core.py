@@ -432,6 +432,7 @@ def test_a_talker_keeps_its_floor_identity_when_it_moves_between_relays():
     cat = DeviceSession(ident("cat"), secret_of("cat"), RA, Rng(777).bytes, groups=[G1])
     n.devs["cat"] = cat
     n.home["cat"] = RA
+    n.sim.attach(cat, n.addr["cat"])  # in place of its old session, on the same address
     n.send(n.addr["cat"], cat.start(n.now))
     n.step(100)
     assert cat.state == "registered"
