@@ -4,7 +4,8 @@ The network and the clock are an ``opmob.sim.Sim`` (``World.sim``): datagrams ar
 send order, at once, unless ``World.lose`` says otherwise (or a test sets paths or cuts on
 ``w.sim``); ``run(t)`` moves the clock to ``t``, waking the relay and each device at their own
 deadlines. ``run`` first reads every node's deadline again (``Sim.touch_all``), since tests call
-the cores directly. Runs on both runtimes.
+the cores directly. A core the network must reach is attached to ``w.sim`` (``device`` does it;
+a session replacing another on its address: ``w.sim.attach(d, addr)``). Runs on both runtimes.
 
 Time is the cores' clock: int milliseconds modulo 2^30 (opmob/ticks.py). ``World(start=...)`` sets
 the clock's reading when the world begins (0 by default; e.g. 60 days of uptime, or just before

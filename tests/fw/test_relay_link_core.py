@@ -39,7 +39,8 @@ def link_cfg(me, peer, attach=(), initiate=False, codec="dvi4"):
 
 class Net:
     """Relays A and B and their devices in an ``opmob.sim.Sim`` (instant delivery, send order);
-    ``cut = True`` partitions the two relays from each other."""
+    ``cut = True`` partitions the two relays from each other. A session put in ``devs`` by hand
+    must be attached too: ``n.sim.attach(d, addr)``."""
 
     def __init__(self, psk_a=PSK, psk_b=PSK, groups=None, seed=5, start=0):
         self.sim = Sim(seed, start)
