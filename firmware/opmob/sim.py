@@ -33,8 +33,9 @@ instant). ``cut`` partitions sets of addresses from each other until ``restore``
 dropped when its path is cut as it is sent or as it arrives. Loss and jitter come from a seeded
 xorshift32 generator, so a run replays identically, on either runtime, from its seed and script.
 
-A core with an ``events()`` method (the relay's typed events, relay_events.py) is drained after
-each call into it when ``on_events(addr, t, events)`` is set, as the drivers drain it.
+When ``on_events(addr, t, events)`` is set, a core's events are drained after each call into it
+(before what it returned is sent), as the drivers drain them: the relay's ``events()`` (typed
+events, relay_events.py), or the ``events`` list of a DeviceSession or an accessory core.
 
 Taps see every datagram: ``tap(event, t, src, dst, data)`` with event "sent", "delivered",
 "lost", "cut" or "nowhere" (no node at dst) and ``t`` the virtual ms. ``counters`` count the same,
@@ -52,6 +53,8 @@ from opmob.ticks import MASK, tdiff
 _ACTION = 0
 _WAKE = 1
 _DELIVER = 2
+
+_LIST = "list"  # _Node.drain: the node's events are a list attribute
 
 # The most events one instant may hold before the run is declared a livelock (a node that keeps
 # returning a deadline in the past, two nodes answering each other forever at zero delay).
@@ -94,8 +97,10 @@ class _Node:
         self.addrs = []
         self.at = None  # absolute virtual ms of the valid wake entry, or None
         self.gen = 0
+        # How the core's events are drained: the relay's events() method, or the list a session
+        # or an accessory core keeps in ``events`` (taken and replaced, as their drivers do).
         ev = getattr(node, "events", None)
-        self.drain = ev if callable(ev) else None  # a core's typed events (the relay's events())
+        self.drain = ev if callable(ev) else (_LIST if type(ev) is list else None)
 
 
 class Path:
@@ -425,7 +430,13 @@ class Sim:
     _instant = 0
 
     def _drain(self, addr, rec):
-        evs = rec.drain()
+        if rec.drain is _LIST:
+            node = rec.node
+            evs = node.events
+            if evs:
+                node.events = []
+        else:
+            evs = rec.drain()
         if evs:
             self.on_events(addr, self.t, evs)
 
