@@ -31,6 +31,7 @@ from opmob.floor_server import G_IDLE, FloorServer
 from opmob.floorid import floor_ssrc
 from opmob.relay_link import LinkPlane
 from opmob.relay_media import MediaPlane
+from opmob.relay_requests import Requests
 from opmob.relay_session import (
     CLOSED,
     REGISTERED,
@@ -225,6 +226,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         # Room for every device's requests of a whole cache lifetime: an entry evicted early turns
         # a retransmission into a replay, which is dropped, and the device would lose the relay.
         self._cache = txn.ResponseCache(max(txn.CACHE_ENTRIES, 8 * cfg.max_devices))
+        self._requests = Requests(self._cache)  # each request executed once, answered now or later
         self._busy = {}  # session id -> Session with requests in flight to its device
         self._txn_at = None
         self._sweep_at = None

@@ -73,28 +73,17 @@ class SigPlane:
 
     def _retransmitted(self, now, addr, peer, txid):
         """The cached answer (as datagrams) when ``txid`` from ``peer`` was answered before, else
-        None; a request still being answered is dropped."""
-        cached = self._cache.lookup(now, peer, txid)
-        if cached is txn.PENDING:
-            raise Drop("sig_in_progress")
-        if cached is not None:
+        None; a request still open is dropped (relay_requests.py)."""
+        again = self._requests.again(now, addr, peer, txid)
+        if again is not None:
             self.counters["sig_retransmits"] += 1
-            return [(addr, cached)]
-        return None
+        return again
 
     def _answer_once(self, now, addr, peer, txid, handle, s, msg):
         """``handle(now, addr, s, msg) -> (response, other datagrams)`` for a new request, its
-        response cached so that a retransmission gets the same bytes and never a second action."""
-        self._cache.begin(now, peer, txid)
-        try:
-            resp, extra = handle(now, addr, s, msg)
-        except Drop:
-            self._cache.forget(peer, txid)
-            raise
-        self._cache.store(now, peer, txid, resp)
-        out = [(addr, resp)]
-        out.extend(extra)
-        return out
+        response cached so that a retransmission gets the same bytes and never a second action;
+        a response of ``relay_requests.LATER`` keeps it open for ``Requests.answer``."""
+        return self._requests.handle(now, addr, peer, txid, handle, s, msg)
 
     def _request(self, now, addr, s, msg):
         """``(response bytes, other datagrams)`` for a new request."""
