@@ -24,11 +24,9 @@ takes over the affiliations.
 
 import struct
 
-from opmob import mcpt, sig, srtp, txn
 from opmob import relay_events as ev
-from opmob.deadlines import Deadlines
-from opmob.floor_server import G_IDLE, FloorServer
-from opmob.floorid import floor_ssrc
+from opmob import sig, srtp, txn
+from opmob.relay_groups import Groups
 from opmob.relay_link import LinkPlane
 from opmob.relay_media import MediaPlane
 from opmob.relay_requests import Requests
@@ -42,6 +40,7 @@ from opmob.relay_session import (
     addr_text,
     parse_registration,
 )
+from opmob.relay_sessions import Sessions
 from opmob.relay_sig import CHALLENGE_TTL, SigPlane
 from opmob.store import StoreError
 from opmob.ticks import due, earliest, tadd
@@ -98,76 +97,6 @@ COUNTERS = (
 )
 
 
-class _Floor(FloorServer):
-    """A group's FloorServer that, after every call, files its next deadline with the relay (so
-    that ``Relay.next_deadline`` reads one heap instead of asking every group) and logs what the
-    call changed as relay events (grant, deny, revoke, idle)."""
-
-    def __init__(self, group, cfg, server_ssrc, deadlines, events):
-        FloorServer.__init__(self, group, cfg, server_ssrc)
-        self._deadlines = deadlines
-        self._events = events
-
-    def _mark(self):
-        c = self.counters
-        return (self.holder, c["denies"], c["revokes"])
-
-    def _filed(self, before, out):
-        self._deadlines.set(self.group, self.next_deadline())
-        h0, denies, revokes = before
-        c = self.counters
-        log = self._events
-        g = self.group
-        if c["denies"] != denies or c["revokes"] != revokes:
-            new_revokes = c["revokes"] - revokes
-            for pid, m in out:
-                if m.kind == mcpt.FLOOR_DENY:
-                    log.add((ev.FLOOR_DENIED, g, pid, m.reject_cause))
-                elif m.kind == mcpt.FLOOR_REVOKE and new_revokes > 0:
-                    new_revokes -= 1
-                    log.add((ev.FLOOR_REVOKED, g, pid, m.reject_cause))
-        h = self.holder
-        if h != h0:
-            log.floor_moved(g, h)
-            if h is not None:
-                log.add((ev.FLOOR_GRANTED, g, h))
-            elif self.state == G_IDLE:
-                log.add((ev.FLOOR_IDLE, g))
-        return out
-
-    def join(self, now, pid, user_id, ssrc, ceiling=255, receive_only=False):
-        b = self._mark()
-        return self._filed(b, FloorServer.join(self, now, pid, user_id, ssrc, ceiling, receive_only))
-
-    def leave(self, now, pid):
-        b = self._mark()
-        return self._filed(b, FloorServer.leave(self, now, pid))
-
-    def on_message(self, now, pid, msg):
-        b = self._mark()
-        return self._filed(b, FloorServer.on_message(self, now, pid, msg))
-
-    def on_media(self, now, pid):
-        b = self._mark()
-        return self._filed(b, FloorServer.on_media(self, now, pid))
-
-    def cancel_emergency(self, now, pid=None):
-        b = self._mark()
-        return self._filed(b, FloorServer.cancel_emergency(self, now, pid))
-
-    def cancel_imminent_peril(self, now, pid=None):
-        b = self._mark()
-        return self._filed(b, FloorServer.cancel_imminent_peril(self, now, pid))
-
-    def poll(self, now):
-        b = self._mark()
-        return self._filed(b, FloorServer.poll(self, now))
-
-    def close(self, now):
-        b = self._mark()
-        return self._filed(b, FloorServer.close(self, now))
-
-
 class Relay(SigPlane, MediaPlane, LinkPlane):
     def __init__(
         self,
@@ -214,15 +143,18 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         for k in COUNTERS:
             c[k] = 0
         self.counters = c
-        self._sessions = {}  # session id -> Session, every state
-        self._by_identity = {}  # identity -> its registration (registered, stunned or stale)
-        self._by_ssrc = {}  # media SSRC -> registration
-        self._challenges = 0  # sessions in state challenged
-        self._challenged = {}  # identity -> its sessions in state challenged, oldest first
-        self._floors = {}  # group -> FloorServer (a _Floor)
-        self._floor_due = Deadlines()  # group -> its floor server's next deadline
-        self._floor_groups = {}  # floor server SSRC -> group
-        self._alerts = {}  # group -> identities whose emergency alert is in force
+        # Every registration, its indexes and allocators (relay_sessions.py); the planes read the
+        # indexes under their old names, only the Sessions part changes them.
+        self.sessions = Sessions(rand)
+        self._sessions = self.sessions.by_sid
+        self._by_identity = self.sessions.by_identity
+        self._by_ssrc = self.sessions.by_ssrc
+        # Every group, its floor and where it lives, its members' routes (relay_groups.py).
+        self.groups = Groups(cfg.floor, self._events, self._by_ssrc)
+        self._floors = self.groups.floors
+        self._floor_due = self.groups.due
+        self._floor_groups = self.groups.by_floor_ssrc
+        self._alerts = self.groups.alerts
         # Room for every device's requests of a whole cache lifetime: an entry evicted early turns
         # a retransmission into a replay, which is dropped, and the device would lose the relay.
         self._cache = txn.ResponseCache(max(txn.CACHE_ENTRIES, 8 * cfg.max_devices))
@@ -373,7 +305,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             else:
                 d = tadd(s.created, CHALLENGE_TTL)
                 if due(now, d):
-                    self._forget_challenge(s)
+                    self.sessions.forget_challenge(s)
                     continue
             nxt = earliest(nxt, d)
         self._cache.expire(now)
@@ -386,26 +318,10 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         return struct.unpack(">I", self.rand(4))[0]
 
     def _new_sid(self):
-        while True:
-            sid = self._rand_u32()
-            if sid and sid not in self._sessions and sid not in self._link_by_sid:
-                return sid
+        return self.sessions.new_sid(self._link_by_sid)
 
     def _new_ssrc(self):
-        while True:
-            v = self._rand_u32()
-            if v and v not in self._by_ssrc and v not in self._floor_groups and v not in self._link_media:
-                return v
-
-    def _index(self, s):
-        self._by_identity[s.identity] = s
-        self._by_ssrc[s.ssrc] = s
-
-    def _unindex(self, s):
-        if self._by_identity.get(s.identity) is s:
-            del self._by_identity[s.identity]
-        if self._by_ssrc.get(s.ssrc) is s:
-            del self._by_ssrc[s.ssrc]
+        return self.sessions.new_ssrc(self._floor_groups, self._link_media)
 
     def _seen(self, s, now, addr):
         s.last_seen = now
@@ -421,13 +337,8 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         if old.state == REGISTERED and new_state != REGISTERED:
             for a in old.affs:
                 out.extend(self._leave(now, old.identity, a[0]))
-        self._unindex(old)
-        if self._sessions.get(old.sid) is old:
-            del self._sessions[old.sid]
+        self.sessions.retire(old)
         self._busy.pop(old.sid, None)
-        old.state = CLOSED
-        old.txns = None
-        old.drop_keys()
         return out
 
     def _end(self, now, s, linger, keep_txns=False, cause="deregistered"):
@@ -438,7 +349,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         if s.state == REGISTERED:
             for a in s.affs:
                 out.extend(self._leave(now, s.identity, a[0]))
-        self._unindex(s)
+        self.sessions.unindex(s)
         self._unsave(s.identity)
         s.state = CLOSED
         s.srtp_rx = s.srtp_tx = None
@@ -459,15 +370,9 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
     # --- floors -----------------------------------------------------------------------------------
 
     def _floor(self, g):
-        srv = self._floors.get(g)
+        srv = self.groups.floor(g)
         if srv is None:
-            f = floor_ssrc(g)
-            if f in self._floor_groups or f in self._by_ssrc:
-                self.counters["floor_ssrc_collisions"] += 1
-                return None
-            srv = _Floor(g, self.cfg.floor, f, self._floor_due, self._events)
-            self._floors[g] = srv
-            self._floor_groups[f] = g
+            self.counters["floor_ssrc_collisions"] += 1
         return srv
 
     def _join(self, now, s, g):
@@ -479,7 +384,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         ceiling = dev.ceiling if dev is not None else 0
         ro = grp is not None and s.identity in grp.receive_only
         if self._remote_pids:
-            self._route_local(s.identity, g)
+            self.groups.route_local(s.identity, g)
         out = self._floor_out(srv.join(now, s.identity, s.identity, s.ssrc, ceiling=ceiling, receive_only=ro))
         if self._attach_of:
             out.extend(self._late_entry(s, g))
@@ -490,7 +395,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         srv = self._floors.get(g)
         if srv is None:
             return []
-        if self._remote_pids and self._routed_remote(identity, g) is not None:
+        if self._remote_pids and self.groups.routed_remote(identity, g) is not None:
             return []  # the member talks through another relay now: that route stays
         out = self._floor_out(srv.leave(now, identity))
         if self._attach_of:
@@ -556,12 +461,10 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
                 self._unsave(ident)
                 continue
             s = Session(ident, sid, addr, now)
-            s.state = STALE
             s.ssrc = ssrc
             s.key_id = key_id
             s.affs = affs
-            self._sessions[sid] = s
-            self._index(s)
+            self.sessions.restore(s)
             self.counters["restored"] += 1
         if self._sessions:
             self._arm(tadd(now, self._silent_after()))

@@ -24,6 +24,7 @@ from opmob import authvec, mcpt, sig, txn
 from opmob import relay_events as ev
 from opmob.errors import BadValue, WireError
 from opmob.floorid import floor_ssrc
+from opmob.relay_groups import ATTACHED, ATTACHING
 from opmob.relay_peer import (  # noqa: F401  (names this module had before Peer moved out)
     AGREEMENT,
     GRANTS,
@@ -40,9 +41,6 @@ from opmob.relay_peer import (  # noqa: F401  (names this module had before Peer
 )
 from opmob.relay_session import REGISTERED, Drop
 from opmob.ticks import due, earliest
-
-ATTACHING = "attaching"
-ATTACHED = "attached"
 
 
 def _copy(m, **changes):
@@ -94,8 +92,8 @@ class LinkPlane:
         self._links = {}  # peer -> Link
         self._link_by_sid = {}  # link session id this relay allocated (responder) -> Link
         self._link_media = {}  # SSRC on a link -> (Link, LinkGroup)
-        self._remote_pids = {}  # controlling: floor participant id -> (Link, reference or None)
-        self._attach_of = {}  # group -> peer it is attached over
+        self._remote_pids = self.groups.routes  # controlling: participant -> (Link, reference or None)
+        self._attach_of = self.groups.attach_of  # group -> peer it is attached over
         self._link_at = None
         for lk in self.cfg.links:
             if lk.transcodes and codec is None:
@@ -431,14 +429,7 @@ class LinkPlane:
 
     def _att_up(self, g):
         """The LinkGroup when ``g`` is attached over a link that is up, else None."""
-        peer = self._attach_of.get(g)
-        if peer is None:
-            return None
-        link = self._links[peer]
-        lg = link.att.get(g)
-        if lg is None or lg.state != ATTACHED or not link.up:
-            return None
-        return lg
+        return self.groups.attached_up(g, self._links)
 
     def _links_changed(self, now, g, left=None):
         """Local membership of ``g`` changed; ``left``: the session of a member that left."""
@@ -537,12 +528,7 @@ class LinkPlane:
                 grp = self.registry.group(lg.group)
                 ceiling = dev.ceiling if dev is not None else 0
                 ro = grp is not None and user in grp.receive_only
-                old = lg.remote.get(pid)
-                if old is not None:
-                    lg.by_ref.pop(old, None)  # the same member under a new reference there
-                lg.remote[pid] = ref
-                lg.by_ref[ref] = pid
-                self._remote_pids[pid] = (link, ref)
+                self.groups.route_remote(pid, link, lg, ref)
                 # Its relay told it the floor state already (broadcast to the link): the late
                 # entrant's copy would be a second one.
                 srv.join(now, pid, user, ref, ceiling=ceiling, receive_only=ro)
@@ -613,22 +599,6 @@ class LinkPlane:
                     c["floor_protect_failed"] += 1
             c["floor_out"] += len(targets)
         return out
-
-    def _routed_remote(self, pid, g):
-        """The LinkGroup through which ``pid`` is a member of ``g`` over a link, else None."""
-        r = self._remote_pids.get(pid)
-        if r is None:
-            return None
-        lg = r[0].served.get(g)
-        return lg if lg is not None and pid in lg.remote else None
-
-    def _route_local(self, pid, g):
-        """``pid`` is a member of ``g`` here now: its route over a link (if any) ends."""
-        lg = self._routed_remote(pid, g)
-        if lg is not None:
-            ref = lg.remote.pop(pid)
-            lg.by_ref.pop(ref, None)
-            self._remote_pids.pop(pid, None)
 
     def _late_entry(self, s, g):
         """A member joining an attached group hears the floor state last broadcast over the link."""

@@ -172,8 +172,7 @@ class SigPlane:
         s.caps = msg.caps or 0
         s.req_affs = msg.affiliations
         s.set_challenge_keys(authvec.derive(vec[3], vec[1], msg.nonce))
-        self._sessions[s.sid] = s
-        self._challenge_opened(s)
+        self.sessions.open_challenge(s)
         self._arm(tadd(now, CHALLENGE_TTL))
         self.counters["challenges"] += 1
         ch = sig.SigMsg(
@@ -193,10 +192,10 @@ class SigPlane:
         # identity that has its share replaces the oldest (a device that restarted mid-way), but
         # not faster than one per CHALLENGE_GAP: each challenge uses up a stored vector id, and a
         # flood of REGISTERs must not turn into a flood of registry writes.
-        if self._challenges >= max(MIN_CHALLENGES, self.cfg.max_devices):
+        if self.sessions.challenges >= max(MIN_CHALLENGES, self.cfg.max_devices):
             self.counters["challenges_refused"] += 1
             return False
-        mine = self._challenged.get(ident, ())
+        mine = self.sessions.challenges_of(ident)
         if len(mine) < CHALLENGES_PER_IDENTITY:
             return True
         oldest = mine[0]
@@ -209,43 +208,12 @@ class SigPlane:
         if tdiff(now, newest.created) < CHALLENGE_GAP:
             self.counters["challenges_refused"] += 1
             return False
-        self._forget_challenge(oldest)
+        self.sessions.forget_challenge(oldest)
         return True
-
-    # Half-open registrations are counted, and indexed by identity, as they open and close: a
-    # REGISTER must not walk every session (10,000 at a busy relay) to find an identity's.
-
-    def _challenge_opened(self, s):
-        self._challenges += 1
-        mine = self._challenged.get(s.identity)
-        if mine is None:
-            self._challenged[s.identity] = [s]
-        else:
-            mine.append(s)
-
-    def _challenge_closed(self, s):
-        """``s`` leaves state challenged (answered, refused, replaced or expired)."""
-        self._challenges -= 1
-        mine = self._challenged.get(s.identity)
-        if mine is not None:
-            if s in mine:
-                mine.remove(s)
-            if not mine:
-                del self._challenged[s.identity]
-
-    def _forget_challenge(self, s):
-        if self._sessions.get(s.sid) is s and s.state == CHALLENGED:
-            del self._sessions[s.sid]
-            self._challenge_closed(s)
-        s.drop_keys()
 
     def _close_challenge(self, now, s):
         """The challenge is answered (rejected): keep its keys while its answer may be asked again."""
-        if s.state == CHALLENGED:
-            self._challenge_closed(s)
-        s.state = CLOSED
-        s.keys = s.vector = None
-        s.expires_at = tadd(now, txn.CACHE_TTL)
+        self.sessions.close_challenge(s, tadd(now, txn.CACHE_TTL))
         self._arm(s.expires_at)
 
     def _on_auth_failure(self, now, msg):
@@ -299,11 +267,9 @@ class SigPlane:
             resp = self._reject(msg, cause, s.tx, RETRY_BUSY if cause == sig.CAUSE_NO_RESOURCES else None)
             self._close_challenge(now, s)
             return resp, []
-        self._challenge_closed(s)
         k = s.keys
         s.key_srtp(self._srtp)
-        s.state = STUNNED if dev.status == "stunned" else REGISTERED
-        s.ssrc = self._new_ssrc()
+        self.sessions.registered(s, STUNNED if dev.status == "stunned" else REGISTERED, self._new_ssrc())
         if self._key_log is not None:
             self._log_keys("device_up", ident, s.ssrc, k.srtp_up_key, k.srtp_up_salt)
             self._log_keys("device_down", ident, s.ssrc, k.srtp_down_key, k.srtp_down_salt)
@@ -328,7 +294,7 @@ class SigPlane:
                     out.extend(self._leave(now, ident, a[0]))
         else:
             s.affs = inherited
-        self._index(s)
+        self.sessions.index(s)
         if s.state == REGISTERED:
             for a in s.affs:
                 out.extend(self._join(now, s, a[0]))

@@ -1124,8 +1124,10 @@ def _check_invariants(relay: Any) -> str | None:
     if c["rx_datagrams"] != c["accepted"] + _drops(c):
         return f"rx_datagrams {c['rx_datagrams']} != accepted {c['accepted']} + dropped {_drops(c)}"
     challenged = sum(1 for s in relay._sessions.values() if s.state == CHALLENGED)
-    if challenged != relay._challenges:
-        return f"{challenged} sessions wait for AUTH_RESPONSE but the relay counts {relay._challenges}"
+    if challenged != relay.sessions.challenges:
+        return (
+            f"{challenged} sessions wait for AUTH_RESPONSE but the relay counts {relay.sessions.challenges}"
+        )
     if len(relay._by_identity) > relay.cfg.max_devices:
         return f"{len(relay._by_identity)} registrations, over max_devices {relay.cfg.max_devices}"
     for ssrc, s in relay._by_ssrc.items():

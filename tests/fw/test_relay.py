@@ -205,7 +205,7 @@ def test_half_open_registrations_are_bounded():
     assert w.registry.device("ann@no").vid == 2  # a refused REGISTER used no vector
     w.step(5000)
     assert raw_register(w, "ann", txid=200).type == sig.CHALLENGE  # replaces the oldest
-    assert w.relay._challenges == 2 and w.registry.device("ann@no").vid == 3
+    assert w.relay.sessions.challenges == 2 and w.registry.device("ann@no").vid == 3
     saved = relay_sig.MIN_CHALLENGES
     relay_sig.MIN_CHALLENGES = 4
     try:
@@ -215,7 +215,7 @@ def test_half_open_registrations_are_bounded():
     assert kinds == [sig.CHALLENGE, sig.CHALLENGE, sig.REGISTER_REJECT]
     assert w.relay.counters["challenges_refused"] == 4
     w.run(w.now + 31000)  # unanswered challenges expire
-    assert w.relay._challenges == 0 and len(w.relay._sessions) == 0
+    assert w.relay.sessions.challenges == 0 and len(w.relay._sessions) == 0
     w.check_counters()
 
 
