@@ -27,8 +27,8 @@ import struct
 from opmob import relay_events as ev
 from opmob import sig, srtp, txn
 from opmob.relay_groups import Groups
-from opmob.relay_link import LinkPlane
-from opmob.relay_media import MediaPlane
+from opmob.relay_link import Links
+from opmob.relay_media import Media
 from opmob.relay_requests import Requests
 from opmob.relay_session import (
     CLOSED,
@@ -41,7 +41,7 @@ from opmob.relay_session import (
     parse_registration,
 )
 from opmob.relay_sessions import Sessions
-from opmob.relay_sig import CHALLENGE_TTL, SigPlane
+from opmob.relay_sig import CHALLENGE_TTL, Signalling
 from opmob.store import StoreError
 from opmob.ticks import due, earliest, tadd
 
@@ -97,7 +97,10 @@ COUNTERS = (
 )
 
 
-class Relay(SigPlane, MediaPlane, LinkPlane):
+class Relay:
+    """The relay core: composed of parts (sessions, groups, requests, events; the signalling,
+    media and links parts) that the driver's calls are routed through."""
+
     def __init__(
         self,
         cfg,
@@ -155,6 +158,8 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         self._floor_due = self.groups.due
         self._floor_groups = self.groups.by_floor_ssrc
         self._alerts = self.groups.alerts
+        self._attach_of = self.groups.attach_of  # group -> peer it is attached over
+        self._remote_pids = self.groups.routes  # participant -> (link, reference) over a link
         # Room for every device's requests of a whole cache lifetime: an entry evicted early turns
         # a retransmission into a replay, which is dropped, and the device would lose the relay.
         self._cache = txn.ResponseCache(max(txn.CACHE_ENTRIES, 8 * cfg.max_devices))
@@ -162,7 +167,9 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         self._busy = {}  # session id -> Session with requests in flight to its device
         self._txn_at = None
         self._sweep_at = None
-        self._links_init(now, codec, link_addr)
+        self.sig = Signalling(self)
+        self.media = Media(self)
+        self.links = Links(self, now, codec, link_addr)
         self._restore(now)
 
     # --- the driver's interface -------------------------------------------------------------------
@@ -188,7 +195,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         g = fd.first_due(now)
         while g is not None:
             srv = self._floors[g]
-            out.extend(self._floor_out(srv.poll(now)))
+            out.extend(self.media._floor_out(srv.poll(now)))
             d = fd.get(g)
             if d is not None and due(now, d):
                 break  # a server must move its deadline past now (floor_server.py); never spin
@@ -197,7 +204,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         return out
 
     def next_deadline(self):
-        d = earliest(self._sweep_at, self._link_at)
+        d = earliest(self._sweep_at, self.links._link_at)
         d = earliest(d, self._txn_at)
         return earliest(d, self._floor_due.earliest())
 
@@ -227,21 +234,21 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             raise Drop("oversized")
         b0 = data[0]
         if b0 == 0x4F:
-            return self._on_sig(now, addr, data)
+            return self.sig._on_sig(now, addr, data)
         if b0 >> 6 == 2:
             # RFC 5761: RTCP packet types 192..223 sit where RTP payload types 64..95 with the
             # marker bit would, which an RTP session must not use.
             rtcp = n > 1 and 192 <= data[1] <= 223
-            if self._link_media and n >= 12:
+            if self.links._link_media and n >= 12:
                 # A stream on a link is known by its SSRC, as a device's is.
-                lm = self._link_media.get(struct.unpack_from(">I", data, 4 if rtcp else 8)[0])
+                lm = self.links._link_media.get(struct.unpack_from(">I", data, 4 if rtcp else 8)[0])
                 if lm is not None:
                     if rtcp:
-                        return self._on_link_rtcp(now, addr, data, lm[0], lm[1])
-                    return self._on_link_rtp(now, addr, data, lm[0], lm[1])
+                        return self.links._on_link_rtcp(now, addr, data, lm[0], lm[1])
+                    return self.links._on_link_rtp(now, addr, data, lm[0], lm[1])
             if rtcp:
-                return self._on_rtcp(now, addr, data)
-            return self._on_rtp(now, addr, data)
+                return self.media._on_rtcp(now, addr, data)
+            return self.media._on_rtp(now, addr, data)
         raise Drop("not_ours")
 
     # --- timers -----------------------------------------------------------------------------------
@@ -272,8 +279,8 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             self._txn_at = nxt
         if self._sweep_at is not None and due(now, self._sweep_at):
             out.extend(self._sweep(now))
-        if self._link_at is not None and due(now, self._link_at):
-            out.extend(self._link_poll(now))
+        if self.links._link_at is not None and due(now, self.links._link_at):
+            out.extend(self.links._link_poll(now))
         return out
 
     def _silent_after(self):
@@ -318,10 +325,10 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         return struct.unpack(">I", self.rand(4))[0]
 
     def _new_sid(self):
-        return self.sessions.new_sid(self._link_by_sid)
+        return self.sessions.new_sid(self.links._link_by_sid)
 
     def _new_ssrc(self):
-        return self.sessions.new_ssrc(self._floor_groups, self._link_media)
+        return self.sessions.new_ssrc(self._floor_groups, self.links._link_media)
 
     def _seen(self, s, now, addr):
         s.last_seen = now
@@ -385,10 +392,12 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         ro = grp is not None and s.identity in grp.receive_only
         if self._remote_pids:
             self.groups.route_local(s.identity, g)
-        out = self._floor_out(srv.join(now, s.identity, s.identity, s.ssrc, ceiling=ceiling, receive_only=ro))
+        out = self.media._floor_out(
+            srv.join(now, s.identity, s.identity, s.ssrc, ceiling=ceiling, receive_only=ro)
+        )
         if self._attach_of:
-            out.extend(self._late_entry(s, g))
-            out.extend(self._links_changed(now, g))
+            out.extend(self.links._late_entry(s, g))
+            out.extend(self.links._links_changed(now, g))
         return out
 
     def _leave(self, now, identity, g):
@@ -397,9 +406,9 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             return []
         if self._remote_pids and self.groups.routed_remote(identity, g) is not None:
             return []  # the member talks through another relay now: that route stays
-        out = self._floor_out(srv.leave(now, identity))
+        out = self.media._floor_out(srv.leave(now, identity))
         if self._attach_of:
-            out.extend(self._links_changed(now, g, self._by_identity.get(identity)))
+            out.extend(self.links._links_changed(now, g, self._by_identity.get(identity)))
         return out
 
     # --- the store --------------------------------------------------------------------------------
@@ -488,7 +497,7 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         if action == "kill":
             if live:
                 # Ordered while the registry still holds the device: the proof needs its secret.
-                out.extend(self._control(now, s, code))
+                out.extend(self.sig._control(now, s, code))
             self.registry.set_status(identity, _ACTION_STATUS[action])
             if s is not None:
                 out.extend(self._end(now, s, False, keep_txns=live, cause="killed"))
@@ -501,14 +510,14 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
                         out.extend(self._leave(now, identity, a[0]))
                 s.state = STUNNED
                 s.revive_pending = False
-                out.extend(self._control(now, s, code))
+                out.extend(self.sig._control(now, s, code))
             self._set_revive_pending(identity, False)
         else:
             self.registry.set_status(identity, _ACTION_STATUS[action])
             if live:
                 # The order first, so the device is itself again when the floor state arrives.
                 s.revive_pending = True
-                out.extend(self._control(now, s, code))
+                out.extend(self.sig._control(now, s, code))
                 if s.state == STUNNED:
                     s.state = REGISTERED
                     for a in s.affs:
@@ -525,10 +534,10 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
         out = self._due(now)
         srv = self._floors.get(group)
         if srv is not None:
-            out.extend(self._floor_out(srv.cancel_emergency(now, None)))
-            out.extend(self._floor_out(srv.cancel_imminent_peril(now, None)))
+            out.extend(self.media._floor_out(srv.cancel_emergency(now, None)))
+            out.extend(self.media._floor_out(srv.cancel_imminent_peril(now, None)))
         if self._alerts.pop(group, None):
-            out.extend(self._tell_members(now, group, None, sig.EMERGENCY_CANCEL))
+            out.extend(self.sig._tell_members(now, group, None, sig.EMERGENCY_CANCEL))
         self._events.add((ev.EMERGENCY_CANCELLED, group, None))
         self.counters["emergency_cancels"] += 1
         self.counters["tx_datagrams"] += len(out)
@@ -579,6 +588,6 @@ class Relay(SigPlane, MediaPlane, LinkPlane):
             "groups": groups,
             "stunned": sorted(stunned),
             "killed": sorted(killed),
-            "links": self.links_status(),
+            "links": self.links.links_status(),
             "counters": dict(self.counters),
         }

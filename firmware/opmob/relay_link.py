@@ -1,4 +1,4 @@
-"""Relay-to-relay links (a mixin of ``Relay``): docs/relay.md "Links", docs/protocol.md §6.5, §8.4, §8.5.
+"""Relay-to-relay links (the relay's links part, ``Relay.links``): docs/relay.md "Links", docs/protocol.md §6.5, §8.4, §8.5.
 
 A configured ``[[link]]`` joins this relay to a peer relay of the same system. The initiator (the
 side with host/port) sends LINK_HELLO until answered; the responder accepts it only from a
@@ -86,14 +86,31 @@ class LinkGroup:
         self.ext = None  # 48-bit index of the last packet received on the link (for fan-out)
 
 
-class LinkPlane:
+class Links:
+    """The relay's links part (composed into ``Relay`` as ``relay.links``): groups attached and
+    served over links, their floor control and voice across them. Each link's own state machine
+    is a ``relay_peer.Peer``; this part routes datagrams to it and acts on groups when it goes up
+    or down."""
+
+    def __init__(self, relay, now, codec, link_addr):
+        self.r = relay  # what spans parts: a registration's life, floors joined, the store
+        self.cache = relay._cache
+        self.cfg = relay.cfg
+        self.counters = relay.counters
+        self.events = relay._events
+        self.groups = relay.groups
+        self.key_log = relay._key_log
+        self.rand = relay.rand
+        self.registry = relay.registry
+        self.sessions = relay.sessions
+        self.srtp_cls = relay._srtp
+        self._links_init(now, codec, link_addr)
+
     def _links_init(self, now, codec, link_addr):
         self._codec = codec
         self._links = {}  # peer -> Link
         self._link_by_sid = {}  # link session id this relay allocated (responder) -> Link
         self._link_media = {}  # SSRC on a link -> (Link, LinkGroup)
-        self._remote_pids = self.groups.routes  # controlling: participant -> (Link, reference or None)
-        self._attach_of = self.groups.attach_of  # group -> peer it is attached over
         self._link_at = None
         for lk in self.cfg.links:
             if lk.transcodes and codec is None:
@@ -111,15 +128,15 @@ class LinkPlane:
                 self.cfg.identity,
                 addr,
                 self.rand,
-                self._srtp,
+                self.srtp_cls,
                 self.cfg.keepalive_ms,
                 int(self.cfg.expiry),
                 now,
-                self._key_log,
+                self.key_log,
             )
             self._links[lk.peer] = link
             for g in lk.attach:
-                self._attach_of[g] = lk.peer
+                self.groups.attach_of[g] = lk.peer
         self._link_rearm()
 
     # --- timers -----------------------------------------------------------------------------------
@@ -190,7 +207,7 @@ class LinkPlane:
         if msg.is_response:
             return self._on_link_response(now, addr, link, msg)
         peer = link.pid
-        again = self._retransmitted(now, addr, peer, msg.txid)
+        again = self.r.sig._retransmitted(now, addr, peer, msg.txid)
         if again is not None:
             return again
         if msg.type == sig.LINK_AUTH:
@@ -199,14 +216,14 @@ class LinkPlane:
             raise Drop("link_unknown_session")
         if not link.fresh_request(now, addr, msg.txid):
             raise Drop("link_replayed")
-        return self._answer_once(now, addr, peer, msg.txid, self._link_request_in, link, msg)
+        return self.r.sig._answer_once(now, addr, peer, msg.txid, self._link_request_in, link, msg)
 
     def _on_link_hello(self, now, addr, data):
         try:
             msg = sig.decode(data)
         except WireError as e:
             raise Drop("link_" + e.counter)
-        cached = self._cache.lookup(now, addr, msg.txid)
+        cached = self.cache.lookup(now, addr, msg.txid)
         if cached is not None and cached is not txn.PENDING:
             self.counters["sig_retransmits"] += 1
             return [(addr, cached)]
@@ -219,10 +236,10 @@ class LinkPlane:
             raise Drop("link_bad_agreement")
         if link.pend is not None:
             self._link_by_sid.pop(link.pend[0], None)
-        sid = self._new_sid()
+        sid = self.r._new_sid()
         resp = link.challenge(now, msg, sid, self.rand(authvec.NONCE_LEN))
         self._link_by_sid[sid] = link
-        self._cache.store(now, addr, msg.txid, resp)
+        self.cache.store(now, addr, msg.txid, resp)
         return [(addr, resp)]
 
     def _on_link_challenge(self, now, addr, link, data):
@@ -251,14 +268,14 @@ class LinkPlane:
         if old and old != sid:
             self._link_by_sid.pop(old, None)
         resp = link.accept(now, addr, sid, msg)
-        self._cache.store(now, link.pid, msg.txid, resp)
+        self.cache.store(now, link.pid, msg.txid, resp)
         out.insert(0, (addr, resp))
         out.extend(self._link_opened(now, link))
         return out
 
     def _link_opened(self, now, link):
         link.opened(now)
-        self._events.add((ev.LINK_UP, link.peer))
+        self.events.add((ev.LINK_UP, link.peer))
         out = self._link_sync(now, link)
         self._link_rearm()
         return out
@@ -267,7 +284,7 @@ class LinkPlane:
         """The link is gone: the controlling side forgets the peer's members (a floor one of them
         holds is released); the participating side arbitrates its groups locally again."""
         out = []
-        self._events.add((ev.LINK_DOWN, link.peer))
+        self.events.add((ev.LINK_DOWN, link.peer))
         link.state = LINK_DOWN
         for g, lg in list(link.served.items()):
             out.extend(self._unserve(now, link, lg))
@@ -324,10 +341,10 @@ class LinkPlane:
 
     def _on_group_attach(self, now, link, msg):
         g = msg.group
-        if g in self._attach_of or self.registry.group(g) is None:
+        if g in self.groups.attach_of or self.registry.group(g) is None:
             # Not controlled here: homed elsewhere, or attached by this relay itself.
             return sig.encode(msg.reply(sig.ERROR, cause=sig.CAUSE_UNKNOWN_GROUP), link.tx), []
-        srv = self._floor(g)
+        srv = self.r._floor(g)
         if srv is None:
             return sig.encode(msg.reply(sig.ERROR, cause=sig.CAUSE_NO_RESOURCES), link.tx), []
         lg = link.served.get(g)
@@ -338,23 +355,23 @@ class LinkPlane:
             lg.ssrc = self._new_link_ssrc()
             link.served[g] = lg
             self._link_media[lg.ssrc] = (link, lg)
-            self._remote_pids[link.pid] = (link, None)
+            self.groups.routes[link.pid] = (link, None)
             link.counters["attaches"] += 1
             # Never a talker itself, but it stands for members who may request the floor: its
             # Floor Taken must say they may (the participating relay restricts receive-only ones).
-            out = self._floor_out(srv.join(now, link.pid, link.peer, lg.ssrc, ceiling=0))
+            out = self.r.media._floor_out(srv.join(now, link.pid, link.peer, lg.ssrc, ceiling=0))
         ack = msg.reply(sig.GROUP_ATTACH_ACK, floor_ssrc=srv.server_ssrc, ssrc=lg.ssrc)
         return sig.encode(ack, link.tx), out
 
     def _unserve(self, now, link, lg):
         out = []
-        srv = self._floors.get(lg.group)
+        srv = self.groups.floors.get(lg.group)
         pids = list(lg.remote) + [link.pid]
         for pid in pids:
             if srv is not None:
-                out.extend(self._floor_out(srv.leave(now, pid)))
+                out.extend(self.r.media._floor_out(srv.leave(now, pid)))
         for pid in lg.remote:
-            self._remote_pids.pop(pid, None)
+            self.groups.routes.pop(pid, None)
         lg.remote = {}
         lg.by_ref = {}
         link.served.pop(lg.group, None)
@@ -370,12 +387,12 @@ class LinkPlane:
             self._link_media.pop(lg.ssrc, None)
             self._link_media.pop(floor_ssrc(lg.group), None)
         self._close_slots(lg)
-        srv = self._floors.get(lg.group)
+        srv = self.groups.floors.get(lg.group)
         if srv is not None:
             for pid in srv.members:
-                s = self._by_identity.get(pid)
+                s = self.sessions.by_identity.get(pid)
                 if s is not None and s.state == REGISTERED:
-                    out.extend(self._join(now, s, lg.group))
+                    out.extend(self.r._join(now, s, lg.group))
         return out
 
     def _close_slots(self, lg):
@@ -386,7 +403,7 @@ class LinkPlane:
 
     def _new_link_ssrc(self):
         while True:
-            v = self._new_ssrc()
+            v = self.r._new_ssrc()
             if v not in self._link_media:
                 return v
 
@@ -401,11 +418,11 @@ class LinkPlane:
         if not link.up:
             return out
         for g in link.cfg.attach:
-            srv = self._floors.get(g)
+            srv = self.groups.floors.get(g)
             members = 0
             if srv is not None:
                 for pid in srv.members:
-                    if pid in self._by_identity:
+                    if pid in self.sessions.by_identity:
                         members += 1
             lg = link.att.get(g)
             if lg is None and members and srv.holder is None and not srv.queue:
@@ -433,7 +450,7 @@ class LinkPlane:
 
     def _links_changed(self, now, g, left=None):
         """Local membership of ``g`` changed; ``left``: the session of a member that left."""
-        peer = self._attach_of.get(g)
+        peer = self.groups.attach_of.get(g)
         if peer is None:
             return []
         out = []
@@ -456,7 +473,7 @@ class LinkPlane:
 
     def _floor_to_link(self, pid, msg):
         """A FloorServer message for a participant over a link: one SRTCP datagram or None."""
-        r = self._remote_pids.get(pid)
+        r = self.groups.routes.get(pid)
         if r is None:
             return None
         link, ref = r
@@ -505,14 +522,14 @@ class LinkPlane:
         return self._floor_from_controlling(now, link, lg, msgs)
 
     def _floor_from_participating(self, now, link, lg, msgs):
-        srv = self._floors.get(lg.group)
+        srv = self.groups.floors.get(lg.group)
         if srv is None:
             raise Drop("rtcp_no_group")
         out = []
         for m in msgs:
             ti = m.track_info
             if ti is None or not ti.refs:
-                out.extend(self._floor_out(srv.on_message(now, link.pid, m)))
+                out.extend(self.r.media._floor_out(srv.on_message(now, link.pid, m)))
                 continue
             ref = ti.refs[0]
             m.track_info = None
@@ -532,19 +549,19 @@ class LinkPlane:
                 # Its relay told it the floor state already (broadcast to the link): the late
                 # entrant's copy would be a second one.
                 srv.join(now, pid, user, ref, ceiling=ceiling, receive_only=ro)
-            out.extend(self._floor_out(srv.on_message(now, pid, m)))
+            out.extend(self.r.media._floor_out(srv.on_message(now, pid, m)))
         return out
 
     def _floor_from_controlling(self, now, link, lg, msgs):
         if lg.state != ATTACHED:
             raise Drop("link_not_attached")
-        srv = self._floors.get(lg.group)
+        srv = self.groups.floors.get(lg.group)
         out = []
         c = self.counters
         for m in msgs:
             ti = m.track_info
             if ti is not None and ti.refs:
-                s = self._by_ssrc.get(ti.refs[0])
+                s = self.sessions.by_ssrc.get(ti.refs[0])
                 m.track_info = None
                 if s is None or s.state != REGISTERED:
                     c["floor_undeliverable"] += 1
@@ -561,9 +578,7 @@ class LinkPlane:
                     lg.holder = None
                 if m.kind in (mcpt.FLOOR_IDLE, mcpt.FLOOR_TAKEN):
                     lg.last_bcast = m
-                    self._events.floor_moved(
-                        lg.group, m.granted_party if m.kind == mcpt.FLOOR_TAKEN else None
-                    )
+                    self.events.floor_moved(lg.group, m.granted_party if m.kind == mcpt.FLOOR_TAKEN else None)
                 if m.ack_req:
                     ack = mcpt.FloorMsg(
                         mcpt.FLOOR_ACK, lg.ssrc, msg_type=m.kind, source=mcpt.SOURCE_PARTICIPATING
@@ -577,7 +592,7 @@ class LinkPlane:
                 targets = []
                 if srv is not None:
                     for pid in srv.members:
-                        s = self._by_identity.get(pid)
+                        s = self.sessions.by_identity.get(pid)
                         if s is not None and s.state == REGISTERED and s.ssrc not in lg.engaged:
                             targets.append(s)
             if not targets:
@@ -628,14 +643,14 @@ class LinkPlane:
 
     def _talker_ssrc_attached(self, lg, m):
         """Participating relay: the SSRC its devices hear the talker of Floor Taken ``m`` under."""
-        s = self._by_identity.get(m.granted_party)
+        s = self.sessions.by_identity.get(m.granted_party)
         if s is not None and s.state == REGISTERED and s.ssrc in lg.engaged:
             return s.ssrc
         return lg.ssrc
 
     def _taken_for_locals(self, msg):
         """Controlling relay: Floor Taken from its own server as its devices must get it."""
-        g = self._floor_groups.get(msg.ssrc)
+        g = self.groups.by_floor_ssrc.get(msg.ssrc)
         f = msg.ssrc_field
         if g is None or f is None:
             return msg
@@ -700,28 +715,28 @@ class LinkPlane:
             raise Drop("link_rtp_" + e.counter)
         link.last_seen = now
         g = lg.group
-        srv = self._floors.get(g)
+        srv = self.groups.floors.get(g)
         if srv is None:
             raise Drop("rtp_no_group")
         out = []
         serving = g in link.served
         if serving:
             h = srv.holder
-            r = self._remote_pids.get(h) if h is not None else None
+            r = self.groups.routes.get(h) if h is not None else None
             if r is None or r[0] is not link:
                 raise Drop("link_rtp_not_permitted")
-            out.extend(self._floor_out(srv.on_media(now, h)))
+            out.extend(self.r.media._floor_out(srv.on_media(now, h)))
             if not srv.may_send_media(h):
                 raise Drop("link_rtp_not_permitted", out)
         elif lg.state != ATTACHED:
             raise Drop("link_not_attached")
         link.counters["voice_in"] += 1
         if serving:
-            self._events.voice(g, srv.holder)
+            self.events.voice(g, srv.holder)
         else:
             b = lg.last_bcast
             talker = b.granted_party if b is not None and b.kind == mcpt.FLOOR_TAKEN else None
-            self._events.voice(g, talker or link.pid)
+            self.events.voice(g, talker or link.pid)
         if lg.e2e or not link.cfg.transcodes:
             pkts = [plain]
         else:
@@ -739,7 +754,7 @@ class LinkPlane:
                 ext = lg.ext + d if d < 0x8000 else lg.ext - (0x10000 - d)
             if lg.ext is None or ext > lg.ext:
                 lg.ext = ext
-            self._local_fanout(srv.members, None, lg.ssrc, p, ext, out)
+            self.r.media._local_fanout(srv.members, None, lg.ssrc, p, ext, out)
             if serving:
                 out.extend(self._voice_to_links(g, p, skip=link))
         return out

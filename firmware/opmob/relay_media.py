@@ -1,4 +1,4 @@
-"""The relay's media plane: floor control over SRTCP and voice over SRTP (a mixin of ``Relay``).
+"""The relay's media part (``Relay.media``): floor control over SRTCP and voice over SRTP.
 
 Every RTP and RTCP packet names its sender's SSRC, which the relay assigned at registration and
 which is unique among its registrations, so the SSRC finds the session and its uplink keys; the
@@ -71,10 +71,22 @@ def _follow(streams, ssrc, plain, ext):
     return b
 
 
-class MediaPlane:
+class Media:
+    """The relay's media part (composed into ``Relay`` as ``relay.media``): floor control over
+    SRTCP and voice over SRTP for the relay's own devices. Groups whose floor lives at a peer
+    relay are handed to the links part (``relay.links``)."""
+
+    def __init__(self, relay):
+        self.r = relay  # what spans parts: a registration's life, floors joined, the store
+        self.counters = relay.counters
+        self.events = relay._events
+        self.fanout = relay._fanout
+        self.groups = relay.groups
+        self.sessions = relay.sessions
+
     def _media_session(self, data, off, plane):
         ssrc = struct.unpack_from(">I", data, off)[0]
-        s = self._by_ssrc.get(ssrc)
+        s = self.sessions.by_ssrc.get(ssrc)
         if s is None:
             raise Drop(plane + "_unknown_ssrc")
         if s.state != REGISTERED:
@@ -92,13 +104,13 @@ class MediaPlane:
             plain = s.srtp_rx.unprotect(data)
         except WireError as e:
             raise Drop("rtp_" + e.counter)
-        self._seen(s, now, addr)
+        self.r._seen(s, now, addr)
         g = self._voice_group(s)
-        srv = self._floors.get(g) if g is not None else None
+        srv = self.groups.floors.get(g) if g is not None else None
         if srv is None:
             raise Drop("rtp_no_group")
         me = s.identity
-        lg = self._att_up(g) if self._attach_of else None
+        lg = self.r.links._att_up(g) if self.groups.attach_of else None
         if lg is not None:
             # The controlling relay gates the voice; here it goes out only from the member it
             # granted the floor to.
@@ -110,27 +122,27 @@ class MediaPlane:
             if not srv.may_send_media(me):
                 raise Drop("rtp_not_permitted", out)
         self.counters["voice_in"] += 1
-        self._events.voice(g, me)
+        self.events.voice(g, me)
         # The packet's index: the uplink's highest, less how far behind it this packet is (the
         # replay window keeps that under 2^15).
         top = s.srtp_rx.highest_index(s.ssrc)
         ext = top - (((top & 0xFFFF) - ((plain[2] << 8) | plain[3])) & 0xFFFF)
         self._local_fanout(srv.members, me, s.ssrc, plain, ext, out)
         if lg is not None:
-            link = self._links[self._attach_of[g]]
-            out.extend(self._voice_to_link(link, lg, plain))
-        elif self._links:
-            out.extend(self._voice_to_links(g, plain))
+            link = self.r.links._links[self.groups.attach_of[g]]
+            out.extend(self.r.links._voice_to_link(link, lg, plain))
+        elif self.r.links._links:
+            out.extend(self.r.links._voice_to_links(g, plain))
         return out
 
     def _local_fanout(self, members, me, ssrc, plain, ext, out):
         """``plain`` to every registered member here but ``me``, each under its own key."""
         n0 = len(out)
-        fanout = self._fanout
+        fanout = self.fanout
         if fanout is not None:
             return self._fan_out(fanout, members, me, ssrc, plain, ext, out, n0)
         c = self.counters
-        by_id = self._by_identity
+        by_id = self.sessions.by_identity
         for pid in members:
             if pid == me:
                 continue
@@ -146,7 +158,7 @@ class MediaPlane:
 
     def _fan_out(self, fanout, members, me, ssrc, plain, ext, out, n0):
         """The loop above through ``Relay(fanout=...)``: every listener's packet in one call."""
-        by_id = self._by_identity
+        by_id = self.sessions.by_identity
         addrs = []
         sessions = []
         packets = []
@@ -172,7 +184,7 @@ class MediaPlane:
     def _voice_group(self, s):
         me = s.identity
         for a in s.affs:
-            srv = self._floors.get(a[0])
+            srv = self.groups.floors.get(a[0])
             if srv is not None and srv.holder == me:
                 return a[0]
         g = s.floor_group
@@ -190,7 +202,7 @@ class MediaPlane:
             msgs = mcpt.decode_compound(s.srtp_rx.unprotect_rtcp(data))
         except WireError as e:
             raise Drop("rtcp_" + e.counter)
-        self._seen(s, now, addr)
+        self.r._seen(s, now, addr)
         if not msgs:
             raise Drop("rtcp_no_floor_message")
         out = []
@@ -201,18 +213,20 @@ class MediaPlane:
                 self.counters["floor_not_affiliated"] += 1
                 continue
             done += 1
-            lg = self._att_up(g) if self._attach_of else None
+            lg = self.r.links._att_up(g) if self.groups.attach_of else None
             if lg is not None:
                 if m.kind == mcpt.FLOOR_REQUEST:
                     s.floor_group = g
-                out.extend(self._forward_floor(now, s, self._links[self._attach_of[g]], lg, m))
+                out.extend(
+                    self.r.links._forward_floor(now, s, self.r.links._links[self.groups.attach_of[g]], lg, m)
+                )
                 continue
             if m.kind == mcpt.FLOOR_REQUEST:
                 if self._floor_engaged(s, g) is not None:
                     out.extend(self._deny_other_group(s, g))
                     continue
                 s.floor_group = g
-            out.extend(self._floor_out(self._floors[g].on_message(now, s.identity, m)))
+            out.extend(self._floor_out(self.groups.floors[g].on_message(now, s.identity, m)))
         if not done:
             raise Drop("rtcp_not_affiliated", out)
         self.counters["floor_in"] += done
@@ -221,8 +235,8 @@ class MediaPlane:
     def _floor_target(self, s, m):
         f = m.ssrc_field
         if f is not None and f != s.ssrc:
-            g = self._floor_groups.get(f)
-            if g is None or s.aff(g) is None or g not in self._floors:
+            g = self.groups.by_floor_ssrc.get(f)
+            if g is None or s.aff(g) is None or g not in self.groups.floors:
                 return None
             return g
         if m.kind != mcpt.FLOOR_REQUEST:
@@ -230,7 +244,7 @@ class MediaPlane:
             if g is not None:
                 return g
         g = s.talk_group()
-        return g if g in self._floors else None
+        return g if g in self.groups.floors else None
 
     def _floor_engaged(self, s, other_than):
         """The group, other than ``other_than``, where ``s`` holds or waits for the floor."""
@@ -239,13 +253,13 @@ class MediaPlane:
             g = a[0]
             if g == other_than:
                 continue
-            srv = self._floors.get(g)
+            srv = self.groups.floors.get(g)
             if srv is not None and (srv.holder == me or srv.queue_position(me) is not None):
                 return g
         return None
 
     def _deny_other_group(self, s, g):
-        srv = self._floors[g]
+        srv = self.groups.floors[g]
         ind = mcpt.IND_NORMAL
         if srv.emergency:
             ind = mcpt.IND_EMERGENCY
@@ -269,17 +283,20 @@ class MediaPlane:
         out = []
         enc = {}
         c = self.counters
-        by_id = self._by_identity
+        by_id = self.sessions.by_identity
         for pid, msg in pairs:
             ls = by_id.get(pid)
-            if pid in self._remote_pids:  # a member over a link (its route wins: relay_link.py)
-                d = self._floor_to_link(pid, msg)
+            if pid in self.groups.routes:  # a member over a link (its route wins: relay_link.py)
+                d = self.r.links._floor_to_link(pid, msg)
                 if d is None:
                     c["floor_undeliverable"] += 1
                 else:
                     out.append(d)
                 continue
-            if self._attach_of and self._att_up(self._floor_groups.get(msg.ssrc)) is not None:
+            if (
+                self.groups.attach_of
+                and self.r.links._att_up(self.groups.by_floor_ssrc.get(msg.ssrc)) is not None
+            ):
                 # This relay's own server for a group it attaches is silent while the
                 # controlling relay arbitrates (it takes over if the link goes down).
                 continue
@@ -290,8 +307,8 @@ class MediaPlane:
             b = enc.get(k)
             if b is None:
                 m = msg
-                if msg.kind == mcpt.FLOOR_TAKEN and self._links:
-                    m = self._taken_for_locals(msg)
+                if msg.kind == mcpt.FLOOR_TAKEN and self.r.links._links:
+                    m = self.r.links._taken_for_locals(msg)
                 b = mcpt.encode(m)
                 enc[k] = b
             try:

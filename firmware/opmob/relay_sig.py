@@ -1,4 +1,4 @@
-"""The relay's signalling plane (a mixin of ``Relay``): docs/protocol.md §7 (transactions) and
+"""The relay's signalling part (``Relay.sig``): docs/protocol.md §7 (transactions) and
 §8 (flows) for a device at its home relay.
 
 Each request is checked and executed once: a retransmission (same peer, same txid) gets the bytes
@@ -32,18 +32,36 @@ RETRY_BUSY = 30  # seconds a device refused for lack of room waits before trying
 _KEEP_STUNNED = (sig.KEEPALIVE, sig.DEREGISTER)  # all a stunned device may still do
 
 
-class SigPlane:
+class Signalling:
+    """The relay's signalling part (composed into ``Relay`` as ``relay.sig``): registration,
+    keep-alive, affiliation, emergency and the relay's own requests to devices. It reads the
+    relay's sessions and groups parts and its request layer, and asks the relay (``self.r``) for
+    what spans parts: a registration's start and end, joining and leaving floors, the store."""
+
+    def __init__(self, relay):
+        self.r = relay  # what spans parts: a registration's life, floors joined, the store
+        self.cfg = relay.cfg
+        self.counters = relay.counters
+        self.events = relay._events
+        self.groups = relay.groups
+        self.key_log = relay._key_log
+        self.rand = relay.rand
+        self.registry = relay.registry
+        self.requests = relay._requests
+        self.sessions = relay.sessions
+        self.srtp_cls = relay._srtp
+
     def _on_sig(self, now, addr, data):
         try:
             h = sig.peek(data)
         except WireError as e:
             raise Drop("sig_" + e.counter)
-        if self._links and self._link_owns(h):
-            return self._on_link_sig(now, addr, h, data)
+        if self.r.links._links and self.r.links._link_owns(h):
+            return self.r.links._on_link_sig(now, addr, h, data)
         if h.down:
             # D=1: a session the peer owns, i.e. an interconnect link; none is configured.
             raise Drop("sig_wrong_direction")
-        s = self._sessions.get(h.session) if h.session else None
+        s = self.sessions.by_sid.get(h.session) if h.session else None
         key = None
         if h.protected:
             key = s.rx if s is not None else None
@@ -68,13 +86,13 @@ class SigPlane:
             if not s.window.fresh(msg.txid):
                 raise Drop("sig_replayed")
             s.window.accept(msg.txid)
-            self._seen(s, now, addr)
+            self.r._seen(s, now, addr)
         return self._answer_once(now, addr, peer, msg.txid, self._request, s, msg)
 
     def _retransmitted(self, now, addr, peer, txid):
         """The cached answer (as datagrams) when ``txid`` from ``peer`` was answered before, else
         None; a request still open is dropped (relay_requests.py)."""
-        again = self._requests.again(now, addr, peer, txid)
+        again = self.requests.again(now, addr, peer, txid)
         if again is not None:
             self.counters["sig_retransmits"] += 1
         return again
@@ -83,7 +101,7 @@ class SigPlane:
         """``handle(now, addr, s, msg) -> (response, other datagrams)`` for a new request, its
         response cached so that a retransmission gets the same bytes and never a second action;
         a response of ``relay_requests.LATER`` keeps it open for ``Requests.answer``."""
-        return self._requests.handle(now, addr, peer, txid, handle, s, msg)
+        return self.requests.handle(now, addr, peer, txid, handle, s, msg)
 
     def _request(self, now, addr, s, msg):
         """``(response bytes, other datagrams)`` for a new request."""
@@ -108,7 +126,7 @@ class SigPlane:
         if t == sig.DEREGISTER:
             self.counters["deregistrations"] += 1
             resp = sig.encode(msg.reply(sig.DEREGISTER_ACK), s.tx)
-            return resp, self._end(now, s, True)
+            return resp, self.r._end(now, s, True)
         if t == sig.AFFILIATE:
             results, out = self._affiliate(now, s, msg.affiliations, True)
             return sig.encode(msg.reply(sig.AFFILIATE_ACK, results=results), s.tx), out
@@ -156,7 +174,7 @@ class SigPlane:
         if dev.secret is None:
             # Known from a partner's view: its vectors come from its home over an interconnect.
             return self._reject(msg, sig.CAUSE_HOME_UNREACHABLE, retry_after=RETRY_BUSY), []
-        if ident not in self._by_identity and len(self._by_identity) >= self.cfg.max_devices:
+        if ident not in self.sessions.by_identity and len(self.sessions.by_identity) >= self.cfg.max_devices:
             return self._reject(msg, sig.CAUSE_NO_RESOURCES, retry_after=RETRY_BUSY), []
         if not self._room_for_challenge(ident, now):
             return self._reject(msg, sig.CAUSE_NO_RESOURCES, retry_after=CHALLENGE_GAP // 1000), []
@@ -166,14 +184,14 @@ class SigPlane:
             # The registry cannot issue one (its store fails, the device's ids are used up).
             self.counters["vector_failures"] += 1
             return self._reject(msg, sig.CAUSE_INTERNAL_ERROR, retry_after=RETRY_BUSY), []
-        s = Session(ident, self._new_sid(), addr, now)
+        s = Session(ident, self.r._new_sid(), addr, now)
         s.vector = vec
         s.nonce = msg.nonce
         s.caps = msg.caps or 0
         s.req_affs = msg.affiliations
         s.set_challenge_keys(authvec.derive(vec[3], vec[1], msg.nonce))
         self.sessions.open_challenge(s)
-        self._arm(tadd(now, CHALLENGE_TTL))
+        self.r._arm(tadd(now, CHALLENGE_TTL))
         self.counters["challenges"] += 1
         ch = sig.SigMsg(
             sig.CHALLENGE, txid=msg.txid, session=s.sid, down=True, rand=vec[1], autn=vec[4], vid=vec[0]
@@ -214,10 +232,10 @@ class SigPlane:
     def _close_challenge(self, now, s):
         """The challenge is answered (rejected): keep its keys while its answer may be asked again."""
         self.sessions.close_challenge(s, tadd(now, txn.CACHE_TTL))
-        self._arm(s.expires_at)
+        self.r._arm(s.expires_at)
 
     def _on_auth_failure(self, now, msg):
-        s = self._sessions.get(msg.session)
+        s = self.sessions.by_sid.get(msg.session)
         if s is None or s.state != CHALLENGED:
             return self._open_error(msg.txid, msg.session, sig.CAUSE_UNKNOWN_SESSION), []
         if msg.cause == sig.CAUSE_SYNC_FAILURE:
@@ -255,31 +273,31 @@ class SigPlane:
             self._close_challenge(now, s)
             return resp, []
         dev = self.registry.device(ident)
-        old = self._by_identity.get(ident)
+        old = self.sessions.by_identity.get(ident)
         cause = None
         if dev is None:
             cause = sig.CAUSE_UNKNOWN_IDENTITY
         elif dev.status == "killed":
             cause = sig.CAUSE_KILLED
-        elif old is None and len(self._by_identity) >= self.cfg.max_devices:
+        elif old is None and len(self.sessions.by_identity) >= self.cfg.max_devices:
             cause = sig.CAUSE_NO_RESOURCES
         if cause is not None:
             resp = self._reject(msg, cause, s.tx, RETRY_BUSY if cause == sig.CAUSE_NO_RESOURCES else None)
             self._close_challenge(now, s)
             return resp, []
         k = s.keys
-        s.key_srtp(self._srtp)
-        self.sessions.registered(s, STUNNED if dev.status == "stunned" else REGISTERED, self._new_ssrc())
-        if self._key_log is not None:
-            self._log_keys("device_up", ident, s.ssrc, k.srtp_up_key, k.srtp_up_salt)
-            self._log_keys("device_down", ident, s.ssrc, k.srtp_down_key, k.srtp_down_salt)
+        s.key_srtp(self.srtp_cls)
+        self.sessions.registered(s, STUNNED if dev.status == "stunned" else REGISTERED, self.r._new_ssrc())
+        if self.key_log is not None:
+            self.r._log_keys("device_up", ident, s.ssrc, k.srtp_up_key, k.srtp_up_salt)
+            self.r._log_keys("device_down", ident, s.ssrc, k.srtp_down_key, k.srtp_down_salt)
         s.key_id = ((old.key_id if old is not None else 0) + 1) & 0xFFFF
-        s.txns = txn.Transactions(self._rand_u32(), answers=sig.answers)
+        s.txns = txn.Transactions(self.r._rand_u32(), answers=sig.answers)
         s.expires_at = tadd(now, self.cfg.expiry_ms)
         out = []
         inherited = old.affs if old is not None else []
         if old is not None:
-            out.extend(self._retire(now, old, s.state))
+            out.extend(self.r._retire(now, old, s.state))
         req = s.req_affs
         s.req_affs = None
         results = []
@@ -291,16 +309,16 @@ class SigPlane:
             results, _ = self._affiliate(now, s, req, False)
             for a in inherited:
                 if s.aff(a[0]) is None:
-                    out.extend(self._leave(now, ident, a[0]))
+                    out.extend(self.r._leave(now, ident, a[0]))
         else:
             s.affs = inherited
         self.sessions.index(s)
         if s.state == REGISTERED:
             for a in s.affs:
-                out.extend(self._join(now, s, a[0]))
-        self._save(s)
+                out.extend(self.r._join(now, s, a[0]))
+        self.r._save(s)
         self.counters["registrations"] += 1
-        self._events.add((ev.REGISTERED, ident, s.ssrc))
+        self.events.add((ev.REGISTERED, ident, s.ssrc))
         ack = sig.SigMsg(
             sig.REGISTER_ACK,
             txid=msg.txid,
@@ -316,10 +334,10 @@ class SigPlane:
         resp = sig.encode(ack, s.tx)
         if s.state == STUNNED:
             out.extend(self._control(now, s, sig.CTRL_STUN))
-        elif self._revive_pending(ident):
+        elif self.r._revive_pending(ident):
             s.revive_pending = True
             out.extend(self._control(now, s, sig.CTRL_REVIVE))
-        self._arm(earliest(s.expires_at, tadd(now, self._silent_after())))
+        self.r._arm(earliest(s.expires_at, tadd(now, self.r._silent_after())))
         return resp, out
 
     def _keepalive_s(self):
@@ -374,11 +392,11 @@ class SigPlane:
                     # Homed elsewhere and no interconnect yet: this relay arbitrates locally.
                     code = sig.AFF_LOCAL_ONLY
                 if new and join and s.state == REGISTERED:
-                    out.extend(self._join(now, s, g))
+                    out.extend(self.r._join(now, s, g))
             results.append((g, code))
-            self._events.add((ev.AFFILIATED, s.identity, g, code))
+            self.events.add((ev.AFFILIATED, s.identity, g, code))
         if changed and join:
-            self._save(s)
+            self.r._save(s)
         self.counters["affiliations"] += len(entries)
         return results, out
 
@@ -388,7 +406,7 @@ class SigPlane:
             if self.registry.group(g) is None and sig.system_of(g) == self.cfg.system:
                 return sig.AFF_UNKNOWN_GROUP
             return sig.AFF_NOT_AUTHORIZED
-        if self._floor(g) is None:
+        if self.r._floor(g) is None:
             return sig.AFF_UNKNOWN_GROUP
         return sig.AFF_OK
 
@@ -405,11 +423,11 @@ class SigPlane:
             changed = True
             if s.floor_group == g:
                 s.floor_group = None
-            out.extend(self._leave(now, s.identity, g))
+            out.extend(self.r._leave(now, s.identity, g))
             results.append((g, sig.AFF_OK))
-            self._events.add((ev.DEAFFILIATED, s.identity, g))
+            self.events.add((ev.DEAFFILIATED, s.identity, g))
         if changed:
-            self._save(s)
+            self.r._save(s)
         return sig.encode(msg.reply(sig.DEAFFILIATE_ACK, results=results), s.tx), out
 
     # --- emergency --------------------------------------------------------------------------------
@@ -418,13 +436,13 @@ class SigPlane:
         g = msg.group if msg.group is not None else s.talk_group()
         if g is None or s.aff(g) is None:
             return self._error(s, msg, sig.CAUSE_NOT_AUTHORIZED), []
-        alerts = self._alerts.get(g)
+        alerts = self.groups.alerts.get(g)
         if alerts is None:
-            alerts = self._alerts[g] = []
+            alerts = self.groups.alerts[g] = []
         if s.identity not in alerts:
             alerts.append(s.identity)
         self.counters["emergency_alerts"] += 1
-        self._events.add((ev.EMERGENCY, g, s.identity))
+        self.events.add((ev.EMERGENCY, g, s.identity))
         out = self._tell_members(
             now, g, s.identity, sig.EMERGENCY_ALERT, identity=s.identity, location=msg.location
         )
@@ -440,38 +458,38 @@ class SigPlane:
                 return self._error(s, msg, sig.CAUSE_NOT_AUTHORIZED), []
             groups = [msg.group]
         else:
-            groups = [g for g in self._alerts if me in self._alerts[g]]
+            groups = [g for g in self.groups.alerts if me in self.groups.alerts[g]]
             for a in s.affs:
-                srv = self._floors.get(a[0])
+                srv = self.groups.floors.get(a[0])
                 if srv is not None and (srv.emergency or srv.imminent_peril) and a[0] not in groups:
                     groups.append(a[0])
         out = []
         for g in groups:
-            alerts = self._alerts.get(g)
+            alerts = self.groups.alerts.get(g)
             had = alerts is not None and me in alerts
             if had:
                 alerts.remove(me)
                 if not alerts:
-                    del self._alerts[g]
-            srv = self._floors.get(g)
+                    del self.groups.alerts[g]
+            srv = self.groups.floors.get(g)
             if srv is not None:
                 # The floor server lifts a state only for the member that raised it. There is no
                 # message of its own for imminent peril: the emergency cancel ends both.
-                out.extend(self._floor_out(srv.cancel_emergency(now, me)))
-                out.extend(self._floor_out(srv.cancel_imminent_peril(now, me)))
+                out.extend(self.r.media._floor_out(srv.cancel_emergency(now, me)))
+                out.extend(self.r.media._floor_out(srv.cancel_imminent_peril(now, me)))
             if had:
                 out.extend(self._tell_members(now, g, me, sig.EMERGENCY_CANCEL, identity=me))
-                self._events.add((ev.EMERGENCY_CANCELLED, g, me))
+                self.events.add((ev.EMERGENCY_CANCELLED, g, me))
         self.counters["emergency_cancels"] += 1
         return sig.encode(msg.reply(sig.EMERGENCY_ACK), s.tx), out
 
     def _tell_members(self, now, g, skip, mtype, **fields):
-        srv = self._floors.get(g)
+        srv = self.groups.floors.get(g)
         if srv is None:
             return []
         out = []
         for pid in srv.members:
-            m = self._by_identity.get(pid)
+            m = self.sessions.by_identity.get(pid)
             if pid != skip and m is not None and m.state == REGISTERED:
                 out.append(self._send_request(now, m, mtype, group=g, **fields))
         return out
@@ -482,9 +500,9 @@ class SigPlane:
         m = sig.SigMsg(mtype, txid=s.txns.new_txid(), session=s.sid, down=True, **fields)
         data = sig.encode(m, s.tx)
         t = s.txns.start(now, data)
-        self._busy[s.sid] = s
-        if self._txn_at is None or t.deadline < self._txn_at:
-            self._txn_at = t.deadline
+        self.r._busy[s.sid] = s
+        if self.r._txn_at is None or t.deadline < self.r._txn_at:
+            self.r._txn_at = t.deadline
         return (s.addr, data)
 
     def _control(self, now, s, action):
@@ -514,12 +532,12 @@ class SigPlane:
         if t is None:
             raise Drop("sig_unsolicited_response")
         if s.live:
-            self._seen(s, now, addr)
+            self.r._seen(s, now, addr)
         if msg.type == sig.DEVICE_CONTROL_ACK:
             self.counters["device_control_acks"] += 1
             if msg.action == sig.CTRL_REVIVE:
                 s.revive_pending = False
-                self._set_revive_pending(s.identity, False)
+                self.r._set_revive_pending(s.identity, False)
         elif msg.type == sig.ERROR:
             self.counters["device_errors"] += 1
         return []

@@ -82,7 +82,10 @@ class Driver:
         # A core with events() (the relay: relay_events.py) has them drained after each call;
         # on_events(events) gets them, else they are dropped.
         self.on_events = on_events
-        self._core_events = getattr(core, "events", None)
+        ev = getattr(core, "events", None)
+        # The relay's events() drains its log; a DeviceSession's ``events`` is a list the app
+        # drains itself: not ours to touch.
+        self._core_events = ev if callable(ev) else None
         self.sock = sock
         self.clock = clock or now_ms  # the cores' clock: int ms modulo 2^30
         self.log = log or _log_stderr

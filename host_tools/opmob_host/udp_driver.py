@@ -179,7 +179,10 @@ class UdpDriver(asyncio.DatagramProtocol):
         self.logger = logger
         self.max_send_buffer = max_send_buffer
         self.on_events = on_events
-        self._core_events = getattr(core, "events", None)
+        ev = getattr(core, "events", None)
+        # The relay's events() drains its log; a DeviceSession's ``events`` is a list the app
+        # drains itself: not ours to touch.
+        self._core_events = ev if callable(ev) else None
         self.counters: dict[str, int] = dict.fromkeys(DRIVER_COUNTERS, 0)
         self.errors = CoreErrorLog(logger, clock=clock)
         # Voice in -> each copy out, at this driver (latency.py); in the status as voice_latency_us.

@@ -678,7 +678,7 @@ def _scanned_deadline(relay):
     """What next_deadline used to compute by asking every floor server."""
     from opmob.ticks import earliest
 
-    d = earliest(relay._sweep_at, relay._link_at)
+    d = earliest(relay._sweep_at, relay.links._link_at)
     d = earliest(d, relay._txn_at)
     for g in relay._floors:
         d = earliest(d, relay._floors[g].next_deadline())

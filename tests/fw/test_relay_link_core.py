@@ -520,7 +520,7 @@ def test_floor_messages_on_the_link_carry_track_info():
     n = two_sites()
     cat = n.devs["cat"]
     seen = []
-    a = n.a
+    a = n.a.links  # the relay's links part
     orig = a._floor_from_participating
 
     def spy(now, link, lg, msgs):

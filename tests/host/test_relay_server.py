@@ -934,3 +934,32 @@ def test_driver_drains_the_core_events_after_each_call() -> None:
 
     arun(main())
     assert got == [("seen", 7), ("seen", 7)]
+
+
+def test_a_core_whose_events_are_a_list_is_left_alone() -> None:
+    """A DeviceSession's ``events`` is a list its app drains: the driver neither calls nor empties it."""
+
+    class ListCore(FakeCore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events = [("registered", 1)]
+
+    async def body(drv: UdpDriver, core: FakeCore, cli: Client) -> None:
+        cli.send(b"echo hi")
+        assert await cli.recv() == b"hi"
+
+    core = ListCore()
+
+    async def main() -> None:
+        drv = UdpDriver(core)
+        addr = await drv.open("127.0.0.1", 0)
+        cli = Client(addr)
+        try:
+            await body(drv, core, cli)
+        finally:
+            cli.close()
+            drv.close()
+        assert drv.counters["driver_errors"] == 0
+
+    arun(main())
+    assert core.events == [("registered", 1)]
