@@ -234,7 +234,7 @@ class Relay:
             raise Drop("oversized")
         b0 = data[0]
         if b0 == 0x4F:
-            return self.sig._on_sig(now, addr, data)
+            return self._on_sig(now, addr, data)
         if b0 >> 6 == 2:
             # RFC 5761: RTCP packet types 192..223 sit where RTP payload types 64..95 with the
             # marker bit would, which an RTP session must not use.
@@ -247,9 +247,21 @@ class Relay:
                         return self.links._on_link_rtcp(now, addr, data, lm[0], lm[1])
                     return self.links._on_link_rtp(now, addr, data, lm[0], lm[1])
             if rtcp:
-                return self.media._on_rtcp(now, addr, data)
-            return self.media._on_rtp(now, addr, data)
+                return self._on_rtcp(now, addr, data)
+            return self._on_rtp(now, addr, data)
         raise Drop("not_ours")
+
+    # Where each kind of datagram goes: the parts' entry points (a test or fuzzer that injects a
+    # fault in one kind overrides these).
+
+    def _on_sig(self, now, addr, data):
+        return self.sig._on_sig(now, addr, data)
+
+    def _on_rtcp(self, now, addr, data):
+        return self.media._on_rtcp(now, addr, data)
+
+    def _on_rtp(self, now, addr, data):
+        return self.media._on_rtp(now, addr, data)
 
     # --- timers -----------------------------------------------------------------------------------
 
