@@ -2,7 +2,10 @@
 
 Rows are ``{"name", "value", "unit", "goal", "runtime", "note"}``; ratio rows compare the two
 runtimes measured in this same run, so a noisy machine moves both sides together. The ``relay.*``
-rows come from a relay process under load on loopback (relay_load.py: 200 devices, 20 groups busy).
+rows come from a relay process under load on loopback (relay_load.py: 200 devices, 20 groups busy);
+``sim.events_per_s`` from bench_core (opmob.sim on a mixed load, both runtimes); the relay core's,
+the release tail's and (full bench only) the voice KPIs' rows from bench_relay_core,
+bench_accessory_core and bench_voice.
 """
 
 from __future__ import annotations
@@ -87,9 +90,49 @@ def relay_rows(quick: bool) -> list[Row]:
     return relay_load.bench_rows(quick)
 
 
+# Benchmarks of the relay and accessory cores, each its own module exposing ``rows()``: tuples
+# (name, value, unit) or (name, value, unit, goal, note). The voice KPIs run virtual accessories
+# through 50 events per figure, twice (about 100 s): only in the full bench, not in ``--quick``.
+CORE_BENCH_MODULES = ("opmob_host.bench_relay_core", "opmob_host.bench_accessory_core")
+FULL_BENCH_MODULES = ("opmob_host.bench_voice",)
+# Goals of the issues, for rows that come without one.
+GOALS = {
+    "relay.deadline_us.groups_1000": 5.0,
+    "relay.register_ratio.sessions_10000_over_10": 1.5,
+    "accessory.release_tail_ms": 20.0,
+    "accessory.access_ms.p95": 10.0,
+    "voice.mouth_to_ear_ms.p95": 60.0,
+    "voice.late_entry_ms.p95": 100.0,
+    "voice.mouth_to_ear_ms.p95.jitter20": 100.0,
+    "voice.late_entry_ms.p95.jitter20": 100.0,
+    "voice.concealed_pct.jitter20": 1.0,
+}
+
+
+def core_module_rows(quick: bool) -> list[Row]:
+    import importlib
+
+    rows: list[Row] = []
+    for name in CORE_BENCH_MODULES + (() if quick else FULL_BENCH_MODULES):
+        mod = importlib.import_module(name)
+        for r in mod.rows():
+            n, value, unit = r[0], r[1], r[2]
+            rows.append(
+                {
+                    "name": n,
+                    "value": value,
+                    "unit": unit,
+                    "goal": r[3] if len(r) > 3 else GOALS.get(n),
+                    "runtime": "cpython",
+                    "note": r[4] if len(r) > 4 else name.rsplit(".", 1)[1] + ".rows()",
+                }
+            )
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(resources.firmware_root()))
-    rows = cpython_rows(args.quick) + cext_rows(args.quick)
+    rows = cpython_rows(args.quick) + cext_rows(args.quick) + core_module_rows(args.quick)
     if not getattr(args, "no_relay_load", False):
         rows += relay_rows(args.quick)
     if not args.no_micropython:

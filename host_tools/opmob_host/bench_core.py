@@ -91,6 +91,7 @@ def run(quick: bool = False) -> "Iterator[tuple[str, float, str, float | None, s
     # First, before the other rows import the rest of the core: the accessory's heap is measured
     # from a clean start.
     yield from _accessory_rows(scale)
+    yield from sim_rows(scale)
     key, salt = bytes(range(16)), bytes(range(16, 30))
     tx = srtp.SrtpSession(key, salt)
     rx = srtp.SrtpSession(key, salt)
@@ -209,6 +210,268 @@ def run(quick: bool = False) -> "Iterator[tuple[str, float, str, float | None, s
     )
 
 
+# --- the simulator: a mixed load ------------------------------------------------------------------
+
+
+def _load_store(relay: int, groups: int, members: int) -> "MemoryStore":
+    """Relay ``relay``'s registry: ``groups`` open groups of ``members`` devices each."""
+    from opmob.registry import Registry
+    from opmob.store import MemoryStore
+
+    devices = []
+    for g in range(groups):
+        for m in range(members):
+            devices.append(
+                {
+                    "identity": "d%d-%d-%d@no" % (relay, g, m),
+                    "secret": "%032x" % (relay * 100003 + g * 1009 + m + 1),
+                    "groups": ["g%d-%d@no" % (relay, g)],
+                    "ceiling": 100,
+                    "status": "active",
+                    "vid": 0,
+                    "cseq": 0,
+                }
+            )
+    doc = {
+        "format": "opmob-registry",
+        "version": 1,
+        "system": "no",
+        "devices": devices,
+        "groups": [
+            {
+                "identity": "g%d-%d@no" % (relay, g),
+                "policy": "open",
+                "e2e": False,
+                "key_ids": [],
+                "receive_only": [],
+            }
+            for g in range(groups)
+        ],
+    }
+    store = MemoryStore()
+    Registry(store, "no").load_export(doc)
+    return store
+
+
+class SimLoad:
+    """A few relays and many DeviceSessions in one ``opmob.sim.Sim``, 60 days into the clock: every
+    device registers (half name their group in REGISTER, half AFFILIATE afterwards), then in every
+    group one member after another takes the floor, talks 1 s (50 voice packets) and releases.
+    Paths have a 2..5 ms delay. The ``sim.events_per_s`` row runs it and refuses a figure when the
+    load did not happen (registrations, grants, voice heard: checked after the run)."""
+
+    def __init__(self, relays: int = 3, groups: int = 10, members: int = 10, seed: int = 1) -> None:
+        from opmob import ticks
+        from opmob.device import DeviceSession
+        from opmob.registry import Registry
+        from opmob.relay import Relay
+        from opmob.relay_config import RelayConfig
+        from opmob.sim import Sim
+
+        self.sim = sim = Sim(seed, start=60 * ticks.DAY_MS)
+        sim.set_default(delay=2, jitter=3)
+        self.groups: "list[tuple[object, str, list[tuple[object, Any]]]]" = []
+        self.devs: "list[Any]" = []
+        self.relay_addrs: "list[object]" = []
+        self.bursts = 0
+        self.voice_sent = 0
+        for r in range(relays):
+            addr = ("10.0.%d.1" % r, 7700)
+            self.relay_addrs.append(addr)
+            store = _load_store(r, groups, members)
+            cfg = RelayConfig.from_dict(
+                {
+                    "relay": {"identity": "relay-%d@no" % r},
+                    "registry": {"path": "unused"},
+                    "limits": {"max_devices": groups * members + 10},
+                }
+            )
+            sim.attach(Relay(cfg, Registry(store, "no"), store, Rand(seed + 7 * r), sim.now), addr)
+            for g in range(groups):
+                group = "g%d-%d@no" % (r, g)
+                people: "list[tuple[object, Any]]" = []
+                for m in range(members):
+                    n = len(self.devs)
+                    d = DeviceSession(
+                        "d%d-%d-%d@no" % (r, g, m),
+                        (r * 100003 + g * 1009 + m + 1).to_bytes(16, "big"),
+                        addr,
+                        Rand(1000 + n),
+                        groups=[group] if m % 2 == 0 else [],
+                    )
+                    a = ("10.%d.%d.%d" % (1 + r, g, m + 2), 5000)
+                    sim.attach(d, a)
+                    people.append((a, d))
+                    self.devs.append(d)
+                    sim.at(n % 997, self._starter(a, d))
+                    if m % 2:
+                        sim.at(3000 + n % 997, self._affiliator(a, d, group))
+                self.groups.append((addr, group, people))
+        # Every core's events are drained after each call, as a driver drains them; the relays'
+        # typed events are counted (a monitor's view), the sessions' dropped.
+        self.relay_events: "dict[str, int]" = {}
+        sim.on_events = self._count
+
+    def _count(self, addr: object, t: int, evs: "Any") -> None:
+        if addr not in self.relay_addrs:
+            return
+        c = self.relay_events
+        for e in evs:
+            c[e[0]] = c.get(e[0], 0) + 1
+
+    def _starter(self, a: object, d: "Any") -> "Callable[[], None]":
+        sim = self.sim
+        return lambda: sim.send(a, d.start(sim.now))
+
+    def _affiliator(self, a: object, d: "Any", group: str) -> "Callable[[], None]":
+        sim = self.sim
+        return lambda: sim.send(a, d.affiliate(sim.now, [group]))
+
+    def talk(self, until_ms: int) -> None:
+        """Bursts in every group, one after another, from 5 s until ``until_ms`` (virtual)."""
+        for k, g in enumerate(self.groups):
+            self.sim.at(5000 + 37 * k, self._burst(g, 0, until_ms))
+
+    def _burst(
+        self, g: "tuple[object, str, list[tuple[object, Any]]]", turn: int, until_ms: int
+    ) -> "Callable[[], None]":
+        from opmob import mcpt, rtp
+
+        sim = self.sim
+        _relay, group, people = g
+        a, d = people[turn % len(people)]
+        state = [0]
+        payload = bytes(range(84))
+
+        def step() -> None:
+            i = state[0]
+            state[0] = i + 1
+            if i == 0:
+                self.bursts += 1
+                req = mcpt.FloorMsg(mcpt.FLOOR_REQUEST, indicator=mcpt.IND_QUEUEING_SUPPORTED)
+                sim.send(a, d.send_floor(sim.now, req, group))
+                sim.after(100, step)
+            elif i <= 50:
+                seq = (turn * 64 + i) & 0xFFFF
+                pkt = rtp.encode(rtp.RtpHeader(rtp.PT_DVI4_8K, seq, seq * 160, 0), payload)
+                sim.send(a, d.send_voice(sim.now, pkt))
+                self.voice_sent += 1
+                sim.after(20, step)
+            else:
+                sim.send(a, d.send_floor(sim.now, mcpt.FloorMsg(mcpt.FLOOR_RELEASE), group))
+                if sim.t + 300 < until_ms:
+                    sim.after(300, self._burst(g, turn + 1, until_ms))
+
+        return step
+
+    def registered(self) -> int:
+        return sum(1 for d in self.devs if d.state == "registered")
+
+    def voice_heard(self) -> int:
+        return sum(d.counters["voice_rx"] for d in self.devs)
+
+
+class _Chatter:
+    """A node that does nothing but keep a periodic timer and send one datagram per tick: what
+    the simulator itself costs per event, without the cores."""
+
+    def __init__(self, now: int, period: int, peers: "list[object]", k: int) -> None:
+        from opmob.ticks import tadd
+
+        self.tadd = tadd
+        self.period = period
+        self.deadline = tadd(now, period)
+        self.peers = peers
+        self.k = k
+
+    def on_datagram(self, now: int, src: object, data: bytes) -> "list[tuple[object, bytes]]":
+        return []
+
+    def poll(self, now: int) -> "list[tuple[object, bytes]]":
+        self.deadline = self.tadd(self.deadline, self.period)
+        self.k = (self.k * 1103515245 + 12345) & 0x7FFFFFFF
+        return [(self.peers[self.k % len(self.peers)], b"x")]
+
+    def next_deadline(self) -> int:
+        return self.deadline
+
+
+def _run_sim(sim: "Any", until_ms: int) -> None:
+    """``sim.run_until(until_ms)``; on MicroPython with a collection each virtual second, timed
+    with the rest. Left to itself the unix port's collector runs only once the heap is full, and
+    until then each allocation of more than one block scans past all the garbage made since the
+    last collection (the run slows tenfold), and the heap ends so fragmented that the event heap's
+    list cannot grow in one piece (a MemoryError at the bench's 16 MB)."""
+    if IS_MICROPYTHON:
+        import gc
+
+        for t in range(sim.t + 1000, until_ms + 1, 1000):
+            sim.run_until(t)
+            gc.collect()
+    sim.run_until(until_ms)
+
+
+def sim_rows(scale: int) -> "Iterator[tuple[str, float, str, float | None, str]]":
+    # The same load on both runtimes (the ratio row compares them): MicroPython's pure-Python
+    # SRTP and HMAC make it some 20x slower, so the load is sized for a minute there.
+    relays, groups, members = (3, 5, 8) if scale > 1 else (2, 2, 6)
+    virtual_ms = 12000 if scale > 1 else 7000
+    load = SimLoad(relays, groups, members)
+    load.talk(virtual_ms)
+    sim = load.sim
+    t0 = _now_us()
+    _run_sim(sim, virtual_ms)
+    el = _elapsed_us(t0)
+    # Every packet reaches the other members of its group, or the load is not what it claims.
+    ev = load.relay_events
+    if (
+        load.registered() != len(load.devs)
+        or ev.get("registered", 0) < len(load.devs)
+        or ev.get("floor_granted", 0) < load.bursts
+        or load.voice_heard() < load.voice_sent * (members - 1) * 0.95
+    ):
+        raise RuntimeError(
+            "sim load: %d of %d registered, %d voice packets heard for %d sent, relay events %r"
+            % (load.registered(), len(load.devs), load.voice_heard(), load.voice_sent, ev)
+        )
+    events = sim.counters["events"]
+    row = (
+        "sim.events_per_s",
+        events * 1e6 / el,
+        "ev/s",
+        None,
+        "opmob.sim throughput (events: datagrams delivered, deadlines, script steps) on a mixed load: "
+        "%d relays, %d DeviceSessions registering, affiliating, %d talk bursts, %d voice packets; "
+        "%d events in %.0f s virtual, %.2f s wall"
+        % (relays, len(load.devs), load.bursts, load.voice_sent, events, virtual_ms / 1000, el / 1e6),
+    )
+    del load, sim  # let it go before the next run (on MicroPython each collection marks it)
+    yield row
+    # The harness alone: nodes that only keep a timer and send one datagram per tick.
+    from opmob.sim import Sim
+
+    n_nodes = 200
+    bare_ms = 2000 * scale
+    bare = Sim(2, start=60 * 86400000)
+    bare.set_default(delay=1, jitter=4)
+    addrs: "list[object]" = [("10.9.%d.%d" % (i // 250, i % 250 + 1), 9) for i in range(n_nodes)]
+    for i, a in enumerate(addrs):
+        bare.attach(_Chatter(bare.now, 20 + (i * 37) % 181, addrs, i + 1), a)
+    t0 = _now_us()
+    _run_sim(bare, bare_ms)
+    el = _elapsed_us(t0)
+    bc = bare.counters
+    yield (
+        "sim.bare_events_per_s",
+        bc["events"] * 1e6 / el,
+        "ev/s",
+        None,
+        "opmob.sim alone: %d nodes with a 20..200 ms timer, one datagram a tick over 1..5 ms paths; "
+        "%d events (%d wakes, %d deliveries) in %d s virtual"
+        % (n_nodes, bc["events"], bc["wakes"], bc["delivered"], bare_ms // 1000),
+    )
+
+
 # --- the accessory: a simulated call -------------------------------------------------------------
 
 
@@ -232,8 +495,9 @@ class Rand:
 
 
 class _Call:
-    """One relay and two accessories (DeviceSession + PTT client + audio paths) in memory, as
-    the accessory app wires them; "ann" is the accessory measured, "bob" the other party."""
+    """One relay and two accessories (DeviceSession + PTT client + audio paths) in an
+    ``opmob.sim.Sim``, as the accessory app wires them; "ann" is the accessory measured, "bob" the
+    other party."""
 
     RELAY = ("10.0.0.1", 7700)
     GROUP = "bench@no"
@@ -243,16 +507,18 @@ class _Call:
         from opmob.registry import Registry
         from opmob.relay import Relay
         from opmob.relay_config import RelayConfig
+        from opmob.sim import Sim
 
         names = ("ann", "bob")
         store = one_group_store(names, self.GROUP)
         cfg = RelayConfig.from_dict({"relay": {"identity": "relay-1@no"}, "registry": {"path": "unused"}})
-        self.now = 0  # the cores' clock: int ms (a bench never nears the 2^30 wrap)
+        self.sim = Sim()  # instant delivery in send order; the clock starts at 0 (no wrap near)
         self.relay = Relay(cfg, Registry(store, "no"), store, Rand(7), self.now)
+        self.sim.attach(self.relay, self.RELAY)
         self.addr = {}
         self.devs = {}
-        self.queue: "list[tuple[object, object, bytes]]" = []
         self.hold: "list[bytes] | None" = None  # when a list: datagrams to ann are kept, not delivered
+        self.sim.drop_if = self._held
         for i, n in enumerate(names):
             a = ("10.0.1.%d" % (i + 2), 5000)
             d = DeviceSession(
@@ -260,35 +526,32 @@ class _Call:
             )
             self.addr[n] = a
             self.devs[n] = d
+            self.sim.attach(d, a)
             self.send(a, d.start(self.now))
         self.pump()
         self.step(100)
         for d in self.devs.values():
             assert d.state == "registered", d.state
 
+    @property
+    def now(self) -> int:
+        now: int = self.sim.now
+        return now
+
+    def _held(self, src: object, dst: object, data: bytes) -> bool:
+        if self.hold is not None and dst == self.addr["ann"]:
+            self.hold.append(data)
+            return True
+        return False
+
     def send(self, src: object, outs: "list[tuple[object, bytes]]") -> None:
-        for dst, data in outs:
-            self.queue.append((src, dst, data))
+        self.sim.send(src, outs)
 
     def pump(self) -> None:
-        while self.queue:
-            src, dst, data = self.queue.pop(0)
-            if dst == self.RELAY:
-                self.send(self.RELAY, self.relay.on_datagram(self.now, src, data))
-                continue
-            for n, a in self.addr.items():
-                if a == dst:
-                    if n == "ann" and self.hold is not None:
-                        self.hold.append(data)
-                    else:
-                        self.send(a, self.devs[n].on_datagram(self.now, src, data))
+        self.sim.settle()
 
     def step(self, dt: int) -> None:
-        self.now += dt
-        self.send(self.RELAY, self.relay.poll(self.now))
-        for n, d in self.devs.items():
-            self.send(self.addr[n], d.poll(self.now))
-        self.pump()
+        self.sim.run_for(dt)
 
     def floor(self, name: str, msgs: "list[object]") -> None:
         d = self.devs[name]
@@ -385,6 +648,7 @@ def _accessory_rows(scale: int) -> "Iterator[tuple[str, float, str, float | None
     growth = full - halfway
     del ann_ptt, cap, pb, ann, sink
     call.devs["ann"] = None
+    call.sim.detach(call.addr["ann"])
     gc.collect()
     data_kb = (full - (gc.mem_alloc() if IS_MICROPYTHON else 0)) / 1024  # type: ignore[attr-defined]
     if IS_MICROPYTHON:

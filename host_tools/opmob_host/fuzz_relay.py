@@ -1,7 +1,9 @@
 """``opmob fuzz relay``: a seeded, corpus-based mutation fuzzer for the relay core.
 
 It drives the sans-I/O ``Relay`` (firmware/opmob/relay.py) directly, in memory, under a virtual
-clock, so it runs a million inputs in about half a minute and a failure replays from its seed:
+clock (the relay and its devices run in an ``opmob.sim.Sim``; the inputs go straight to
+``Relay.on_datagram``), so it runs a million inputs in about half a minute and a failure replays
+from its seed:
 
 1. **Corpus.** A relay and its devices (``DeviceSession``) play a scripted exchange and every datagram
    that reaches the relay is kept, labelled: REGISTER (known, unknown, killed and foreign
@@ -43,7 +45,6 @@ from __future__ import annotations
 import _thread
 import argparse
 import hashlib
-import heapq
 import json
 import random
 import sys
@@ -54,8 +55,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from opmob.ticks import MASK
 
 Addr = tuple[str, int]
 Out = list[tuple[Any, Any]]
@@ -255,108 +254,65 @@ class FuzzFailure(Exception):
 
 
 class Net:
-    """The relay and the devices, wired in memory; datagrams are delivered in order, at once."""
+    """The relay and the devices in an ``opmob.sim.Sim``: datagrams are delivered in send order, at
+    once. ``now`` is the cores' clock (ticks), ``t`` the virtual ms since the start (``at``, ``run``)."""
 
     def __init__(self, relay: Any, now: int) -> None:
+        from opmob.sim import Sim
+
+        self.sim = Sim(seed=1, start=now)
         self.relay = relay
-        # The cores' clock: int ms. A run stays far below 2^30 ms (12 days) of virtual time, so
-        # plain comparisons hold here; ``run`` refuses to go past the wrap.
-        self.now = now
-        self.nodes: dict[Addr, Any] = {}
-        self.queue: deque[tuple[Addr, Any, Any]] = deque()
+        self.sim.attach(relay, RELAY_ADDR)
         self.tap: Callable[[Addr, bytes], None] | None = None
         self.recent: deque[bytes] = deque(maxlen=512)  # what the devices sent lately: for replays
         self.on_events: Callable[[Addr, Any], None] | None = None
-        self._dev_wake: int | None = None
-        self._dirty = True
-        self._schedule: list[tuple[int, int, Callable[[], None]]] = []
-        self._seq = 0
+        self.sim.taps.append(self._seen)
+        self.sim.after_call = self._called
+
+    @property
+    def now(self) -> int:
+        now: int = self.sim.now
+        return now
+
+    @property
+    def t(self) -> int:
+        t: int = self.sim.t
+        return t
+
+    def _seen(self, ev: str, t: int, src: Any, dst: Any, data: bytes) -> None:
+        if ev == "delivered" and dst == RELAY_ADDR:
+            if self.tap is not None:
+                self.tap(src, data)
+            self.recent.append(data)
+
+    def _called(self, addr: Any, node: Any) -> None:
+        if node is not self.relay and node.events and self.on_events is not None:
+            self.on_events(addr, node)
+
+    def attach(self, addr: Addr, d: Any) -> None:
+        """Device ``d`` at ``addr`` (in place of whatever was there)."""
+        self.sim.attach(d, addr)
+
+    def detach(self, addr: Addr) -> None:
+        self.sim.detach(addr)
 
     def send(self, src: Addr, outs: Out) -> None:
-        for dst, data in outs:
-            self.queue.append((src, dst, data))
+        self.sim.send(src, outs)
 
     def act(self, addr: Addr, outs: Out) -> None:
-        self._dirty = True
         self.send(addr, outs)
         self.pump()
 
     def pump(self) -> None:
-        n = 0
-        q = self.queue
-        relay = self.relay
-        while q:
-            n += 1
-            if n > 100_000:
-                raise RuntimeError("datagrams never stop")
-            src, dst, data = q.popleft()
-            if dst == RELAY_ADDR:
-                data = bytes(data)
-                if self.tap is not None:
-                    self.tap(src, data)
-                self.recent.append(data)
-                self.send(RELAY_ADDR, relay.on_datagram(self.now, src, data))
-            else:
-                d = self.nodes.get(dst)
-                if d is not None:
-                    self._dirty = True
-                    self.send(dst, d.on_datagram(self.now, RELAY_ADDR, bytes(data)))
-                    if d.events and self.on_events is not None:
-                        self.on_events(dst, d)
+        self.sim.settle()
 
     def at(self, t: int, fn: Callable[[], None]) -> None:
-        self._seq += 1
-        heapq.heappush(self._schedule, (t, self._seq, fn))
-
-    def _wake(self) -> int | None:
-        if self._dirty:
-            w = None
-            for d in self.nodes.values():
-                t = d.next_deadline()
-                if t is not None and (w is None or t < w):
-                    w = t
-            self._dev_wake = w
-            self._dirty = False
-        w = self._dev_wake
-        t = self.relay.next_deadline()
-        if t is not None and (w is None or t < w):
-            w = t
-        if self._schedule and (w is None or self._schedule[0][0] < w):
-            w = self._schedule[0][0]
-        return w
+        """Call ``fn`` at virtual ms ``t``."""
+        self.sim.at(t, fn)
 
     def run(self, until: int) -> None:
-        """Move the clock to ``until`` (ms), running every timer and scheduled action that falls due."""
-        if until > MASK:
-            raise RuntimeError("fuzz: virtual time past the cores' clock period (2^30 ms)")
-        n = 0
-        while True:
-            if self.queue:
-                self.pump()
-            w = self._wake()
-            if w is None or w > until:
-                break
-            n += 1
-            if n > 100_000:
-                raise RuntimeError("timers never settle")
-            if w > self.now:
-                self.now = w
-            now = self.now
-            if self._schedule and self._schedule[0][0] <= now:
-                heapq.heappop(self._schedule)[2]()
-                continue
-            t = self.relay.next_deadline()
-            if t is not None and t <= now:
-                self.send(RELAY_ADDR, self.relay.poll(now))
-            for addr, d in list(self.nodes.items()):
-                t = d.next_deadline()
-                if t is not None and t <= now:
-                    self._dirty = True
-                    self.send(addr, d.poll(now))
-                    if d.events and self.on_events is not None:
-                        self.on_events(addr, d)
-        if until > self.now:
-            self.now = until
+        """Move the clock to virtual ms ``until``, running every timer and scheduled action that falls due."""
+        self.sim.run_until(until)
 
 
 # --- the devices -----------------------------------------------------------------------------------------
@@ -426,7 +382,7 @@ class Cast:
             **kw,
         )
         self.devs[name] = d
-        self.net.nodes[addr] = d
+        self.net.attach(addr, d)
         self.granted[name] = []
         self.heard[name] = []
         if start:
@@ -452,10 +408,10 @@ class Cast:
                 r[e[1]] = r.get(e[1], 0) + 1
             elif k == "relay_lost":
                 self.stats["relay_lost"] += 1
-                self.lost.append((self.net.now / 1000, name))
+                self.lost.append((self.net.t / 1000, name))
                 if name in WITNESSES:
                     # Nothing an input can do may cost a witness its relay.
-                    self.fail("witness", f"{name}'s KEEPALIVE went unanswered at t={self.net.now / 1000:.3f}")
+                    self.fail("witness", f"{name}'s KEEPALIVE went unanswered at t={self.net.t / 1000:.3f}")
         d.events = []
 
     def act(self, name: str, outs: Out) -> None:
@@ -499,7 +455,7 @@ class Cast:
                 if group not in self.granted[talker]:
                     self.fail(
                         "witness",
-                        f"{talker} asked for the floor of {group} at t={net.now / 1000:.3f} and was not granted "
+                        f"{talker} asked for the floor of {group} at t={net.t / 1000:.3f} and was not granted "
                         f"({self.why(talker)})",
                     )
                     return
@@ -512,7 +468,7 @@ class Cast:
                 sent.append(plain)
                 self.act(talker, outs)
                 self.stats["voice_sent"] += 1
-                net.at(net.now + 20, lambda: talk(i + 1))
+                net.at(net.t + 20, lambda: talk(i + 1))
                 return
             self.act(talker, self.floor(talker, mcpt.FLOOR_RELEASE, group))
             ssrc = self.devs[talker].ssrc
@@ -523,12 +479,12 @@ class Cast:
                     self.fail(
                         "witness",
                         f"{n} heard {len(got)} of {len(sent)} voice packets {talker} sent to {group} "
-                        f"at t={net.now / 1000:.3f} ({self.why(n)})",
+                        f"at t={net.t / 1000:.3f} ({self.why(n)})",
                     )
             if then is not None:
                 then()
 
-        net.at(net.now + 100, lambda: talk(0))
+        net.at(net.t + 100, lambda: talk(0))
 
     def why(self, name: str) -> str:
         """The device's state, and the refusals of its REGISTERs since it last registered."""
@@ -587,7 +543,7 @@ def capture_corpus(cast: Cast) -> list[Seed]:
 
     def step(dt: float) -> None:
         """``dt`` seconds on."""
-        net.run(net.now + int(round(dt * 1000)))
+        net.run(net.t + int(round(dt * 1000)))
 
     # Witnesses register with their groups (REGISTER, AUTH_RESPONSE) and talk a little.
     for n in WITNESSES:
@@ -669,9 +625,8 @@ def capture_corpus(cast: Cast) -> list[Seed]:
     step(1.0)
     for name in ("x-rogue", "x-ghost", "x-killed", "x-foreign"):
         # They go on retrying with back-off; they have given the corpus what it needs.
-        del net.nodes[cast.addr[name]]
+        net.detach(cast.addr[name])
         del cast.devs[name]
-    net._dirty = True
     step(1.0)
     net.tap = None
     return seeds
@@ -1201,7 +1156,7 @@ def _witness_checks(cast: Cast) -> None:
     # so only the relay's memory can give them their affiliations back.
     for i, n in enumerate(WITNESSES):
         cast.device(n, wanted_groups(n) if i % 2 else ())
-    net.run(net.now + 70000)
+    net.run(net.t + 70000)
     status = cast.relay.status()
     by_id = {d["identity"]: d for d in status["devices"]}
     for i, n in enumerate(WITNESSES):
@@ -1219,7 +1174,7 @@ def _witness_checks(cast: Cast) -> None:
     # Those that named no groups now AFFILIATE to them: the relay must confirm each one.
     for n in WITNESSES[::2]:
         cast.act(n, cast.devs[n].affiliate(net.now, wanted_groups(n)))
-    net.run(net.now + 5000)
+    net.run(net.t + 5000)
     for n in WITNESSES[::2]:
         if sorted(cast.devs[n].affiliated) != sorted(wanted_groups(n)):
             cast.fail("final", f"{n} asked to affiliate to {wanted_groups(n)}, got {cast.devs[n].affiliated}")
@@ -1236,7 +1191,7 @@ def _witness_checks(cast: Cast) -> None:
             cast.burst(g, t, next_burst)
 
     next_burst()
-    net.run(net.now + 2000 + 500 * len(plan))
+    net.run(net.t + 2000 + 500 * len(plan))
     if done[0] < len(plan) and not cast.failures:
         cast.fail("final", f"only {done[0]} of {len(plan)} final talk bursts ran")
 
@@ -1285,10 +1240,10 @@ def run(
         g, t = plan[turn[0] % len(plan)]
         turn[0] += 1
         cast.burst(g, t)
-        net.at(net.now + int(BURST_EVERY_S * 1000), next_burst)
+        net.at(net.t + int(BURST_EVERY_S * 1000), next_burst)
 
-    net.at(net.now + 1000, next_burst)
-    start_virtual = net.now
+    net.at(net.t + 1000, next_burst)
+    start_virtual = net.t
     c = relay.counters
     t_start = time.perf_counter()
     hang = hang_s if hang_s is not None else max(2.0, 5 * input_limit_s)
@@ -1301,7 +1256,7 @@ def run(
         try:
             for i in range(inputs):
                 wd.started = perf()  # the watchdog covers the devices' traffic between inputs too
-                net.run(net.now + int(rng.random() * 2 * dt_s * 1000 + 0.5))
+                net.run(net.t + int(rng.random() * 2 * dt_s * 1000 + 0.5))
                 if cast.failures:
                     break
                 try:
@@ -1353,8 +1308,9 @@ def run(
                 bad = _bad_output(out)
                 if bad is not None:
                     raise FuzzFailure(Failure("output", bad, i, name, data.hex()))
+                # Always: the relay's deadline may have moved even when it answered nothing.
+                net.send(RELAY_ADDR, out)
                 if out:
-                    net.send(RELAY_ADDR, out)
                     net.pump()
                 if i % check_every == 0:
                     problem = _check_invariants(relay)
@@ -1364,7 +1320,7 @@ def run(
                         raise FuzzFailure(Failure("time_limit", f"the run took over {max_seconds} s", i))
                     if progress is not None and i and i % (check_every * 50) == 0:
                         el = perf() - t_start
-                        progress(f"{i} inputs, {i / el:.0f}/s, {net.now / 1000:.0f} s virtual")
+                        progress(f"{i} inputs, {i / el:.0f}/s, {net.t / 1000:.0f} s virtual")
             wd.started = None
         except FuzzFailure as f:
             rep.failures.append(f.failure)
@@ -1386,12 +1342,12 @@ def run(
         rep.inputs = fed
     rep.elapsed_s = time.perf_counter() - t_start
     rep.max_input_ms = max_in * 1000
-    rep.virtual_s = (net.now - start_virtual) / 1000
+    rep.virtual_s = (net.t - start_virtual) / 1000
     rep.failures.extend(cast.failures)
     cast.failures = []
     if rep.ok:
         try:
-            net._schedule.clear()
+            net.sim.discard_actions()
             _witness_checks(cast)
             problem = _check_invariants(relay)
             if problem is not None:

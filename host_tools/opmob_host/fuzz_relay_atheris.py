@@ -105,7 +105,7 @@ def main(argv: list[str]) -> None:
         except (WireError, ValueError, OverflowError):
             return  # the insider's own encoder refused: not an input the relay can get
         src = addrs[fdp.ConsumeIntInRange(0, len(addrs) - 1)]
-        net.run(net.now + int(rng.random() * 4 + 0.5))  # ms
+        net.run(net.t + int(rng.random() * 4 + 0.5))  # ms
         rx0 = c["rx_datagrams"]
         seen0 = c["accepted"] + _drops(c)
         out = relay.on_datagram(net.now, src, dgram)
@@ -114,8 +114,8 @@ def main(argv: list[str]) -> None:
         bad = _bad_output(out)
         if bad is not None:
             raise AssertionError(bad + " for " + dgram.hex())
+        net.send(RELAY_ADDR, out)  # also when empty: the relay's deadline may have moved
         if out:
-            net.send(RELAY_ADDR, out)
             net.pump()
 
     atheris.Setup(argv, one_input)

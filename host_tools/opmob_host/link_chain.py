@@ -11,7 +11,8 @@ over the link to A, which controls its floor. ann takes the floor and talks; her
 through ``Relay.on_datagram`` of both cores, built as ``opmob relay run`` builds them
 (``relay_cmd``: the backend's SRTP class, fan-out and ``link_codec``). Nothing is skipped or
 stubbed: registration, mutual authentication, the link handshake, affiliation, the floor, every
-hop's SRTP. Time is virtual; the CPU time each relay spends on the talker's packets is recorded.
+hop's SRTP. The four run in an ``opmob.sim.Sim`` (instant delivery, in send order; time virtual);
+the CPU time each relay spends on the datagrams it receives is recorded.
 """
 
 from __future__ import annotations
@@ -49,6 +50,28 @@ def _cfg(me: str, peer: str, codec: str, attach: list[str], initiate: bool) -> A
     return cfg
 
 
+class _Timed:
+    """A relay core as the simulator's node, with the CPU time of its ``on_datagram`` counted."""
+
+    def __init__(self, core: Any, cpu: dict[Any, float], addr: Any) -> None:
+        self.core = core
+        self.cpu = cpu
+        self.addr = addr
+
+    def on_datagram(self, now: int, src: Any, data: bytes) -> Any:
+        t0 = time.process_time()
+        out = self.core.on_datagram(now, src, data)
+        self.cpu[self.addr] += time.process_time() - t0
+        return out
+
+    def poll(self, now: int) -> Any:
+        return self.core.poll(now)
+
+    def next_deadline(self) -> int | None:
+        d: int | None = self.core.next_deadline()
+        return d
+
+
 class LinkChain:
     """``codec``: the link's codec ("codec2_3200", "codec2_1600", "codec2_700c", "dvi4");
     ``accel``: the backend ("c" or "pure"; Codec2 links need "c")."""
@@ -58,16 +81,17 @@ class LinkChain:
         from opmob.device import DeviceSession
         from opmob.registry import Registry
         from opmob.relay import Relay
+        from opmob.sim import Sim
 
         from opmob_host import accel as accel_mod
         from opmob_host.relay_cmd import fanout_for
 
         backend = accel_mod.select(accel)
         self.backend = backend.name
-        self.now = 0  # the cores' clock: int ms (it never nears the 2^30 wrap here)
+        # Instant delivery in send order; the clock as the cores see it never nears the wrap.
+        self.sim = Sim(seed=1, start=0)
         self.relays: dict[tuple[str, int], Any] = {}
         self.cpu = {RELAY_A: 0.0, RELAY_B: 0.0}
-        self.queue: list[tuple[Any, Any, bytes]] = []
         self.addr = {"ann": ("10.0.1.2", 5000), "bob": ("10.0.2.2", 5000)}
         self.devs: dict[str, Any] = {}  # none until the link is up
         for addr, cfg, seed in (
@@ -80,12 +104,13 @@ class LinkChain:
                 Registry(store, "no"),
                 store,
                 Rand(seed),
-                self.now,
+                self.sim.now,
                 srtp=backend.SrtpSession,
                 fanout=fanout_for(backend),
                 codec=backend.link_codec() if cfg.links[0].transcodes else None,
             )
-        self.run(1000)
+            self.sim.attach(_Timed(self.relays[addr], self.cpu, addr), addr)
+        self.sim.run_for(1000)
         for addr, r in self.relays.items():
             state = r.status()["links"][0]["state"]
             if state != "up":
@@ -95,8 +120,9 @@ class LinkChain:
             "bob": DeviceSession("bob@no", bytes(15) + b"\x02", RELAY_B, Rand(102), groups=[GROUP]),
         }
         for name, d in self.devs.items():
-            self.send(self.addr[name], d.start(self.now))
-        self.run(self.now + 2500)  # registration, then B attaches the group at its next keep-alive
+            self.sim.attach(d, self.addr[name])
+            self.sim.send(self.addr[name], d.start(self.sim.now))
+        self.sim.run_for(2500)  # registration, then B attaches the group at its next keep-alive
         for name, d in self.devs.items():
             if d.state != "registered":
                 raise RuntimeError(f"link chain: {name} did not register ({d.state})")
@@ -105,49 +131,20 @@ class LinkChain:
             raise RuntimeError(f"link chain: relay B attached {attached}, not {GROUP}")
         ann = self.devs["ann"]
         req = mcpt.FloorMsg(mcpt.FLOOR_REQUEST, indicator=mcpt.IND_QUEUEING_SUPPORTED)
-        self.send(self.addr["ann"], ann.send_floor(self.now, req, GROUP))
-        self.run(self.now + 100)
+        self.sim.send(self.addr["ann"], ann.send_floor(self.sim.now, req, GROUP))
+        self.sim.run_for(100)
         granted = [e for e in ann.events if e[0] == "floor" and e[2].kind == mcpt.FLOOR_GRANTED]
         if not granted:
             raise RuntimeError("link chain: ann was not granted the floor")
         for d in self.devs.values():
             d.events = []
-        self.cpu = {RELAY_A: 0.0, RELAY_B: 0.0}
+        self.cpu[RELAY_A] = self.cpu[RELAY_B] = 0.0
 
-    def send(self, src: Any, outs: list[tuple[Any, bytes]]) -> None:
-        for dst, data in outs:
-            self.queue.append((src, dst, data))
-
-    def pump(self) -> None:
-        by_addr = {a: n for n, a in self.addr.items()}
-        while self.queue:
-            src, dst, data = self.queue.pop(0)
-            r = self.relays.get(dst)
-            if r is not None:
-                t0 = time.process_time()
-                out = r.on_datagram(self.now, src, data)
-                self.cpu[dst] += time.process_time() - t0
-                self.send(dst, out)
-            elif dst in by_addr:
-                self.send(dst, self.devs[by_addr[dst]].on_datagram(self.now, src, data))
-
-    def _parties(self) -> list[tuple[Any, Any]]:
-        return list(self.relays.items()) + [(self.addr[n], d) for n, d in self.devs.items()]
-
-    def run(self, until: int) -> None:
-        """Deliver everything and fire every timer up to ``until`` (virtual ms)."""
-        for _ in range(100000):
-            self.pump()
-            due = [t for _, x in self._parties() if (t := x.next_deadline()) is not None and t <= until]
-            if not due:
-                break
-            self.now = max(self.now, min(due))
-            for addr, x in self._parties():
-                self.send(addr, x.poll(self.now))
-        else:
-            raise RuntimeError("link chain: timers never settle")
-        self.now = max(self.now, until)
-        self.pump()
+    @property
+    def now(self) -> int:
+        """The cores' clock (int ms modulo 2^30)."""
+        now: int = self.sim.now
+        return now
 
     def talk(self, payloads: list[bytes], ssrc: int = 0xA1) -> list[bytes]:
         """Send each DVI4 payload as ann's RTP, 20 ms apart; the DVI4 payloads bob received."""
@@ -158,8 +155,8 @@ class LinkChain:
         seq = 1000
         for i, payload in enumerate(payloads):
             pkt = rtp.encode(rtp.RtpHeader(_PT_DVI4, (seq + i) & 0xFFFF, 160 * (seq + i), ssrc), payload)
-            self.send(self.addr["ann"], ann.send_voice(self.now, pkt))
-            self.run(self.now + 20)
+            self.sim.send(self.addr["ann"], ann.send_voice(self.sim.now, pkt))
+            self.sim.run_for(20)
             heard += [rtp.decode(e[1])[1] for e in bob.events if e[0] == "voice"]
             bob.events = [e for e in bob.events if e[0] != "voice"]
         return heard

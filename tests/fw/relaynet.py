@@ -1,7 +1,11 @@
 """A relay and its devices wired together in memory under a virtual clock (relay and device tests).
 
-Datagrams are delivered in order, instantly, unless ``World.lose`` says otherwise; ``run(t)`` moves
-the clock to ``t``, waking the relay and each device at their deadlines. Runs on both runtimes.
+The network and the clock are an ``opmob.sim.Sim`` (``World.sim``): datagrams are delivered in
+send order, at once, unless ``World.lose`` says otherwise (or a test sets paths or cuts on
+``w.sim``); ``run(t)`` moves the clock to ``t``, waking the relay and each device at their own
+deadlines. ``run`` first reads every node's deadline again (``Sim.touch_all``), since tests call
+the cores directly. A core the network must reach is attached to ``w.sim`` (``device`` does it;
+a session replacing another on its address: ``w.sim.attach(d, addr)``). Runs on both runtimes.
 
 Time is the cores' clock: int milliseconds modulo 2^30 (opmob/ticks.py). ``World(start=...)`` sets
 the clock's reading when the world begins (0 by default; e.g. 60 days of uptime, or just before
@@ -17,8 +21,9 @@ from opmob.device import DeviceSession
 from opmob.registry import Registry
 from opmob.relay import Relay
 from opmob.relay_config import RelayConfig
+from opmob.sim import Sim
 from opmob.store import MemoryStore
-from opmob.ticks import MASK, earliest, tadd, tdiff
+from opmob.ticks import MASK, tadd, tdiff
 
 RELAY = ("10.0.0.1", 7700)
 G1 = "fire-1@no"
@@ -104,8 +109,12 @@ def config(**kw):
 
 
 class World:
+    """One relay at ``RELAY`` and its devices in an ``opmob.sim.Sim``: the network delivers at
+    once, in send order, unless ``lose`` or ``sim.path``/``sim.cut`` say otherwise."""
+
     def __init__(self, seed=1, store=None, start=0, **cfg):
-        self.now = self.start = start & MASK
+        self.sim = Sim(seed, start)
+        self.start = self.sim.start
         self.seed = seed
         self.cfg = config(**cfg)
         if store is None:
@@ -117,10 +126,36 @@ class World:
         self.devs = {}  # name -> DeviceSession
         self.addr = {}  # name -> address
         self.by_addr = {}
-        self.queue = []
         self.lose = None  # lose(src, dst, data) -> True: the datagram is lost
         self.tap = None  # tap(src, dst, data): sees every datagram sent
         self.rtp_seq = {}
+        self.sim.taps.append(self._tap)
+        self.sim.drop_if = self._lose
+
+    def _tap(self, ev, t, src, dst, data):
+        if ev == "sent" and self.tap is not None:
+            self.tap(src, dst, data)
+
+    def _lose(self, src, dst, data):
+        return self.lose is not None and self.lose(src, dst, data)
+
+    @property
+    def now(self):
+        return self.sim.now
+
+    @now.setter
+    def now(self, t):
+        # Setting the clock runs the world to that reading: timers fall due on the way.
+        self.run(t)
+
+    @property
+    def relay(self):
+        return self._relay
+
+    @relay.setter
+    def relay(self, r):
+        self._relay = r
+        self.sim.attach(r, RELAY)
 
     # --- wiring -----------------------------------------------------------------------------------
 
@@ -138,16 +173,14 @@ class World:
         self.devs[name] = d
         self.addr[name] = addr
         self.by_addr[addr] = d
+        self.sim.attach(d, addr)
         if start:
             self.send(addr, d.start(self.now))
             self.pump()
         return d
 
     def send(self, src, outs):
-        for dst, data in outs:
-            if self.tap is not None:
-                self.tap(src, dst, data)
-            self.queue.append((src, dst, data))
+        self.sim.send(src, outs)
 
     def inject(self, src, data):
         """A datagram from ``src`` straight to the relay (an attacker, a replay)."""
@@ -157,44 +190,14 @@ class World:
         return out
 
     def pump(self):
-        n = 0
-        while self.queue:
-            n += 1
-            assert n < 100000, "datagrams never stop"
-            src, dst, data = self.queue.pop(0)
-            if self.lose is not None and self.lose(src, dst, data):
-                continue
-            if dst == RELAY:
-                self.send(RELAY, self.relay.on_datagram(self.now, src, data))
-            else:
-                d = self.by_addr.get(dst)
-                if d is not None:
-                    self.send(dst, d.on_datagram(self.now, src, data))
-
-    def _next(self):
-        d = self.relay.next_deadline()
-        for dev in self.devs.values():
-            d = earliest(d, dev.next_deadline())
-        return d
+        """Deliver what is on its way now."""
+        self.sim.settle()
 
     def run(self, until):
         """Run the clock to ``until`` (a reading of the clock, taken modulo 2^30)."""
-        until &= MASK
-        n = 0
-        while True:
-            self.pump()
-            d = self._next()
-            if d is None or tdiff(d, until) > 0:
-                break
-            n += 1
-            assert n < 100000, "timers never settle"
-            if tdiff(d, self.now) > 0:
-                self.now = d
-            self.send(RELAY, self.relay.poll(self.now))
-            for name, dev in self.devs.items():
-                self.send(self.addr[name], dev.poll(self.now))
-        if tdiff(until, self.now) > 0:
-            self.now = until
+        self.sim.touch_all()  # a test may have called a core directly
+        t = self.sim.abs_of(until & MASK)
+        self.sim.run_until(t if t > self.sim.t else self.sim.t)
 
     def step(self, dt):
         """Run the clock ``dt`` ms on."""
@@ -210,7 +213,7 @@ class World:
 
     def restart(self):
         """The relay process dies and starts again on the same store: nothing in flight survives."""
-        self.queue = []
+        self.sim.discard_in_flight()
         self.registry = Registry(self.store, "no")
         self.relay = Relay(self.cfg, self.registry, self.store, Rng(self.seed + 77).bytes, self.now)
 

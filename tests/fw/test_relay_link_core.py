@@ -11,8 +11,9 @@ from opmob.device import DeviceSession
 from opmob.registry import Registry
 from opmob.relay import Relay
 from opmob.relay_config import ConfigError, RelayConfig
+from opmob.sim import Sim
 from opmob.store import MemoryStore
-from opmob.ticks import MASK, PERIOD, earliest, tadd, tdiff
+from opmob.ticks import MASK, PERIOD, tadd
 from relaynet import G1, export_doc, floor_view, ident, secret_of, ssrc_of
 
 RA = ("10.0.0.1", 7700)
@@ -37,10 +38,14 @@ def link_cfg(me, peer, attach=(), initiate=False, codec="dvi4"):
 
 
 class Net:
+    """Relays A and B and their devices in an ``opmob.sim.Sim`` (instant delivery, send order);
+    ``cut = True`` partitions the two relays from each other. A session put in ``devs`` by hand
+    must be attached too: ``n.sim.attach(d, addr)``."""
+
     def __init__(self, psk_a=PSK, psk_b=PSK, groups=None, seed=5, start=0):
-        self.now = self.start = start & MASK  # the cores' clock: int ms modulo 2^30
-        self.queue = []
-        self.cut = False  # the link between the relays drops everything
+        self.sim = Sim(seed, start)
+        self.start = self.sim.start
+        self._cut = None
         self.relays = {}
         self.devs = {}
         self.addr = {}
@@ -57,9 +62,26 @@ class Net:
                 doc["groups"] = groups
             Registry(store, "no").load_export(doc)
             self.relays[addr] = Relay(cfg, Registry(store, "no"), store, Rng(seed).bytes, self.now)
+            self.sim.attach(self.relays[addr], addr)
             seed += 11
         self.a = self.relays[RA]
         self.b = self.relays[RB]
+
+    @property
+    def now(self):
+        return self.sim.now
+
+    @property
+    def cut(self):
+        return self._cut is not None
+
+    @cut.setter
+    def cut(self, on):
+        if on and self._cut is None:
+            self._cut = self.sim.cut([RA], [RB])
+        elif not on and self._cut is not None:
+            self.sim.restore(self._cut)
+            self._cut = None
 
     def device(self, name, relay, groups):
         n = len(self.devs) + 2
@@ -68,52 +90,22 @@ class Net:
         self.devs[name] = d
         self.addr[name] = addr
         self.home[name] = relay
+        self.sim.attach(d, addr)
         self.send(addr, d.start(self.now))
         self.step(10)
         return d
 
     def send(self, src, outs):
-        for dst, data in outs:
-            self.queue.append((src, dst, data))
+        self.sim.send(src, outs)
 
     def pump(self):
-        n = 0
-        while self.queue:
-            n += 1
-            assert n < 100000
-            src, dst, data = self.queue.pop(0)
-            if self.cut and src in self.relays and dst in self.relays:
-                continue
-            r = self.relays.get(dst)
-            if r is not None:
-                self.send(dst, r.on_datagram(self.now, src, data))
-                continue
-            for name, a in self.addr.items():
-                if a == dst:
-                    self.send(a, self.devs[name].on_datagram(self.now, src, data))
+        self.sim.settle()
 
     def run(self, until):
         """Run the clock to ``until``, a reading of the clock (modulo 2^30)."""
-        until &= MASK
-        n = 0
-        while True:
-            self.pump()
-            d = None
-            for x in list(self.relays.values()) + list(self.devs.values()):
-                d = earliest(d, x.next_deadline())
-            if d is None or tdiff(d, until) > 0:
-                break
-            n += 1
-            assert n < 100000, "timers never settle"
-            if tdiff(d, self.now) > 0:
-                self.now = d
-            for addr, r in self.relays.items():
-                self.send(addr, r.poll(self.now))
-            for name, dev in self.devs.items():
-                self.send(self.addr[name], dev.poll(self.now))
-        if tdiff(until, self.now) > 0:
-            self.now = until
-        self.pump()
+        self.sim.touch_all()  # a test may have called a core directly
+        t = self.sim.abs_of(until & MASK)
+        self.sim.run_until(t if t > self.sim.t else self.sim.t)
 
     def step(self, dt):
         """Run the clock ``dt`` ms on."""
@@ -289,15 +281,12 @@ def test_unknown_peer_hello_dropped():
 def test_replayed_hello_and_auth_do_not_disturb_the_link():
     n = Net()
     seen = []
-    orig = n.send
 
-    def tap(src, outs):
-        for dst, data in outs:
-            if sig.is_sig(data) and data[3] in (sig.LINK_HELLO, sig.LINK_AUTH):
-                seen.append((src, data))
-        orig(src, outs)
+    def tap(ev, t, src, dst, data):
+        if ev == "sent" and sig.is_sig(data) and data[3] in (sig.LINK_HELLO, sig.LINK_AUTH):
+            seen.append((src, data))
 
-    n.send = tap
+    n.sim.taps.append(tap)
     n.run(n.at(1000))
     assert n.link(n.a)["state"] == "up"
     hello = [d for s, d in seen if d[3] == sig.LINK_HELLO][0]
@@ -444,6 +433,7 @@ def test_a_talker_keeps_its_floor_identity_when_it_moves_between_relays():
     cat = DeviceSession(ident("cat"), secret_of("cat"), RA, Rng(777).bytes, groups=[G1])
     n.devs["cat"] = cat
     n.home["cat"] = RA
+    n.sim.attach(cat, n.addr["cat"])  # in place of its old session, on the same address
     n.send(n.addr["cat"], cat.start(n.now))
     n.step(100)
     assert cat.state == "registered"

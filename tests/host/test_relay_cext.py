@@ -40,13 +40,15 @@ BACKENDS: dict[str, dict[str, Any]] = {
 def _wire(monkeypatch: pytest.MonkeyPatch, fn: Callable[[], None], **relay_kw: Any) -> list[tuple[Any, ...]]:
     """Run scenario ``fn`` with ``Relay(**relay_kw)``; every datagram any World sent, in order."""
     wire: list[tuple[Any, ...]] = []
-    send = relaynet.World.send
+    init = relaynet.World.__init__
     made: list[Relay] = []
 
-    def recording_send(self: relaynet.World, src: Any, outs: list[tuple[Any, bytes]]) -> None:
-        for dst, data in outs:
-            wire.append((src, dst, bytes(data)))
-        send(self, src, outs)
+    def recording_init(self: relaynet.World, *a: Any, **kw: Any) -> None:
+        # Every datagram put on the World's network (opmob.sim), by the test or by a core.
+        init(self, *a, **kw)
+        self.sim.taps.append(
+            lambda ev, t, src, dst, data: ev == "sent" and wire.append((src, dst, bytes(data)))
+        )
 
     def relay(*a: Any, **kw: Any) -> Relay:
         r = Relay(*a, **dict(kw, **relay_kw))
@@ -54,7 +56,7 @@ def _wire(monkeypatch: pytest.MonkeyPatch, fn: Callable[[], None], **relay_kw: A
         return r
 
     with monkeypatch.context() as m:
-        m.setattr(relaynet.World, "send", recording_send)
+        m.setattr(relaynet.World, "__init__", recording_init)
         m.setattr(relaynet, "Relay", relay)
         fn()
     srtp = relay_kw.get("srtp", PureSession)
