@@ -70,6 +70,9 @@ def test_demo_runs_the_scripted_exchange(tmp_path: Path) -> None:
             assert w.getnframes() > 5 * 8000
 
 
+RESIDUAL_ROWS = {"accessory.release_tail_ms"}
+
+
 def test_bench_writes_rows_for_both_runtimes(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = opmob("bench", "--quick", "--out", str(out))
@@ -77,7 +80,12 @@ def test_bench_writes_rows_for_both_runtimes(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())
     for row in rows:
         assert set(row) == {"name", "value", "unit", "goal", "runtime", "note"}
-        assert row["value"] > 0
+        # A residual (audio played after the burst ended, frames concealed, underruns) is at its
+        # best at zero; every other figure is a time or a rate, and zero would mean no measurement.
+        if row["name"] in RESIDUAL_ROWS or "underruns" in row["name"] or "concealed" in row["name"]:
+            assert row["value"] >= 0, row
+        else:
+            assert row["value"] > 0, row
     names = {(r["name"], r["runtime"]) for r in rows}
     for name in ("rtp_srtp.protect_us", "rtp_srtp.unprotect_us", "dvi4.encode_frame_us", "mcpt.decode_us"):
         assert (name, "cpython") in names
