@@ -323,8 +323,8 @@ def test_a_late_entrants_floor_taken_that_overtakes_the_affiliation_answer_is_ke
             w.lose = lambda src, dst, data: dst == bob.addr and held.append((src, dst, data)) is None
         bob.do(bob.core.step_group(w.now, 1))
         w.lose = None
-        for d in reversed(held):
-            w.queue.append(d)
+        for src, dst, data in reversed(held):  # sent again in the reverse order: reordered
+            w.send(src, [(dst, data)])
         w.pump()
         assert len(held) >= 2 or not reorder, held
         ev = bob.events()
