@@ -18,15 +18,18 @@ from opmob.relay_sessions import Sessions
 from opmob.relay_sig import Signalling
 from opmob.relay_store import RelayStore
 from opmob.store import MemoryStore
+from opmob.sim import Sim
 from opmob.ticks import PERIOD, earliest, tadd, tdiff
 from relaynet import G1, G2, RELAY, config, export_doc, ident, secret_of
 
 
 class Parts:
-    """Signalling and media of one relay, composed by hand; devices talk to them on bytes."""
+    """Signalling and media of one relay, composed by hand; devices talk to them on bytes. It is
+    a node of the simulator (opmob.sim) at RELAY, as a Relay would be, and the devices are nodes
+    beside it."""
 
     def __init__(self, start=0, seed=3):
-        self.now = start
+        self.sim = Sim(start=start)
         self.cfg = config()
         store = MemoryStore()
         Registry(store, "no").load_export(export_doc())
@@ -56,72 +59,66 @@ class Parts:
         )
         self.devs = {}
         self.addr = {}
-        self.queue = []
         self.drops = []
+        self.sim.attach(self, RELAY)
+
+    @property
+    def now(self):
+        return self.sim.now
+
+    @now.setter
+    def now(self, t):
+        self.sim.run_for(tdiff(t, self.sim.now))  # the world runs to that reading
 
     def device(self, name, groups):
         addr = ("10.0.2.%d" % (len(self.devs) + 2), 5000)
         d = DeviceSession(ident(name), secret_of(name), RELAY, Rng(len(self.devs) + 40).bytes, groups=groups)
         self.devs[name] = d
         self.addr[name] = addr
+        self.sim.attach(d, addr)
         self.send(addr, d.start(self.now))
         self.pump()
         return d
 
     def send(self, src, outs):
-        for dst, data in outs:
-            self.queue.append((src, dst, data))
+        self.sim.send(src, outs)
 
-    def relay_in(self, src, data):
+    def relay_in(self, src, data, now=None):
         """What the relay's dispatcher would do: the first byte picks the part."""
+        if now is None:
+            now = self.now
         try:
             if data[0] == 0x4F:
-                return self.sig.on_sig(self.now, src, sig.peek(data), data)
+                return self.sig.on_sig(now, src, sig.peek(data), data)
             if 192 <= data[1] <= 223:
-                return self.media.on_rtcp(self.now, src, data)
-            return self.media.on_rtp(self.now, src, data)
+                return self.media.on_rtcp(now, src, data)
+            return self.media.on_rtp(now, src, data)
         except Drop as e:
             self.drops.append(e.reason)
             return e.out or []
 
-    def pump(self):
-        while self.queue:
-            src, dst, data = self.queue.pop(0)
-            if dst == RELAY:
-                self.send(RELAY, self.relay_in(src, data))
-            else:
-                for name, a in self.addr.items():
-                    if a == dst:
-                        self.send(a, self.devs[name].on_datagram(self.now, src, data))
+    # The node interface (opmob.sim): what Relay.on_datagram, poll and next_deadline would do.
+    def on_datagram(self, now, src, data):
+        return self.relay_in(src, data, now)
+
+    def poll(self, now):
+        out = list(self.sessions.poll_requests(now))
+        if self.sig.next_deadline() is not None:
+            out.extend(self.sig.poll(now))
+        if self.sessions.sweep_due(now):
+            out.extend(self.sessions.sweep(now))
+        return out
 
     def next_deadline(self):
-        d = self.sessions.next_deadline()
-        for dev in self.devs.values():
-            d = earliest(d, dev.next_deadline())
-        return d
+        return earliest(self.sessions.next_deadline(), self.sig.next_deadline())
 
-    def run(self, ms, devices=True):
-        """The clock ``ms`` on, the parts' and (when ``devices``) the devices' timers run."""
-        until = tadd(self.now, ms)
-        while True:
-            self.pump()
-            d = earliest(self.sessions.next_deadline(), self.sig.next_deadline())
-            if devices:
-                for dev in self.devs.values():
-                    d = earliest(d, dev.next_deadline())
-            if d is None or tdiff(d, until) > 0:
-                break
-            if tdiff(d, self.now) > 0:
-                self.now = d
-            self.send(RELAY, self.sessions.poll_requests(self.now))
-            if self.sig.next_deadline() is not None:
-                self.send(RELAY, self.sig.poll(self.now))
-            if self.sessions.sweep_due(self.now):
-                self.send(RELAY, self.sessions.sweep(self.now))
-            if devices:
-                for name, dev in self.devs.items():
-                    self.send(self.addr[name], dev.poll(self.now))
-        self.now = until
+    def pump(self):
+        """Deliver what is on its way now."""
+        self.sim.settle()
+
+    def run(self, ms):
+        """The clock ``ms`` on; every part's and device's timers run."""
+        self.sim.run_for(ms)
 
 
 def _srtp():
@@ -150,8 +147,9 @@ def test_signalling_alone_registers_and_affiliates_on_bytes():
     assert p.store.get("registration", "ann@no")["ssrc"] == a.ssrc
     # A retransmitted request gets the same bytes from the request layer, and no second action.
     d = p.devs["bob"]
-    p.send(p.addr["bob"], d.affiliate(p.now, [G1, G2]))
-    req = p.queue[0][2]
+    out = d.affiliate(p.now, [G1, G2])
+    req = out[0][1]
+    p.send(p.addr["bob"], out)
     p.pump()
     again = p.relay_in(p.addr["bob"], req)
     assert len(again) == 1 and p.counters["sig_retransmits"] == 1
@@ -169,7 +167,7 @@ def test_signalling_alone_expires_a_silent_registration_on_time():
     p.run(4 * ka)
     assert len(p.sessions.by_identity) == 2 and p.counters.get("sessions_expired", 0) == 0
     quiet = p.devs.pop("ann")
-    p.addr.pop("ann")
+    p.sim.detach(p.addr.pop("ann"))
     last = p.sessions.by_identity["ann@no"].last_seen
     p.run(4 * ka)
     assert quiet.state == "registered"  # it never heard: the relay decided alone, on time
