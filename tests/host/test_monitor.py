@@ -14,7 +14,17 @@ import pytest
 from opmob.device import DeviceSession
 from opmob_host.monitor import render
 from opmob_host.relay_server import Endpoint
-from test_relay_process import DEVICE, GROUP, arun, config, cpython_relay, register, secret_of, toml
+from test_relay_process import (
+    DEVICE,
+    GROUP,
+    arun,
+    config,
+    cpython_relay,
+    private_export,
+    register,
+    secret_of,
+    toml,
+)
 from test_relay_server import free_tcp_port
 from virtualdev import opmob
 
@@ -24,7 +34,7 @@ pytestmark = pytest.mark.slow
 def test_once_shows_a_live_relay(tmp_path: Path) -> None:
     status_port = free_tcp_port()
     cfg = tmp_path / "relay.toml"
-    cfg.write_text(toml(config(0, status_port, "state/registry.sqlite")))
+    cfg.write_text(toml(config(0, status_port, "state/registry.sqlite", private_export(tmp_path))))
     with cpython_relay(cfg) as (proc, lines):
         udp = int(lines.seen[-1].split("serving udp 127.0.0.1:")[1].split(",")[0])
         dev = DeviceSession(DEVICE, secret_of(DEVICE), ("127.0.0.1", udp), os.urandom, groups=[GROUP])
