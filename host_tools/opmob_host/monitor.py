@@ -64,6 +64,9 @@ def _s(v: Any) -> str:
     return str(v)
 
 
+RECENT_SHOWN = 12  # the newest events a frame shows
+
+
 def render(doc: Any, url: str, now: str) -> str:
     """One frame of the view, as text."""
     if not isinstance(doc, dict):
@@ -132,6 +135,14 @@ def render(doc: Any, url: str, now: str) -> str:
     for key in ("stunned", "killed"):
         if doc.get(key):
             out += ["", f"{key.upper()}: {_s(doc[key])}"]
+    events = [e for e in doc.get("events") or [] if isinstance(e, dict) and isinstance(e.get("event"), list)]
+    if events:
+        out += ["", "RECENT EVENTS"]
+        for e in events[-RECENT_SHOWN:]:
+            t = e.get("t")
+            when = time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "-"
+            kind, *rest = e["event"] or ["-"]
+            out.append(f"  {when}  {_s(kind):<20} {' '.join(_s(x) for x in rest)}")
     counters = doc.get("counters") or {}
     nonzero = sorted((k, v) for k, v in counters.items() if v)
     out += ["", "COUNTERS (not zero)"]

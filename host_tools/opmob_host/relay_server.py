@@ -13,6 +13,8 @@ import logging
 import os
 import signal
 import socket
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -205,6 +207,9 @@ class StatusCore(SansIO, Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+RECENT_EVENTS = 32  # events the status document carries, newest last
+
+
 class RelayServer:
     """A relay core on its UDP port, with the status endpoint and systemd notifications."""
 
@@ -225,7 +230,10 @@ class RelayServer:
         self.status_bind = status
         self.admin_path = admin
         self.logger = logger
-        self.driver = UdpDriver(core, logger=logger)
+        # The core's typed events (relay_events.py), newest last with the wall time they were
+        # drained at: /status carries them, so `opmob monitor` shows what happened, not only state.
+        self.recent: deque[tuple[float, tuple[Any, ...]]] = deque(maxlen=RECENT_EVENTS)
+        self.driver = UdpDriver(core, logger=logger, on_events=self._on_events)
         self.http: StatusServer | None = None
         self.admin: AdminServer | None = None
         self.notify = notify if notify is not None else SdNotify()
@@ -233,8 +241,14 @@ class RelayServer:
         self.status_address: Addr | None = None
         self._watchdog: asyncio.Task[None] | None = None
 
+    def _on_events(self, events: Any) -> None:
+        t = time.time()
+        for e in events:
+            self.recent.append((t, tuple(e)))
+
     def status(self) -> dict[str, Any]:
         st = dict(self.core.status())
+        st["events"] = [{"t": round(t, 3), "event": list(e)} for t, e in self.recent]
         drv = self.driver.driver_status()
         if self.http is not None:
             drv.update(self.http.counters)

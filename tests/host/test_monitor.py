@@ -53,6 +53,12 @@ def test_once_shows_a_live_relay(tmp_path: Path) -> None:
         grp_line = next(line for line in out.splitlines() if line.startswith(GROUP))
         assert "G: Floor Idle" in grp_line
         assert "registrations" in out and "COUNTERS (not zero)" in out
+        # What happened, from the relay's typed events (relay_events.py), not read from its state.
+        recent = out.split("RECENT EVENTS", 1)[1].split("COUNTERS", 1)[0].splitlines()
+        assert any(line.split()[1:3] == ["registered", DEVICE] for line in recent if line.strip()), recent
+        assert any(line.split()[1:4] == ["affiliated", DEVICE, GROUP] for line in recent if line.strip()), (
+            recent
+        )
         # The live view redraws: two frames within a few seconds, then Ctrl-C ends it.
         live = subprocess.Popen(
             [sys.executable, "-m", "opmob_host.cli", "monitor", "--url", f"http://127.0.0.1:{status_port}"]
