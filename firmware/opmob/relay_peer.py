@@ -138,11 +138,15 @@ class Peer:
     def _u32(self):
         return struct.unpack(">I", self.rand(4))[0]
 
-    def _log_keys(self, tx_key, tx_salt, rx_key, rx_salt):
+    def _log_keys(self, keys, tx_key, tx_salt, rx_key, rx_salt):
         kl = self.key_log
         if kl is not None:
             kl("link_tx", self.peer, 0, bytes(tx_key), bytes(tx_salt))
             kl("link_rx", self.peer, 0, bytes(rx_key), bytes(rx_salt))
+            # The link's signalling keys as a device's are logged ("key" the AES key, "salt" the
+            # MAC key), so a decrypted lab capture shows the LINK_* messages' fields too.
+            kl("sig_link_up", self.peer, 0, bytes(keys.sig_up_enc), bytes(keys.sig_up_mac))
+            kl("sig_link_down", self.peer, 0, bytes(keys.sig_down_enc), bytes(keys.sig_down_mac))
 
     # --- timers -------------------------------------------------------------------------------------
 
@@ -252,7 +256,7 @@ class Peer:
         cls = self.srtp_cls
         self.srtp_tx = cls(keys.srtp_up_key, keys.srtp_up_salt, max_streams=LINK_STREAMS)
         self.srtp_rx = cls(keys.srtp_down_key, keys.srtp_down_salt, max_streams=LINK_STREAMS)
-        self._log_keys(keys.srtp_up_key, keys.srtp_up_salt, keys.srtp_down_key, keys.srtp_down_salt)
+        self._log_keys(keys, keys.srtp_up_key, keys.srtp_up_salt, keys.srtp_down_key, keys.srtp_down_salt)
         proof = authvec.link_proof(psk, False, self.me, self.peer, nonce_i, msg.nonce, AGREEMENT)
         return self.request(now, sig.LINK_AUTH, proof=proof)
 
@@ -288,7 +292,7 @@ class Peer:
         cls = self.srtp_cls
         self.srtp_rx = cls(keys.srtp_up_key, keys.srtp_up_salt, max_streams=LINK_STREAMS)
         self.srtp_tx = cls(keys.srtp_down_key, keys.srtp_down_salt, max_streams=LINK_STREAMS)
-        self._log_keys(keys.srtp_down_key, keys.srtp_down_salt, keys.srtp_up_key, keys.srtp_up_salt)
+        self._log_keys(keys, keys.srtp_down_key, keys.srtp_down_salt, keys.srtp_up_key, keys.srtp_up_salt)
         self.window = txn.ReplayWindow()
         self.window.accept(msg.txid)
         self.txns = txn.Transactions(self._u32(), answers=sig.answers)

@@ -4,6 +4,7 @@ starts just before its 2^30 wrap, so every timer here crosses it."""
 
 from fwtest import Rng
 from opmob import rtp, sig, srtp
+from opmob.errors import AuthFailed
 from opmob.relay_config import RelayConfig
 from opmob.relay_peer import LINK_CONNECTING, LINK_DOWN, LINK_UP, RETRY_MIN, Peer
 from opmob.ticks import PERIOD, tadd, tdiff
@@ -81,7 +82,7 @@ def test_handshake_opens_both_sides_with_matching_keys():
     keys = []
     a, b = pair(keys=keys)
     assert b.next_deadline() == T0 and a.next_deadline() is None and a.state == LINK_DOWN
-    handshake(a, b, T0)
+    ack_bytes = handshake(a, b, T0)
     assert a.state == b.state == LINK_UP and a.sid == b.sid == 0x5151
     assert a.addr == RB and b.addr == RA
     # SRTP both ways: B's tx is A's rx and back (up = initiator -> responder).
@@ -91,7 +92,18 @@ def test_handshake_opens_both_sides_with_matching_keys():
     # The key log names each side's transmit key as the other's receive key.
     bk = {x[0]: x[3:] for x in keys if x[1] == "relay-a@no"}
     ak = {x[0]: x[3:] for x in keys if x[1] == "relay-b@no"}
-    assert bk["link_tx"] == ak["link_rx"] and bk["link_rx"] == ak["link_tx"] and len(keys) == 4
+    assert bk["link_tx"] == ak["link_rx"] and bk["link_rx"] == ak["link_tx"] and len(keys) == 8
+    # Both log the link's signalling keys, and with them the LINK_ACK (protected) opens: what
+    # `opmob pcap decrypt` does with a lab relay's key log.
+    assert bk["sig_link_up"] == ak["sig_link_up"] and bk["sig_link_down"] == ak["sig_link_down"]
+    opened = []
+    for label in ("sig_link_up", "sig_link_down"):
+        enc, mac = bk[label]
+        try:
+            opened.append(sig.decode(ack_bytes, sig.SigKey(mac, enc)).type)
+        except AuthFailed:  # the other direction's key: its tag does not verify
+            pass
+    assert opened == [sig.LINK_ACK]
     assert (
         a.counters["challenges"] == 1
         and b.counters["hellos"] == 1
