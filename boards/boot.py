@@ -12,8 +12,8 @@ sys.path.insert(sys.path.index(".frozen") if ".frozen" in sys.path else len(sys.
 
 
 # A deploy's switch to its new files that a power loss cut short is completed before anything is
-# imported from /lib: the device runs the old set or the new set, never a mix. The same function
-# as opmob deploy's (host_tools/opmob_host/deploy.py, SWITCH).
+# imported from /lib: the device runs the old set or the new set, never a mix. opmob deploy sends
+# this very function for its own switch (host_tools/opmob_host/deploy.py, switch_code).
 def _opmob_switch(stage, journal):
     import json
     import os

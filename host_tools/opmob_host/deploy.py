@@ -13,7 +13,7 @@ A deploy is atomic: the device runs the old set of files or the new set, never a
    removals is written (tmp + rename: the commit point), the staged files are renamed into place,
    the files the new build no longer has are removed, the manifest last, the journal removed. A
    board that loses power during it completes the journal at its next boot (``boards/boot.py``
-   runs the same code, ``SWITCH``), and so does the next deploy.
+   runs the same code, ``switch_code()``), and so does the next deploy.
 """
 
 from __future__ import annotations
@@ -44,43 +44,6 @@ MPY_ARCHS = (
     "xtensa", "xtensawin", "rv32imc", "rv64imc",
 )  # fmt: skip
 
-# The switch, on the device (MicroPython); boards/boot.py carries the same function, for a switch
-# that a power loss cut short. Idempotent: a file already moved is skipped.
-SWITCH = """\
-def _opmob_switch(stage, journal):
-    import json
-    import os
-
-    try:
-        f = open(journal)
-    except OSError:
-        return -1
-    try:
-        j = json.load(f)
-    finally:
-        f.close()
-    for p in j["move"]:
-        try:
-            os.stat(stage + p)
-        except OSError:
-            continue
-        d = ""
-        for part in p.split("/")[1:-1]:
-            d += "/" + part
-            try:
-                os.mkdir(d)
-            except OSError:
-                pass
-        os.rename(stage + p, p)
-    for p in j["remove"]:
-        try:
-            os.remove(p)
-        except OSError:
-            pass
-    os.remove(journal)
-    return len(j["move"])
-"""
-
 
 def boards() -> Path:
     """The installed board definitions (opmob_host/boards), as a TechnicianError when missing."""
@@ -88,6 +51,22 @@ def boards() -> Path:
         return resources.boards_dir()
     except resources.ResourceMissing as e:
         raise TechnicianError(str(e)) from None
+
+
+def switch_code() -> str:
+    """The switch to a staged file set, run on the device: the function boards/boot.py defines
+    (``_opmob_switch``). One copy: boot runs it for a switch a power loss cut short, deploy sends
+    it for its own. Idempotent: a file already moved is skipped."""
+    import ast
+
+    path = boards() / "boot.py"
+    src = path.read_text()
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.FunctionDef) and node.name == "_opmob_switch":
+            seg = ast.get_source_segment(src, node)
+            if seg:
+                return seg + "\n"
+    raise TechnicianError(f"{path} defines no _opmob_switch: the installation is damaged; reinstall opmob")
 
 
 def load_board(name: str) -> dict[str, Any]:
@@ -202,7 +181,7 @@ def finish_pending_switch(dev: Device) -> int:
     """Complete a switch that an earlier deploy committed but did not finish (power lost); -1 when
     there was none. Then the staging directory of a deploy cut short is emptied."""
     with dev.during("finishing an earlier deploy"), dev.critical():
-        n = int(dev.exec(SWITCH + f"print(_opmob_switch({STAGE!r}, {JOURNAL!r}))").decode().strip())
+        n = int(dev.exec(switch_code() + f"print(_opmob_switch({STAGE!r}, {JOURNAL!r}))").decode().strip())
     with dev.during(f"emptying {STAGE}"):
         dev.exec(RMTREE + f"_rm({STAGE!r})")
     return n
@@ -252,7 +231,7 @@ def deploy(
             f"import os\nos.rename({JOURNAL + '.tmp'!r},{JOURNAL!r})"
         )
         del dev.scratch[STAGE]  # committed: from here the switch completes, here or at boot
-        dev.exec(SWITCH + f"_opmob_switch({STAGE!r}, {JOURNAL!r})")
+        dev.exec(switch_code() + f"_opmob_switch({STAGE!r}, {JOURNAL!r})")
     with dev.during(f"emptying {STAGE}"):
         dev.exec(RMTREE + f"_rm({STAGE!r})")
     return changed, len(stale)

@@ -7,6 +7,8 @@ same source runs on both runtimes (see tests/conftest.py and tests/fw/mpy_runner
 import json
 import sys
 
+from opmob.sim import Rng as _SimRng
+
 IS_MICROPYTHON = sys.implementation.name == "micropython"
 
 try:
@@ -51,25 +53,12 @@ def read_speech(name="hts1a.raw", max_bytes=None):
         return f.read() if max_bytes is None else f.read(max_bytes)
 
 
-class Rng:
-    """A small seeded generator (xorshift32) giving identical sequences on both runtimes."""
-
-    def __init__(self, seed):
-        self.s = (seed & 0xFFFFFFFF) or 1
-
-    def u32(self):
-        s = self.s
-        s ^= (s << 13) & 0xFFFFFFFF
-        s ^= s >> 17
-        s ^= (s << 5) & 0xFFFFFFFF
-        self.s = s
-        return s
-
-    def below(self, n):
-        return self.u32() % n
+class Rng(_SimRng):
+    """A small seeded generator (xorshift32) giving identical sequences on both runtimes: the
+    simulator's (opmob.sim.Rng), with ``bytes(n)`` as the tests spell it."""
 
     def bytes(self, n):
-        return bytes(self.u32() & 0xFF for _ in range(n))
+        return self(n)
 
 
 if IS_MICROPYTHON:
