@@ -73,8 +73,10 @@ class Client:
         self.sock.close()
 
 
-async def with_driver(body: Callable[[UdpDriver, FakeCore, Client], Awaitable[None]], **kw: Any) -> UdpDriver:
-    core = FakeCore()
+async def with_driver(
+    body: Callable[[UdpDriver, FakeCore, Client], Awaitable[None]], core: FakeCore | None = None, **kw: Any
+) -> UdpDriver:
+    core = FakeCore() if core is None else core
     drv = UdpDriver(core, **kw)
     addr = await drv.open("127.0.0.1", 0)
     cli = Client(addr)
@@ -961,17 +963,6 @@ def test_a_core_whose_events_are_a_list_is_left_alone() -> None:
         assert await cli.recv() == b"hi"
 
     core = ListCore()
-
-    async def main() -> None:
-        drv = UdpDriver(core)
-        addr = await drv.open("127.0.0.1", 0)
-        cli = Client(addr)
-        try:
-            await body(drv, core, cli)
-        finally:
-            cli.close()
-            drv.close()
-        assert drv.counters["driver_errors"] == 0
-
-    arun(main())
+    drv = arun(with_driver(body, core=core))
+    assert drv.counters["driver_errors"] == 0
     assert core.events == [("registered", 1)]
