@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import pytest
 import serial
 from opmob.device import DeviceSession
 from opmob_host.relay_server import Endpoint
+from test_pip_install import _checkout
 from test_relay_process import DEVICE, GROUP, arun, register, secret_of
 from virtualdev import write_inventory
 
@@ -34,21 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
 REGISTER_S = 60.0
-
-
-def _checkout(dest: Path) -> None:
-    """The files a clean checkout has (tracked, or new and not ignored) — never a built module."""
-    names = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    ).stdout.split(b"\0")
-    for raw in names:
-        src = ROOT / raw.decode()
-        if raw and src.is_file():
-            (dest / raw.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / raw.decode())
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
